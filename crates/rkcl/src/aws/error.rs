@@ -1,0 +1,130 @@
+//! Turning SDK errors into [`Error`].
+
+use aws_sdk_kinesis::config::http::HttpResponse;
+use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
+use aws_smithy_types::error::display::DisplayErrorContext;
+
+use crate::error::{Error, Service};
+
+/// Maps any SDK error of `service` to an [`Error`] a caller can branch on.
+pub(crate) fn from_sdk<E>(service: Service, err: SdkError<E, HttpResponse>) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let full = DisplayErrorContext(&err).to_string();
+    match &err {
+        SdkError::ServiceError(service_err) => {
+            let inner = service_err.err();
+            let code = inner.code().unwrap_or("Unknown").to_owned();
+            let message = inner.message().unwrap_or_default().to_owned();
+            let status = service_err.raw().status().as_u16();
+            classify(service, &code, message, Some(status))
+        }
+        SdkError::TimeoutError(_) => Error::Transport {
+            service,
+            message: full,
+        },
+        SdkError::DispatchFailure(failure) if failure.is_io() || failure.is_timeout() => {
+            Error::Transport {
+                service,
+                message: full,
+            }
+        }
+        _ if mentions_credentials(&full) => Error::Credentials { message: full },
+        SdkError::DispatchFailure(_) => Error::Transport {
+            service,
+            message: full,
+        },
+        SdkError::ResponseError(_) => Error::Service {
+            service,
+            code: "ResponseError".to_owned(),
+            message: full,
+            retryable: true,
+        },
+        _ => Error::InvalidRequest {
+            service,
+            message: full,
+        },
+    }
+}
+
+fn mentions_credentials(text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    lower.contains("credential") || lower.contains("no identity")
+}
+
+/// Classifies an error code the way the Kinesis and DynamoDB APIs document
+/// them. `status` is the HTTP status when known.
+pub(crate) fn classify(service: Service, code: &str, message: String, status: Option<u16>) -> Error {
+    match code {
+        "ThrottlingException"
+        | "Throttling"
+        | "ProvisionedThroughputExceededException"
+        | "LimitExceededException"
+        | "RequestLimitExceeded"
+        | "TooManyRequestsException"
+        | "KMSThrottlingException" => Error::Throttled { service, message },
+        "ExpiredIteratorException" => Error::ExpiredIterator { message },
+        "ResourceNotFoundException" => Error::ResourceNotFound { service, message },
+        "AccessDeniedException"
+        | "KMSAccessDeniedException"
+        | "KMSDisabledException"
+        | "KMSInvalidStateException"
+        | "KMSNotFoundException"
+        | "KMSOptInRequired" => Error::AccessDenied {
+            service,
+            message: format!("{code}: {message}"),
+        },
+        "UnrecognizedClientException"
+        | "InvalidSignatureException"
+        | "ExpiredTokenException"
+        | "MissingAuthenticationToken"
+        | "InvalidClientTokenId"
+        | "IncompleteSignature" => Error::Credentials {
+            message: format!("{code}: {message}"),
+        },
+        "ValidationException"
+        | "InvalidArgumentException"
+        | "SerializationException"
+        | "ResourceInUseException" => Error::InvalidRequest {
+            service,
+            message: format!("{code}: {message}"),
+        },
+        _ => {
+            let retryable = status.is_some_and(|s| s >= 500)
+                || matches!(
+                    code,
+                    "InternalFailure"
+                        | "InternalServerError"
+                        | "ServiceUnavailable"
+                        | "ServiceUnavailableException"
+                        | "InternalFailureException"
+                );
+            Error::Service {
+                service,
+                code: code.to_owned(),
+                message,
+                retryable,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_map_to_kinds() {
+        let kind = |code| classify(Service::Kinesis, code, String::new(), None);
+        assert!(matches!(kind("ProvisionedThroughputExceededException"), Error::Throttled { .. }));
+        assert!(matches!(kind("ExpiredIteratorException"), Error::ExpiredIterator { .. }));
+        assert!(matches!(kind("ResourceNotFoundException"), Error::ResourceNotFound { .. }));
+        assert!(matches!(kind("KMSAccessDeniedException"), Error::AccessDenied { .. }));
+        assert!(matches!(kind("UnrecognizedClientException"), Error::Credentials { .. }));
+        assert!(matches!(kind("InvalidArgumentException"), Error::InvalidRequest { .. }));
+        assert!(kind("InternalFailure").is_retryable());
+        assert!(!kind("SomethingNew").is_retryable());
+        assert!(classify(Service::Kinesis, "SomethingNew", String::new(), Some(503)).is_retryable());
+    }
+}

@@ -1,0 +1,358 @@
+//! Kinesis calls, in domain types.
+
+use std::time::Duration;
+
+use aws_sdk_kinesis::Client;
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::{PutRecordsRequestEntry, StreamStatus};
+use bytes::Bytes;
+
+use super::error::from_sdk;
+use crate::error::{Error, Result, Service};
+use crate::model::{HashKey, HashKeyRange, SequenceNumber, ShardId};
+use crate::shards::Shard;
+
+/// A stream named by its name or by its ARN.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum StreamRef {
+    /// The stream's name, in the client's account and region.
+    Name(String),
+    /// The stream's ARN, `arn:aws:kinesis:REGION:ACCOUNT:stream/NAME`.
+    Arn(String),
+}
+
+impl StreamRef {
+    /// Reads a stream name or, when the text starts with `arn:`, an ARN.
+    pub fn parse(text: &str) -> Self {
+        if text.starts_with("arn:") {
+            Self::Arn(text.to_owned())
+        } else {
+            Self::Name(text.to_owned())
+        }
+    }
+
+    /// The stream's name: the name itself, or the last part of the ARN.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Name(name) => name,
+            Self::Arn(arn) => arn.rsplit_once("stream/").map_or(arn.as_str(), |(_, n)| n),
+        }
+    }
+
+    fn name_and_arn(&self) -> (Option<String>, Option<String>) {
+        match self {
+            Self::Name(name) => (Some(name.clone()), None),
+            Self::Arn(arn) => (None, Some(arn.clone())),
+        }
+    }
+}
+
+impl std::fmt::Display for StreamRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Name(name) => f.write_str(name),
+            Self::Arn(arn) => f.write_str(arn),
+        }
+    }
+}
+
+/// What DescribeStreamSummary says of a stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamSummary {
+    /// The stream's name.
+    pub name: String,
+    /// The stream's ARN.
+    pub arn: String,
+    /// `CREATING`, `ACTIVE`, `UPDATING` or `DELETING`.
+    pub status: String,
+    /// How many shards are open.
+    pub open_shard_count: u32,
+    /// How long records are kept, in hours.
+    pub retention_period_hours: u32,
+}
+
+/// One entry of a PutRecords call.
+#[derive(Clone, Debug)]
+pub(crate) struct PutEntry {
+    pub(crate) partition_key: String,
+    pub(crate) explicit_hash_key: Option<String>,
+    pub(crate) data: Bytes,
+}
+
+/// The outcome of one PutRecords entry.
+#[derive(Clone, Debug)]
+pub(crate) enum PutOutcome {
+    Written { shard_id: ShardId },
+    Failed { code: String, message: String },
+}
+
+/// The Kinesis client every Kinesis call of rkcl goes through.
+///
+/// Build it from an SDK client configured as the application wants
+/// (credentials, region, endpoint, retries):
+///
+/// ```no_run
+/// let client = aws_sdk_kinesis::Client::from_conf(
+///     aws_sdk_kinesis::Config::builder()
+///         .behavior_version(aws_sdk_kinesis::config::BehaviorVersion::latest())
+///         .region(aws_sdk_kinesis::config::Region::new("eu-west-1"))
+///         .build(),
+/// );
+/// let kinesis = rkcl::Kinesis::new(client);
+/// # drop(kinesis);
+/// ```
+#[derive(Clone, Debug)]
+pub struct Kinesis {
+    client: Client,
+}
+
+impl Kinesis {
+    /// Wraps an SDK client.
+    pub fn new(client: Client) -> Self {
+        Self { client }
+    }
+
+    /// Every shard of the stream, open and closed, following ListShards'
+    /// pages.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ResourceNotFound`] for a missing stream; any error of the call
+    /// after the SDK's retries.
+    pub async fn list_shards(&self, stream: &StreamRef) -> Result<Vec<Shard>> {
+        let mut shards = Vec::new();
+        let mut next_token: Option<String> = None;
+        loop {
+            let request = match next_token.take() {
+                // With a token, the stream must not be named again.
+                Some(token) => self.client.list_shards().next_token(token),
+                None => {
+                    let (name, arn) = stream.name_and_arn();
+                    self.client
+                        .list_shards()
+                        .set_stream_name(name)
+                        .set_stream_arn(arn)
+                }
+            };
+            let page = request
+                .max_results(1000)
+                .send()
+                .await
+                .map_err(|e| from_sdk(Service::Kinesis, e))?;
+            for shard in page.shards() {
+                shards.push(shard_from_sdk(shard)?);
+            }
+            match page.next_token() {
+                Some(token) if !token.is_empty() && !page.shards().is_empty() => {
+                    next_token = Some(token.to_owned());
+                }
+                _ => return Ok(shards),
+            }
+        }
+    }
+
+    /// Creates a stream with `shard_count` shards (provisioned mode).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidRequest`] when the stream exists or the count is not
+    /// allowed; any error of the call.
+    pub async fn create_stream(&self, name: &str, shard_count: u32) -> Result<()> {
+        let count = i32::try_from(shard_count)
+            .map_err(|_| Error::InvalidInput(format!("too many shards: {shard_count}")))?;
+        self.client
+            .create_stream()
+            .stream_name(name)
+            .shard_count(count)
+            .send()
+            .await
+            .map_err(|e| from_sdk(Service::Kinesis, e))?;
+        Ok(())
+    }
+
+    /// What DescribeStreamSummary says of the stream.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ResourceNotFound`] for a missing stream; any error of the call.
+    pub async fn describe_stream_summary(&self, stream: &StreamRef) -> Result<StreamSummary> {
+        let (name, arn) = stream.name_and_arn();
+        let out = self
+            .client
+            .describe_stream_summary()
+            .set_stream_name(name)
+            .set_stream_arn(arn)
+            .send()
+            .await
+            .map_err(|e| from_sdk(Service::Kinesis, e))?;
+        let summary = out.stream_description_summary().ok_or_else(|| Error::Service {
+            service: Service::Kinesis,
+            code: "MissingField".into(),
+            message: "DescribeStreamSummary returned no summary".into(),
+            retryable: true,
+        })?;
+        Ok(StreamSummary {
+            name: summary.stream_name().to_owned(),
+            arn: summary.stream_arn().to_owned(),
+            status: summary.stream_status().as_str().to_owned(),
+            open_shard_count: u32::try_from(summary.open_shard_count()).unwrap_or(0),
+            retention_period_hours: u32::try_from(summary.retention_period_hours()).unwrap_or(0),
+        })
+    }
+
+    /// Waits until the stream is `ACTIVE`, checking every 100 ms.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidRequest`] when `timeout` passes first; any error of
+    /// DescribeStreamSummary other than a missing stream (a new stream may
+    /// not be visible yet).
+    pub async fn wait_until_active(
+        &self,
+        stream: &StreamRef,
+        timeout: Duration,
+    ) -> Result<StreamSummary> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match self.describe_stream_summary(stream).await {
+                Ok(summary) if summary.status == StreamStatus::Active.as_str() => {
+                    return Ok(summary);
+                }
+                Ok(_) | Err(Error::ResourceNotFound { .. }) => {}
+                Err(other) => return Err(other),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::InvalidRequest {
+                    service: Service::Kinesis,
+                    message: format!("stream {stream} did not become ACTIVE within {timeout:?}"),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The names of every stream of the account and region.
+    ///
+    /// # Errors
+    ///
+    /// Any error of ListStreams.
+    pub async fn list_streams(&self) -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        let mut next_token: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_streams()
+                .set_next_token(next_token.take())
+                .send()
+                .await
+                .map_err(|e| from_sdk(Service::Kinesis, e))?;
+            names.extend(page.stream_names().iter().cloned());
+            match page.next_token() {
+                Some(token) if page.has_more_streams() && !token.is_empty() => {
+                    next_token = Some(token.to_owned());
+                }
+                _ => return Ok(names),
+            }
+        }
+    }
+
+    /// One PutRecords call. The outcomes are in the order of `entries`.
+    ///
+    /// # Errors
+    ///
+    /// An error of the whole call (throttling of the call itself, a missing
+    /// stream, no access); failures of single entries are outcomes.
+    pub(crate) async fn put_records(
+        &self,
+        stream: &StreamRef,
+        entries: &[PutEntry],
+    ) -> Result<Vec<PutOutcome>> {
+        let records = entries
+            .iter()
+            .map(|entry| {
+                PutRecordsRequestEntry::builder()
+                    .data(Blob::new(entry.data.to_vec()))
+                    .partition_key(&entry.partition_key)
+                    .set_explicit_hash_key(entry.explicit_hash_key.clone())
+                    .build()
+                    .map_err(|e| Error::InvalidInput(e.to_string()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let (name, arn) = stream.name_and_arn();
+        let out = self
+            .client
+            .put_records()
+            .set_stream_name(name)
+            .set_stream_arn(arn)
+            .set_records(Some(records))
+            .send()
+            .await
+            .map_err(|e| from_sdk(Service::Kinesis, e))?;
+        if out.records().len() != entries.len() {
+            return Err(Error::Service {
+                service: Service::Kinesis,
+                code: "MismatchedResponse".into(),
+                message: format!(
+                    "PutRecords answered {} entries for {} sent",
+                    out.records().len(),
+                    entries.len()
+                ),
+                retryable: true,
+            });
+        }
+        Ok(out
+            .records()
+            .iter()
+            .map(|result| match (result.shard_id(), result.error_code()) {
+                (Some(shard_id), None) => PutOutcome::Written {
+                    shard_id: ShardId::from(shard_id),
+                },
+                (_, code) => PutOutcome::Failed {
+                    code: code.unwrap_or("Unknown").to_owned(),
+                    message: result.error_message().unwrap_or_default().to_owned(),
+                },
+            })
+            .collect())
+    }
+}
+
+fn shard_from_sdk(shard: &aws_sdk_kinesis::types::Shard) -> Result<Shard> {
+    let bad = |what: &str| Error::Service {
+        service: Service::Kinesis,
+        code: "MalformedShard".into(),
+        message: format!("shard {} has {what}", shard.shard_id()),
+        retryable: false,
+    };
+    let range = shard
+        .hash_key_range()
+        .ok_or_else(|| bad("no hash-key range"))?;
+    let start: HashKey = range
+        .starting_hash_key()
+        .parse()
+        .map_err(|_| bad("a bad starting hash key"))?;
+    let end: HashKey = range
+        .ending_hash_key()
+        .parse()
+        .map_err(|_| bad("a bad ending hash key"))?;
+    let sequence_range = shard
+        .sequence_number_range()
+        .ok_or_else(|| bad("no sequence-number range"))?;
+    let starting: SequenceNumber = sequence_range
+        .starting_sequence_number()
+        .parse()
+        .map_err(|_| bad("a bad starting sequence number"))?;
+    let ending = sequence_range
+        .ending_sequence_number()
+        .map(|s| s.parse::<SequenceNumber>())
+        .transpose()
+        .map_err(|_| bad("a bad ending sequence number"))?;
+    Ok(Shard {
+        id: ShardId::from(shard.shard_id()),
+        parent_shard_id: shard.parent_shard_id().map(ShardId::from),
+        adjacent_parent_shard_id: shard.adjacent_parent_shard_id().map(ShardId::from),
+        hash_key_range: HashKeyRange::new(start, end).map_err(|_| bad("an inverted range"))?,
+        starting_sequence_number: starting,
+        ending_sequence_number: ending,
+    })
+}

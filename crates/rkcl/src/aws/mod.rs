@@ -1,0 +1,13 @@
+//! The only module that names `aws_sdk_*` types.
+//!
+//! Everything above this layer speaks in domain types ([`Shard`](crate::Shard),
+//! [`SequenceNumber`](crate::SequenceNumber), [`Error`](crate::Error)); this
+//! layer turns SDK calls, shapes and errors into those. Retries of single
+//! calls (throttling, 5xx, connection errors) are the SDK's standard retry
+//! strategy, configured by the caller's `SdkConfig`.
+
+mod error;
+mod kinesis;
+
+pub use kinesis::{Kinesis, StreamRef, StreamSummary};
+pub(crate) use kinesis::{PutEntry, PutOutcome};

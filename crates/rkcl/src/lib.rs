@@ -1,0 +1,63 @@
+//! rkcl, the Kinesis Client Library for Rust.
+//!
+//! rkcl reads Amazon Kinesis Data Streams the way the Java KCL does: shard
+//! leases and checkpoints in a DynamoDB table the Java KCL can read too,
+//! resharding followed parent before child, and KPL aggregates read back
+//! into the user records they carry, checkpointed at (sequence number,
+//! sub-sequence number).
+//!
+//! This release holds the foundation:
+//!
+//! - the domain's words ([`ShardId`], [`SequenceNumber`],
+//!   [`ExtendedSequenceNumber`], [`HashKey`], [`HashKeyRange`]);
+//! - the KPL aggregation format, both ways ([`Deaggregator`], [`Aggregator`]);
+//! - a [`Producer`] that writes with PutRecords, retries only what failed,
+//!   keeps per-key order, and aggregates per predicted shard like the KPL;
+//! - the [`Kinesis`] client that every Kinesis call of rkcl goes through.
+//!
+//! # Example
+//!
+//! ```
+//! use rkcl::{Aggregator, Deaggregator, KinesisRecord, ProducerRecord};
+//!
+//! let mut aggregator = Aggregator::new();
+//! for i in 0..3 {
+//!     aggregator.add(ProducerRecord::new(format!("user-{i}"), format!("event {i}")))?;
+//! }
+//! let aggregate = aggregator.flush().expect("three records wait");
+//!
+//! // What a consumer reads back from the shard:
+//! let record = KinesisRecord {
+//!     sequence_number: "49590338271490256608559692538361571095921575989136654311".parse()?,
+//!     partition_key: aggregate.partition_key,
+//!     data: aggregate.data,
+//!     approximate_arrival_timestamp: None,
+//! };
+//! let users = Deaggregator::new().deaggregate(record);
+//! assert_eq!(users.len(), 3);
+//! assert_eq!(users[2].sub_sequence_number, Some(2));
+//! assert_eq!(users[2].data, "event 2");
+//! # Ok::<(), rkcl::Error>(())
+//! ```
+#![doc(test(attr(deny(warnings))))]
+
+mod aws;
+mod error;
+mod kpl;
+mod model;
+mod producer;
+mod record;
+mod shards;
+
+pub use aws::{Kinesis, StreamRef, StreamSummary};
+pub use error::{Error, Result, Service};
+pub use kpl::{
+    Aggregate, Aggregator, DeaggregationStats, Decoded, Deaggregator, HashRangePolicy,
+    MAGIC as KPL_MAGIC, MAX_KINESIS_RECORD_SIZE, PassThroughReason, SubRecord, has_magic,
+};
+pub use model::{
+    ExtendedSequenceNumber, HashKey, HashKeyRange, InitialPosition, SequenceNumber, ShardId,
+};
+pub use producer::{Producer, ProducerConfig, PutSummary};
+pub use record::{KinesisRecord, ProducerRecord, UserRecord};
+pub use shards::{Shard, ShardMap};

@@ -1,0 +1,468 @@
+//! Writing records with PutRecords: batching, retries of failed entries,
+//! per-key order, and KPL-style aggregation per predicted shard.
+
+use std::collections::{HashSet, VecDeque};
+use std::time::Duration;
+
+use rand::Rng;
+
+use crate::aws::{Kinesis, PutEntry, PutOutcome, StreamRef};
+use crate::error::{Error, Result};
+use crate::kpl::{Aggregator, MAX_KINESIS_RECORD_SIZE};
+use crate::model::{HashKey, ShardId};
+use crate::record::ProducerRecord;
+use crate::shards::ShardMap;
+
+/// The most entries one PutRecords call takes.
+const MAX_ENTRIES_PER_CALL: usize = 500;
+/// The most bytes (data plus partition keys) one PutRecords call takes.
+const MAX_BYTES_PER_CALL: usize = 5 * 1024 * 1024;
+/// The longest partition key Kinesis accepts, in characters.
+const MAX_PARTITION_KEY_CHARS: usize = 256;
+
+/// How a [`Producer`] writes.
+#[derive(Clone, Debug)]
+pub struct ProducerConfig {
+    /// Pack user records into KPL aggregates, one stream of aggregates per
+    /// predicted shard. Default: `false`.
+    pub aggregate: bool,
+    /// The largest aggregate in bytes. Default: [`Aggregator::DEFAULT_MAX_SIZE`].
+    pub aggregate_max_size: usize,
+    /// Keep per-key order even when entries fail: a request carries at most
+    /// one entry per partition key (per shard when aggregating), so a later
+    /// record never overtakes a failed earlier one. Default: `false`, which
+    /// keeps order only while nothing fails.
+    pub strict_order: bool,
+    /// How many times an entry is sent before the producer gives up.
+    /// Default: 10.
+    pub max_attempts: u32,
+    /// The first pause after a failure; it doubles up to
+    /// [`max_backoff`](Self::max_backoff), with full jitter. Default: 100 ms.
+    pub base_backoff: Duration,
+    /// The longest pause after failures. Default: 5 s.
+    pub max_backoff: Duration,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        Self {
+            aggregate: false,
+            aggregate_max_size: Aggregator::DEFAULT_MAX_SIZE,
+            strict_order: false,
+            max_attempts: 10,
+            base_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What a [`Producer::put`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PutSummary {
+    /// User records written.
+    pub user_records: u64,
+    /// Kinesis records written (aggregates count once).
+    pub kinesis_records: u64,
+    /// Entries sent again after Kinesis failed them.
+    pub retried_entries: u64,
+    /// User records re-sent because their aggregate landed in a shard other
+    /// than the predicted one (the stream was resharded meanwhile).
+    pub resent_after_reshard: u64,
+    /// PutRecords calls made.
+    pub requests: u64,
+}
+
+impl std::ops::AddAssign for PutSummary {
+    fn add_assign(&mut self, other: Self) {
+        self.user_records += other.user_records;
+        self.kinesis_records += other.kinesis_records;
+        self.retried_entries += other.retried_entries;
+        self.resent_after_reshard += other.resent_after_reshard;
+        self.requests += other.requests;
+    }
+}
+
+/// One entry waiting to be written.
+#[derive(Debug)]
+struct Pending {
+    entry: PutEntry,
+    /// Entries with the same key must land in order.
+    ordering_key: String,
+    /// For an aggregate: the shard it was built for and its user records, to
+    /// re-send them if it lands elsewhere.
+    aggregate: Option<(ShardId, Vec<ProducerRecord>)>,
+    attempts: u32,
+}
+
+impl Pending {
+    fn user_records(&self) -> u64 {
+        self.aggregate
+            .as_ref()
+            .map_or(1, |(_, records)| records.len() as u64)
+    }
+
+    fn size(&self) -> usize {
+        self.entry.data.len() + self.entry.partition_key.len()
+    }
+}
+
+/// Writes user records to a stream with PutRecords.
+///
+/// Each [`put`](Self::put) sends its records in batches of at most 500
+/// entries and 5 MiB, retries only the entries that failed (with capped
+/// exponential backoff and full jitter), and returns once every record is
+/// written. Per partition key, records land in the order given while
+/// nothing fails; with [`ProducerConfig::strict_order`] also when entries
+/// fail.
+///
+/// With [`ProducerConfig::aggregate`] it works like the KPL: it groups the
+/// records by the shard their hash key falls in (from ListShards), packs each
+/// group into aggregates, and sends each aggregate with an explicit hash key
+/// inside that shard's range, so a KCL-compatible consumer never drops its
+/// user records. When an aggregate lands in another shard than predicted and
+/// that shard's range does not hold all of its user records (a consumer
+/// would drop it), the producer refreshes its shard map and re-sends those
+/// user records.
+///
+/// ```no_run
+/// # #[allow(dead_code)]
+/// # async fn example(kinesis: rkcl::Kinesis) -> rkcl::Result<()> {
+/// use rkcl::{Producer, ProducerConfig, ProducerRecord, StreamRef};
+///
+/// let config = ProducerConfig { aggregate: true, ..ProducerConfig::default() };
+/// let mut producer = Producer::new(kinesis, StreamRef::parse("orders"), config)?;
+/// let summary = producer
+///     .put(vec![ProducerRecord::new("customer-1", "order placed")])
+///     .await?;
+/// assert_eq!(summary.user_records, 1);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Producer {
+    kinesis: Kinesis,
+    stream: StreamRef,
+    config: ProducerConfig,
+    shard_map: Option<ShardMap>,
+}
+
+impl Producer {
+    /// A producer for `stream`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for an aggregate size outside 64 B..=1 MiB or zero
+    /// attempts.
+    pub fn new(kinesis: Kinesis, stream: StreamRef, config: ProducerConfig) -> Result<Self> {
+        Aggregator::with_max_size(config.aggregate_max_size)?;
+        if config.max_attempts == 0 {
+            return Err(Error::Config("max_attempts must be at least 1".into()));
+        }
+        if config.base_backoff > config.max_backoff {
+            return Err(Error::Config(
+                "base_backoff must not exceed max_backoff".into(),
+            ));
+        }
+        Ok(Self {
+            kinesis,
+            stream,
+            config,
+            shard_map: None,
+        })
+    }
+
+    /// Writes `records`, in order per partition key, and returns once all are
+    /// written.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] or [`Error::RecordTooLarge`] for a record
+    /// Kinesis would refuse (checked before anything is sent);
+    /// [`Error::PutFailed`] when entries still fail after
+    /// [`ProducerConfig::max_attempts`]; a non-retryable error of the call
+    /// (missing stream, no access). Records written before an error stay
+    /// written.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: a dropped future may have written part of the records.
+    pub async fn put(&mut self, records: Vec<ProducerRecord>) -> Result<PutSummary> {
+        for record in &records {
+            self.validate(record)?;
+        }
+        let mut summary = PutSummary::default();
+        let pending = if self.config.aggregate {
+            self.aggregate_by_shard(records, false).await?
+        } else {
+            records.into_iter().map(plain_entry).collect()
+        };
+        let mut queue: VecDeque<Pending> = pending.into();
+        let mut failures_in_a_row = 0u32;
+        while !queue.is_empty() {
+            let batch = self.take_batch(&mut queue);
+            let entries: Vec<PutEntry> = batch.iter().map(|p| p.entry.clone()).collect();
+            summary.requests += 1;
+            let outcomes = match self.kinesis.put_records(&self.stream, &entries).await {
+                Ok(outcomes) => outcomes,
+                Err(err) if err.is_retryable() => {
+                    failures_in_a_row += 1;
+                    tracing::warn!(error = %err, entries = batch.len(), "PutRecords failed; retrying");
+                    let mut back = Vec::with_capacity(batch.len());
+                    for mut pending in batch {
+                        pending.attempts += 1;
+                        self.check_attempts(&pending, &err.to_string())?;
+                        back.push(pending);
+                    }
+                    summary.retried_entries += back.len() as u64;
+                    requeue_front(&mut queue, back);
+                    self.pause(failures_in_a_row).await;
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
+            let mut failed = Vec::new();
+            let mut misrouted = Vec::new();
+            let mut last_error = String::new();
+            for (mut pending, outcome) in batch.into_iter().zip(outcomes) {
+                match outcome {
+                    PutOutcome::Written { shard_id } => {
+                        if let Some(records) = self.misrouted(&pending, &shard_id).await? {
+                            misrouted.extend(records);
+                        } else {
+                            summary.kinesis_records += 1;
+                            summary.user_records += pending.user_records();
+                        }
+                    }
+                    PutOutcome::Failed { code, message } => {
+                        pending.attempts += 1;
+                        last_error = format!("{code}: {message}");
+                        self.check_attempts(&pending, &last_error)?;
+                        failed.push(pending);
+                    }
+                }
+            }
+            summary.retried_entries += failed.len() as u64;
+            if !misrouted.is_empty() {
+                summary.resent_after_reshard += misrouted.len() as u64;
+                tracing::info!(
+                    stream = %self.stream,
+                    user_records = misrouted.len(),
+                    "aggregates landed in another shard than predicted; re-sending their user records"
+                );
+                let resend = self.aggregate_by_shard(misrouted, true).await?;
+                failed.extend(resend);
+            }
+            if failed.is_empty() {
+                failures_in_a_row = 0;
+            } else {
+                failures_in_a_row += 1;
+                tracing::debug!(failed = failed.len(), last_error, "retrying failed entries");
+                requeue_front(&mut queue, failed);
+                self.pause(failures_in_a_row).await;
+            }
+        }
+        Ok(summary)
+    }
+
+    fn validate(&self, record: &ProducerRecord) -> Result<()> {
+        // An aggregate is sent with its first user record's partition key,
+        // so every key must be one Kinesis accepts.
+        let chars = record.partition_key.chars().count();
+        if !(1..=MAX_PARTITION_KEY_CHARS).contains(&chars) {
+            return Err(Error::InvalidInput(format!(
+                "a partition key must have 1 to {MAX_PARTITION_KEY_CHARS} characters, got {chars}"
+            )));
+        }
+        HashKey::of_record(&record.partition_key, record.explicit_hash_key.as_deref())?;
+        let size = record.data.len() + record.partition_key.len();
+        if !self.config.aggregate && size > MAX_KINESIS_RECORD_SIZE {
+            return Err(Error::RecordTooLarge {
+                size,
+                max: MAX_KINESIS_RECORD_SIZE,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_attempts(&self, pending: &Pending, last_error: &str) -> Result<()> {
+        if pending.attempts >= self.config.max_attempts {
+            return Err(Error::PutFailed {
+                failed: usize::try_from(pending.user_records()).unwrap_or(usize::MAX),
+                attempts: pending.attempts,
+                last_error: last_error.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Takes the next request's entries off the front of the queue.
+    fn take_batch(&self, queue: &mut VecDeque<Pending>) -> Vec<Pending> {
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        if !self.config.strict_order {
+            while let Some(front) = queue.front() {
+                if batch.len() == MAX_ENTRIES_PER_CALL
+                    || (!batch.is_empty() && bytes + front.size() > MAX_BYTES_PER_CALL)
+                {
+                    break;
+                }
+                bytes += front.size();
+                batch.extend(queue.pop_front());
+            }
+            return batch;
+        }
+        // Strict order: at most one entry per key, the first of each key.
+        let mut keys_seen = HashSet::new();
+        let mut rest = VecDeque::with_capacity(queue.len());
+        while let Some(pending) = queue.pop_front() {
+            let full = batch.len() == MAX_ENTRIES_PER_CALL
+                || (!batch.is_empty() && bytes + pending.size() > MAX_BYTES_PER_CALL);
+            if full {
+                rest.push_back(pending);
+                rest.extend(queue.drain(..));
+                break;
+            }
+            if keys_seen.insert(pending.ordering_key.clone()) {
+                bytes += pending.size();
+                batch.push(pending);
+            } else {
+                rest.push_back(pending);
+            }
+        }
+        *queue = rest;
+        batch
+    }
+
+    /// For an aggregate that landed in `actual` instead of the predicted
+    /// shard: its user records when a consumer of `actual` would drop it.
+    async fn misrouted(
+        &mut self,
+        pending: &Pending,
+        actual: &ShardId,
+    ) -> Result<Option<Vec<ProducerRecord>>> {
+        let Some((predicted, records)) = &pending.aggregate else {
+            return Ok(None);
+        };
+        if predicted == actual {
+            return Ok(None);
+        }
+        self.refresh_shard_map().await?;
+        let range = self
+            .shard_map
+            .as_ref()
+            .and_then(|map| map.get(actual))
+            .map(|shard| shard.hash_key_range);
+        let all_inside = range.is_some_and(|range| {
+            records.iter().all(|record| {
+                HashKey::of_record(&record.partition_key, record.explicit_hash_key.as_deref())
+                    .is_ok_and(|key| range.contains(key))
+            })
+        });
+        Ok((!all_inside).then(|| records.clone()))
+    }
+
+    async fn refresh_shard_map(&mut self) -> Result<()> {
+        let shards = self.kinesis.list_shards(&self.stream).await?;
+        self.shard_map = Some(ShardMap::new(shards));
+        Ok(())
+    }
+
+    /// Groups records by predicted shard and packs each group into aggregates.
+    async fn aggregate_by_shard(
+        &mut self,
+        records: Vec<ProducerRecord>,
+        refresh: bool,
+    ) -> Result<Vec<Pending>> {
+        if refresh || self.shard_map.is_none() {
+            self.refresh_shard_map().await?;
+        }
+        let map = self.shard_map.clone().unwrap_or_default();
+        // Per shard, in order of first appearance: the aggregator and the
+        // user records of its current aggregate.
+        let mut groups: Vec<(ShardId, Aggregator, Vec<ProducerRecord>)> = Vec::new();
+        let mut out = Vec::new();
+        for record in records {
+            let key = HashKey::of_record(&record.partition_key, record.explicit_hash_key.as_deref())?;
+            let shard = map.shard_for(key).ok_or_else(|| {
+                Error::InvalidInput(format!(
+                    "no open shard of stream {} holds hash key {key}",
+                    self.stream
+                ))
+            })?;
+            let index = match groups.iter().position(|(id, _, _)| id == &shard.id) {
+                Some(index) => index,
+                None => {
+                    groups.push((
+                        shard.id.clone(),
+                        Aggregator::with_max_size(self.config.aggregate_max_size)?,
+                        Vec::new(),
+                    ));
+                    groups.len() - 1
+                }
+            };
+            let Some((shard_id, aggregator, members)) = groups.get_mut(index) else {
+                continue;
+            };
+            if let Some(full) = aggregator.add(record.clone())? {
+                out.push(aggregate_entry(shard_id.clone(), full, std::mem::take(members)));
+            }
+            members.push(record);
+        }
+        for (shard_id, mut aggregator, members) in groups {
+            if let Some(last) = aggregator.flush() {
+                out.push(aggregate_entry(shard_id, last, members));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn pause(&self, failures_in_a_row: u32) {
+        let exponent = failures_in_a_row.saturating_sub(1).min(16);
+        let ceiling = self
+            .config
+            .base_backoff
+            .saturating_mul(1 << exponent)
+            .min(self.config.max_backoff);
+        let jittered = ceiling.mul_f64(rand::rng().random_range(0.0..=1.0));
+        tokio::time::sleep(jittered).await;
+    }
+}
+
+fn plain_entry(record: ProducerRecord) -> Pending {
+    Pending {
+        ordering_key: record.partition_key.clone(),
+        entry: PutEntry {
+            partition_key: record.partition_key,
+            explicit_hash_key: record.explicit_hash_key,
+            data: record.data,
+        },
+        aggregate: None,
+        attempts: 0,
+    }
+}
+
+fn aggregate_entry(
+    shard_id: ShardId,
+    aggregate: crate::kpl::Aggregate,
+    members: Vec<ProducerRecord>,
+) -> Pending {
+    Pending {
+        ordering_key: shard_id.to_string(),
+        entry: PutEntry {
+            partition_key: aggregate.partition_key,
+            // Route by the first user record's hash key, which lies in the
+            // predicted shard, whatever the aggregate's partition key hashes to.
+            explicit_hash_key: Some(aggregate.hash_key.to_string()),
+            data: aggregate.data,
+        },
+        aggregate: Some((shard_id, members)),
+        attempts: 0,
+    }
+}
+
+/// Puts `entries` back at the front of the queue, keeping their order.
+fn requeue_front(queue: &mut VecDeque<Pending>, entries: Vec<Pending>) {
+    for pending in entries.into_iter().rev() {
+        queue.push_front(pending);
+    }
+}
