@@ -2,7 +2,6 @@
 
 use aws_sdk_kinesis::config::http::HttpResponse;
 use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
-use aws_smithy_types::error::display::DisplayErrorContext;
 
 use crate::error::{Error, Service};
 
@@ -11,7 +10,7 @@ pub(crate) fn from_sdk<E>(service: Service, err: SdkError<E, HttpResponse>) -> E
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    let full = DisplayErrorContext(&err).to_string();
+    let full = chain(&err);
     match &err {
         SdkError::ServiceError(service_err) => {
             let inner = service_err.err();
@@ -46,6 +45,21 @@ where
             message: full,
         },
     }
+}
+
+/// The error and its sources as one line, without debug dumps.
+fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let next = cause.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 fn mentions_credentials(text: &str) -> bool {

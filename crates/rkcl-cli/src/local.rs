@@ -1,0 +1,67 @@
+//! `rkcl local`: the embedded Kinesis and DynamoDB until Ctrl-C.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct LocalArgs {
+    /// The Kinesis port on 127.0.0.1 (0 picks a free one).
+    #[arg(long, default_value_t = 4567)]
+    kinesis_port: u16,
+    /// The DynamoDB port on 127.0.0.1 (0 picks a free one).
+    #[arg(long, default_value_t = 8000)]
+    dynamodb_port: u16,
+    /// Keep streams and tables in this directory across restarts.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+pub(crate) async fn run(args: LocalArgs) -> anyhow::Result<ExitCode> {
+    let mut builder = rkcl_local::Local::builder()
+        .kinesis_port(args.kinesis_port)
+        .dynamodb_port(args.dynamodb_port);
+    if let Some(dir) = &args.data_dir {
+        builder = builder.data_dir(dir);
+    }
+    let local = builder.start().await?;
+    {
+        let mut out = std::io::stdout().lock();
+        let data = args
+            .data_dir
+            .as_ref()
+            .map_or_else(|| "in memory".to_owned(), |dir| format!("in {}", dir.display()));
+        writeln!(out, "Kinesis:  {}", local.kinesis_endpoint())?;
+        writeln!(out, "DynamoDB: {} (data {data})", local.dynamodb_endpoint())?;
+        writeln!(out)?;
+        writeln!(out, "export AWS_ENDPOINT_URL_KINESIS={}", local.kinesis_endpoint())?;
+        writeln!(out, "export AWS_ENDPOINT_URL_DYNAMODB={}", local.dynamodb_endpoint())?;
+        writeln!(out, "export AWS_REGION={}", rkcl_local::REGION)?;
+        writeln!(out, "export AWS_ACCESS_KEY_ID={}", rkcl_local::ACCESS_KEY_ID)?;
+        writeln!(out, "export AWS_SECRET_ACCESS_KEY={}", rkcl_local::SECRET_ACCESS_KEY)?;
+        writeln!(out)?;
+        writeln!(out, "Press Ctrl-C to stop.")?;
+        out.flush()?;
+    }
+    shutdown_signal().await.context("could not wait for Ctrl-C")?;
+    local.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on Ctrl-C or, on Unix, SIGTERM.
+async fn shutdown_signal() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => result,
+            _ = term.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await
+    }
+}

@@ -1,0 +1,142 @@
+//! `rkcl put --aggregate` end to end: 10,000 lines into a 4-shard stream on
+//! the local Kinesis, read back with raw GetRecords on every shard and
+//! de-aggregated by each shard's range, all there, in per-key order.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use aws_sdk_kinesis::types::ShardIteratorType;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use rkcl::{Deaggregator, HashRangePolicy, Kinesis, KinesisRecord, StreamRef};
+use rkcl_local::Local;
+
+fn rkcl(local: &Local) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_rkcl"));
+    command
+        .arg("--endpoint-url")
+        .arg(local.kinesis_endpoint())
+        .env("AWS_REGION", rkcl_local::REGION)
+        .env("AWS_ACCESS_KEY_ID", rkcl_local::ACCESS_KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", rkcl_local::SECRET_ACCESS_KEY)
+        .env_remove("AWS_PROFILE");
+    command
+}
+
+fn run_with_stdin(mut command: Command, stdin: &str) -> std::process::Output {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    let input = stdin.to_owned();
+    let writer = std::thread::spawn(move || pipe.write_all(input.as_bytes()));
+    let output = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    output
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_aggregate_of_ten_thousand_lines_reads_back_in_per_key_order() {
+    let local = Local::start().await.unwrap();
+    let mut create = rkcl(&local);
+    create.args(["stream", "create", "cli-put", "--shards", "4"]);
+    let create = tokio::task::spawn_blocking(move || create.output().unwrap())
+        .await
+        .unwrap();
+    assert!(create.status.success(), "{}", String::from_utf8_lossy(&create.stderr));
+
+    let keys = 64;
+    let input: String = (0..10_000)
+        .map(|i| {
+            let key = format!("user-{}", i % keys);
+            let data = BASE64.encode(format!("{key}:{}", i / keys));
+            format!("{{\"partition_key\":\"{key}\",\"data\":\"{data}\"}}\n")
+        })
+        .collect();
+    let mut put = rkcl(&local);
+    put.args(["put", "--stream", "cli-put", "--aggregate", "--format", "json"]);
+    let output = tokio::task::spawn_blocking(move || run_with_stdin(put, &input))
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("records: 10000,"), "{stdout}");
+
+    let kinesis = Kinesis::new(local.kinesis_client());
+    let stream = StreamRef::parse("cli-put");
+    let client = local.kinesis_client();
+    let mut next: HashMap<String, usize> = HashMap::new();
+    let mut total = 0;
+    for shard in kinesis.list_shards(&stream).await.unwrap() {
+        let mut deaggregator =
+            Deaggregator::for_shard(shard.id.clone(), shard.hash_key_range, HashRangePolicy::DropAggregate);
+        let mut iterator = client
+            .get_shard_iterator()
+            .stream_name("cli-put")
+            .shard_id(shard.id.as_str())
+            .shard_iterator_type(ShardIteratorType::TrimHorizon)
+            .send()
+            .await
+            .unwrap()
+            .shard_iterator()
+            .map(str::to_owned);
+        while let Some(it) = iterator {
+            let out = client.get_records().shard_iterator(it).send().await.unwrap();
+            for record in out.records() {
+                let users = deaggregator.deaggregate(KinesisRecord {
+                    sequence_number: record.sequence_number().parse().unwrap(),
+                    partition_key: record.partition_key().to_owned(),
+                    data: record.data().as_ref().to_vec().into(),
+                    approximate_arrival_timestamp: None,
+                });
+                for user in users {
+                    assert!(user.is_aggregated());
+                    let text = String::from_utf8(user.data.to_vec()).unwrap();
+                    let (key, n) = text.split_once(':').unwrap();
+                    assert_eq!(key, user.partition_key);
+                    let expected = next.entry(key.to_owned()).or_default();
+                    assert_eq!(n.parse::<usize>().unwrap(), *expected, "order of {key}");
+                    *expected += 1;
+                    total += 1;
+                }
+            }
+            let at_tip = out.records().is_empty() && out.millis_behind_latest() == Some(0);
+            iterator = if at_tip { None } else { out.next_shard_iterator().map(str::to_owned) };
+        }
+        assert_eq!(deaggregator.stats().aggregates_dropped, 0, "{}", shard.id);
+    }
+    assert_eq!(total, 10_000);
+    assert_eq!(next.len(), keys);
+    tokio::time::timeout(Duration::from_secs(10), local.shutdown()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_one_line_and_a_non_zero_exit() {
+    let local = Local::start().await.unwrap();
+    let mut describe = rkcl(&local);
+    describe.args(["stream", "describe", "missing"]);
+    let output = tokio::task::spawn_blocking(move || describe.output().unwrap())
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("not found"), "{stderr}");
+
+    let output = run_with_stdin(
+        {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_rkcl"));
+            c.args(["kpl", "decode"]);
+            c
+        },
+        "bm90IGFnZ3JlZ2F0ZWQ=\n%%%\n",
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("line 2"));
+    assert_eq!(String::from_utf8_lossy(&output.stdout).lines().count(), 1);
+}
