@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use rkcl::{Aggregator, Decoded, Deaggregator, HashKeyRange, HashRangePolicy, ProducerRecord};
+use rkcl::{Aggregator, Deaggregator, Decoded, HashKeyRange, HashRangePolicy, ProducerRecord};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, clap::Subcommand)]
@@ -115,7 +115,8 @@ fn decode(args: DecodeArgs, input: impl BufRead, mut out: impl Write) -> anyhow:
             }
         };
         let data = bytes::Bytes::from(record.data);
-        let users: Vec<UserRecordJson> = match deaggregator.decode(&data, sequence_number.as_ref()) {
+        let users: Vec<UserRecordJson> = match deaggregator.decode(&data, sequence_number.as_ref())
+        {
             Decoded::PassThrough(_) => vec![UserRecordJson {
                 partition_key: record.partition_key,
                 explicit_hash_key: record.explicit_hash_key,
@@ -341,15 +342,26 @@ mod tests {
             })
             .collect();
         let encoded = encode_text(&input);
-        assert!(encoded.lines().count() > 1, "200-byte aggregates split the input");
+        assert!(
+            encoded.lines().count() > 1,
+            "200-byte aggregates split the input"
+        );
         let (decoded, code) = decode_text(&encoded, no_filter());
         assert_eq!(code, ExitCode::SUCCESS);
-        let records: Vec<UserRecordJson> =
-            decoded.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let records: Vec<UserRecordJson> = decoded
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(records.len(), 20);
         for (i, record) in records.iter().enumerate() {
-            assert_eq!(record.partition_key.as_deref(), Some(format!("k{}", i % 3).as_str()));
-            assert_eq!(BASE64.decode(&record.data).unwrap(), format!("payload {i}").as_bytes());
+            assert_eq!(
+                record.partition_key.as_deref(),
+                Some(format!("k{}", i % 3).as_str())
+            );
+            assert_eq!(
+                BASE64.decode(&record.data).unwrap(),
+                format!("payload {i}").as_bytes()
+            );
             assert!(record.sub_sequence_number.is_some());
             assert!(record.explicit_hash_key.is_none());
         }
@@ -358,12 +370,16 @@ mod tests {
     #[test]
     fn bad_lines_are_named_and_the_rest_decoded() {
         let plain = BASE64.encode("not aggregated");
-        let json = format!("{{\"data\":\"{plain}\",\"partition_key\":\"outer\",\"sequence_number\":\"12\"}}");
+        let json = format!(
+            "{{\"data\":\"{plain}\",\"partition_key\":\"outer\",\"sequence_number\":\"12\"}}"
+        );
         let input = format!("{plain}\n!!! not base64 !!!\n{json}\n");
         let (decoded, code) = decode_text(&input, no_filter());
         assert_eq!(code, ExitCode::FAILURE);
-        let lines: Vec<serde_json::Value> =
-            decoded.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<serde_json::Value> = decoded
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0]["partition_key"], serde_json::Value::Null);
         assert_eq!(lines[0]["sub_sequence_number"], serde_json::Value::Null);

@@ -29,23 +29,41 @@ pub(crate) async fn run(args: LocalArgs) -> anyhow::Result<ExitCode> {
     let local = builder.start().await?;
     {
         let mut out = std::io::stdout().lock();
-        let data = args
-            .data_dir
-            .as_ref()
-            .map_or_else(|| "in memory".to_owned(), |dir| format!("in {}", dir.display()));
+        let data = args.data_dir.as_ref().map_or_else(
+            || "in memory".to_owned(),
+            |dir| format!("in {}", dir.display()),
+        );
         writeln!(out, "Kinesis:  {}", local.kinesis_endpoint())?;
         writeln!(out, "DynamoDB: {} (data {data})", local.dynamodb_endpoint())?;
         writeln!(out)?;
-        writeln!(out, "export AWS_ENDPOINT_URL_KINESIS={}", local.kinesis_endpoint())?;
-        writeln!(out, "export AWS_ENDPOINT_URL_DYNAMODB={}", local.dynamodb_endpoint())?;
+        writeln!(
+            out,
+            "export AWS_ENDPOINT_URL_KINESIS={}",
+            local.kinesis_endpoint()
+        )?;
+        writeln!(
+            out,
+            "export AWS_ENDPOINT_URL_DYNAMODB={}",
+            local.dynamodb_endpoint()
+        )?;
         writeln!(out, "export AWS_REGION={}", rkcl_local::REGION)?;
-        writeln!(out, "export AWS_ACCESS_KEY_ID={}", rkcl_local::ACCESS_KEY_ID)?;
-        writeln!(out, "export AWS_SECRET_ACCESS_KEY={}", rkcl_local::SECRET_ACCESS_KEY)?;
+        writeln!(
+            out,
+            "export AWS_ACCESS_KEY_ID={}",
+            rkcl_local::ACCESS_KEY_ID
+        )?;
+        writeln!(
+            out,
+            "export AWS_SECRET_ACCESS_KEY={}",
+            rkcl_local::SECRET_ACCESS_KEY
+        )?;
         writeln!(out)?;
         writeln!(out, "Press Ctrl-C to stop.")?;
         out.flush()?;
     }
-    shutdown_signal().await.context("could not wait for Ctrl-C")?;
+    shutdown_signal()
+        .await
+        .context("could not wait for Ctrl-C")?;
     local.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }

@@ -64,7 +64,8 @@ pub(crate) async fn run(aws: &AwsArgs, args: PutArgs) -> anyhow::Result<ExitCode
     let kinesis = aws.kinesis().await?;
     let mut producer = Producer::new(kinesis, stream.clone(), config)?;
     let mut total = PutSummary::default();
-    let (sender, mut receiver) = tokio::sync::mpsc::channel::<anyhow::Result<Vec<ProducerRecord>>>(2);
+    let (sender, mut receiver) =
+        tokio::sync::mpsc::channel::<anyhow::Result<Vec<ProducerRecord>>>(2);
     // Stdin is read on a blocking thread so sending overlaps reading.
     let reader = tokio::task::spawn_blocking(move || read_chunks(&args, &sender));
     while let Some(chunk) = receiver.recv().await {
@@ -115,7 +116,10 @@ fn read_chunks(
         chunk.push(record);
         if chunk.len() >= CHUNK_RECORDS || bytes >= CHUNK_BYTES {
             bytes = 0;
-            if sender.blocking_send(Ok(std::mem::take(&mut chunk))).is_err() {
+            if sender
+                .blocking_send(Ok(std::mem::take(&mut chunk)))
+                .is_err()
+            {
                 return;
             }
         }
@@ -143,4 +147,3 @@ fn to_record(args: &PutArgs, line: &str, rng: &mut impl Rng) -> anyhow::Result<P
         }
     }
 }
-

@@ -39,14 +39,20 @@ pub(crate) async fn run(aws: &AwsArgs, command: StreamCommand) -> anyhow::Result
                 bail!("a stream needs at least one shard");
             }
             let stream = stream_ref(&name)?;
-            kinesis.create_stream(&name, shards).await.for_stream(&stream)?;
+            kinesis
+                .create_stream(&name, shards)
+                .await
+                .for_stream(&stream)?;
             let summary = kinesis
                 .wait_until_active(&stream, Duration::from_secs(300))
                 .await
                 .for_stream(&stream)?;
             write_line(
                 &mut out,
-                &format!("created {} with {} shards: {}", summary.name, summary.open_shard_count, summary.arn),
+                &format!(
+                    "created {} with {} shards: {}",
+                    summary.name, summary.open_shard_count, summary.arn
+                ),
             )?;
         }
         StreamCommand::List => {
@@ -65,7 +71,12 @@ pub(crate) async fn run(aws: &AwsArgs, command: StreamCommand) -> anyhow::Result
                     &mut out,
                     &format!(
                         "{:<22} {:<7} {:<22} {:<22} {:>39} {:>39}",
-                        "SHARD", "STATE", "PARENT", "ADJACENT PARENT", "START HASH KEY", "END HASH KEY"
+                        "SHARD",
+                        "STATE",
+                        "PARENT",
+                        "ADJACENT PARENT",
+                        "START HASH KEY",
+                        "END HASH KEY"
                     ),
                 )?;
             }
@@ -93,8 +104,14 @@ pub(crate) async fn run(aws: &AwsArgs, command: StreamCommand) -> anyhow::Result
                             "{:<22} {:<7} {:<22} {:<22} {:>39} {:>39}",
                             shard.id.as_str(),
                             state,
-                            shard.parent_shard_id.as_ref().map_or_else(none, |s| s.to_string()),
-                            shard.adjacent_parent_shard_id.as_ref().map_or_else(none, |s| s.to_string()),
+                            shard
+                                .parent_shard_id
+                                .as_ref()
+                                .map_or_else(none, |s| s.to_string()),
+                            shard
+                                .adjacent_parent_shard_id
+                                .as_ref()
+                                .map_or_else(none, |s| s.to_string()),
                             shard.hash_key_range.start(),
                             shard.hash_key_range.end()
                         ),

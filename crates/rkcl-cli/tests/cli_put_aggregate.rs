@@ -48,7 +48,11 @@ async fn put_aggregate_of_ten_thousand_lines_reads_back_in_per_key_order() {
     let create = tokio::task::spawn_blocking(move || create.output().unwrap())
         .await
         .unwrap();
-    assert!(create.status.success(), "{}", String::from_utf8_lossy(&create.stderr));
+    assert!(
+        create.status.success(),
+        "{}",
+        String::from_utf8_lossy(&create.stderr)
+    );
 
     let keys = 64;
     let input: String = (0..10_000)
@@ -59,12 +63,23 @@ async fn put_aggregate_of_ten_thousand_lines_reads_back_in_per_key_order() {
         })
         .collect();
     let mut put = rkcl(&local);
-    put.args(["put", "--stream", "cli-put", "--aggregate", "--format", "json"]);
+    put.args([
+        "put",
+        "--stream",
+        "cli-put",
+        "--aggregate",
+        "--format",
+        "json",
+    ]);
     let output = tokio::task::spawn_blocking(move || run_with_stdin(put, &input))
         .await
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(stdout.contains("records: 10000,"), "{stdout}");
 
     let kinesis = Kinesis::new(local.kinesis_client());
@@ -73,8 +88,11 @@ async fn put_aggregate_of_ten_thousand_lines_reads_back_in_per_key_order() {
     let mut next: HashMap<String, usize> = HashMap::new();
     let mut total = 0;
     for shard in kinesis.list_shards(&stream).await.unwrap() {
-        let mut deaggregator =
-            Deaggregator::for_shard(shard.id.clone(), shard.hash_key_range, HashRangePolicy::DropAggregate);
+        let mut deaggregator = Deaggregator::for_shard(
+            shard.id.clone(),
+            shard.hash_key_range,
+            HashRangePolicy::DropAggregate,
+        );
         let mut iterator = client
             .get_shard_iterator()
             .stream_name("cli-put")
@@ -86,7 +104,12 @@ async fn put_aggregate_of_ten_thousand_lines_reads_back_in_per_key_order() {
             .shard_iterator()
             .map(str::to_owned);
         while let Some(it) = iterator {
-            let out = client.get_records().shard_iterator(it).send().await.unwrap();
+            let out = client
+                .get_records()
+                .shard_iterator(it)
+                .send()
+                .await
+                .unwrap();
             for record in out.records() {
                 let users = deaggregator.deaggregate(KinesisRecord {
                     sequence_number: record.sequence_number().parse().unwrap(),
@@ -106,13 +129,19 @@ async fn put_aggregate_of_ten_thousand_lines_reads_back_in_per_key_order() {
                 }
             }
             let at_tip = out.records().is_empty() && out.millis_behind_latest() == Some(0);
-            iterator = if at_tip { None } else { out.next_shard_iterator().map(str::to_owned) };
+            iterator = if at_tip {
+                None
+            } else {
+                out.next_shard_iterator().map(str::to_owned)
+            };
         }
         assert_eq!(deaggregator.stats().aggregates_dropped, 0, "{}", shard.id);
     }
     assert_eq!(total, 10_000);
     assert_eq!(next.len(), keys);
-    tokio::time::timeout(Duration::from_secs(10), local.shutdown()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), local.shutdown())
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

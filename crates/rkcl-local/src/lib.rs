@@ -26,6 +26,19 @@
 //! Where the emulators differ from AWS (no `ChildShards` from GetRecords, no
 //! read throttling, `ShardFilter` ignored) is written down in the project's
 //! ARCHITECTURE.md; rkcl never depends on those differences.
+// Library code never panics on data from the network or a user, and never
+// prints: these lints hold it to that (tests may unwrap).
+#![cfg_attr(
+    not(test),
+    warn(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::print_stdout,
+        clippy::print_stderr
+    )
+)]
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};

@@ -43,7 +43,13 @@ async fn wait_active(client: &aws_sdk_kinesis::Client, stream: &str) {
             .send()
             .await
             .unwrap();
-        if out.stream_description_summary().unwrap().stream_status().as_str() == "ACTIVE" {
+        if out
+            .stream_description_summary()
+            .unwrap()
+            .stream_status()
+            .as_str()
+            == "ACTIVE"
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -58,7 +64,13 @@ async fn both_servers_answer_the_sdk_and_stop_on_shutdown() {
     assert!(local.dynamodb_endpoint().starts_with("http://127.0.0.1:"));
 
     let kinesis = local.kinesis_client();
-    kinesis.create_stream().stream_name("s").shard_count(1).send().await.unwrap();
+    kinesis
+        .create_stream()
+        .stream_name("s")
+        .shard_count(1)
+        .send()
+        .await
+        .unwrap();
     wait_active(&kinesis, "s").await;
     let put = kinesis
         .put_record()
@@ -101,20 +113,39 @@ async fn both_servers_answer_the_sdk_and_stop_on_shutdown() {
         .list_streams()
         .send()
         .await;
-    assert!(after.is_err(), "the Kinesis server still answers after shutdown");
+    assert!(
+        after.is_err(),
+        "the Kinesis server still answers after shutdown"
+    );
 }
 
 #[tokio::test]
 async fn a_taken_port_is_a_clear_error_and_a_free_one_is_used() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let err = Local::builder().kinesis_port(port).start().await.unwrap_err();
-    assert!(matches!(err, LocalError::Bind { service: "Kinesis", .. }), "{err}");
+    let err = Local::builder()
+        .kinesis_port(port)
+        .start()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LocalError::Bind {
+                service: "Kinesis",
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains(&port.to_string()));
 
     drop(taken);
     let local = Local::builder().dynamodb_port(port).start().await.unwrap();
-    assert_eq!(local.dynamodb_endpoint(), format!("http://127.0.0.1:{port}"));
+    assert_eq!(
+        local.dynamodb_endpoint(),
+        format!("http://127.0.0.1:{port}")
+    );
 }
 
 #[tokio::test]

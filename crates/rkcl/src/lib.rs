@@ -39,6 +39,19 @@
 //! assert_eq!(users[2].data, "event 2");
 //! # Ok::<(), rkcl::Error>(())
 //! ```
+// Library code never panics on data from the network or a user, and never
+// prints: these lints hold it to that (tests may unwrap).
+#![cfg_attr(
+    not(test),
+    warn(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::print_stdout,
+        clippy::print_stderr
+    )
+)]
 #![doc(test(attr(deny(warnings))))]
 
 mod aws;
@@ -52,7 +65,7 @@ mod shards;
 pub use aws::{Kinesis, StreamRef, StreamSummary};
 pub use error::{Error, Result, Service};
 pub use kpl::{
-    Aggregate, Aggregator, DeaggregationStats, Decoded, Deaggregator, HashRangePolicy,
+    Aggregate, Aggregator, DeaggregationStats, Deaggregator, Decoded, HashRangePolicy,
     MAGIC as KPL_MAGIC, MAX_KINESIS_RECORD_SIZE, PassThroughReason, SubRecord, has_magic,
 };
 pub use model::{

@@ -99,7 +99,11 @@ impl FromStr for SequenceNumber {
             return Err(Error::InvalidInput(format!("not a sequence number: {s:?}")));
         }
         let digits = s.trim_start_matches('0');
-        Ok(Self(Arc::from(if digits.is_empty() { "0" } else { digits })))
+        Ok(Self(Arc::from(if digits.is_empty() {
+            "0"
+        } else {
+            digits
+        })))
     }
 }
 
@@ -479,9 +483,11 @@ mod tests {
         assert!(!range.contains(HashKey::from_u128(21)));
         assert!(!range.contains(HashKey::from_u128(9)));
         assert!("20:10".parse::<HashKeyRange>().is_err());
-        assert!("0:340282366920938463463374607431768211455"
-            .parse::<HashKeyRange>()
-            .unwrap()
-            .is_full());
+        assert!(
+            "0:340282366920938463463374607431768211455"
+                .parse::<HashKeyRange>()
+                .unwrap()
+                .is_full()
+        );
     }
 }

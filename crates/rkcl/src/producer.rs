@@ -382,7 +382,8 @@ impl Producer {
         let mut groups: Vec<(ShardId, Aggregator, Vec<ProducerRecord>)> = Vec::new();
         let mut out = Vec::new();
         for record in records {
-            let key = HashKey::of_record(&record.partition_key, record.explicit_hash_key.as_deref())?;
+            let key =
+                HashKey::of_record(&record.partition_key, record.explicit_hash_key.as_deref())?;
             let shard = map.shard_for(key).ok_or_else(|| {
                 Error::InvalidInput(format!(
                     "no open shard of stream {} holds hash key {key}",
@@ -404,7 +405,11 @@ impl Producer {
                 continue;
             };
             if let Some(full) = aggregator.add(record.clone())? {
-                out.push(aggregate_entry(shard_id.clone(), full, std::mem::take(members)));
+                out.push(aggregate_entry(
+                    shard_id.clone(),
+                    full,
+                    std::mem::take(members),
+                ));
             }
             members.push(record);
         }

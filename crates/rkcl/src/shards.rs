@@ -92,9 +92,18 @@ mod tests {
             shard("a", 0, 99, true),
             shard("old", 0, u128::MAX, false),
         ]);
-        assert_eq!(map.shard_for(HashKey::from_u128(0)).unwrap().id.as_str(), "a");
-        assert_eq!(map.shard_for(HashKey::from_u128(99)).unwrap().id.as_str(), "a");
-        assert_eq!(map.shard_for(HashKey::from_u128(100)).unwrap().id.as_str(), "b");
+        assert_eq!(
+            map.shard_for(HashKey::from_u128(0)).unwrap().id.as_str(),
+            "a"
+        );
+        assert_eq!(
+            map.shard_for(HashKey::from_u128(99)).unwrap().id.as_str(),
+            "a"
+        );
+        assert_eq!(
+            map.shard_for(HashKey::from_u128(100)).unwrap().id.as_str(),
+            "b"
+        );
         assert_eq!(map.shard_for(HashKey::MAX).unwrap().id.as_str(), "b");
         assert!(map.get(&ShardId::from("old")).is_none());
     }

@@ -6,8 +6,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use rkcl::{
-    Decoded, Deaggregator, HashKey, HashKeyRange, HashRangePolicy, KinesisRecord, PassThroughReason,
-    ShardId,
+    Deaggregator, Decoded, HashKey, HashKeyRange, HashRangePolicy, KinesisRecord,
+    PassThroughReason, ShardId,
 };
 use serde::Deserialize;
 
@@ -62,11 +62,18 @@ fn every_vector_decodes_to_exactly_its_user_records() {
             let name = &vector.name;
             assert_eq!(user.partition_key, expected.partition_key, "{name}");
             assert_eq!(user.explicit_hash_key, expected.explicit_hash_key, "{name}");
-            assert_eq!(user.data, STANDARD.decode(&expected.data_b64).unwrap(), "{name}");
-            assert_eq!(user.sub_sequence_number, expected.sub_sequence_number, "{name}");
+            assert_eq!(
+                user.data,
+                STANDARD.decode(&expected.data_b64).unwrap(),
+                "{name}"
+            );
+            assert_eq!(
+                user.sub_sequence_number, expected.sub_sequence_number,
+                "{name}"
+            );
             assert_eq!(user.sequence_number, record.sequence_number, "{name}");
-            let hash = HashKey::of_record(&user.partition_key, user.explicit_hash_key.as_deref())
-                .unwrap();
+            let hash =
+                HashKey::of_record(&user.partition_key, user.explicit_hash_key.as_deref()).unwrap();
             assert_eq!(hash.to_string(), expected.hash_key, "{name}");
         }
         match vector.kind.as_str() {
@@ -79,7 +86,10 @@ fn every_vector_decodes_to_exactly_its_user_records() {
             other => panic!("unknown kind {other}"),
         }
     }
-    assert!(aggregated > 90 && passed_through >= 5, "{aggregated} / {passed_through}");
+    assert!(
+        aggregated > 90 && passed_through >= 5,
+        "{aggregated} / {passed_through}"
+    );
 }
 
 #[test]
@@ -123,7 +133,8 @@ fn filtering_by_a_shard_range_follows_the_policy() {
         for (i, range) in halves.iter().enumerate() {
             let inside = hashes.iter().filter(|h| range.contains(**h)).count();
             let shard = ShardId::new(format!("shardId-{i}"));
-            let mut kcl = Deaggregator::for_shard(shard.clone(), *range, HashRangePolicy::DropAggregate);
+            let mut kcl =
+                Deaggregator::for_shard(shard.clone(), *range, HashRangePolicy::DropAggregate);
             let users = kcl.deaggregate(kinesis_record(vector));
             if inside == hashes.len() {
                 assert_eq!(users.len(), hashes.len(), "{}", vector.name);
@@ -141,5 +152,8 @@ fn filtering_by_a_shard_range_follows_the_policy() {
             );
         }
     }
-    assert!(dropped_somewhere > 10, "the vectors mix keys of both halves");
+    assert!(
+        dropped_somewhere > 10,
+        "the vectors mix keys of both halves"
+    );
 }

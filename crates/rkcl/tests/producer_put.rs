@@ -28,8 +28,11 @@ async fn read_all(local: &Local, kinesis: &Kinesis, stream: &StreamRef) -> (Vec<
     let mut users = Vec::new();
     let mut dropped = 0;
     for shard in kinesis.list_shards(stream).await.unwrap() {
-        let mut deaggregator =
-            Deaggregator::for_shard(shard.id.clone(), shard.hash_key_range, HashRangePolicy::DropAggregate);
+        let mut deaggregator = Deaggregator::for_shard(
+            shard.id.clone(),
+            shard.hash_key_range,
+            HashRangePolicy::DropAggregate,
+        );
         let mut iterator = client
             .get_shard_iterator()
             .stream_name(stream.name())
@@ -41,7 +44,12 @@ async fn read_all(local: &Local, kinesis: &Kinesis, stream: &StreamRef) -> (Vec<
             .shard_iterator()
             .map(str::to_owned);
         while let Some(it) = iterator {
-            let out = client.get_records().shard_iterator(it).send().await.unwrap();
+            let out = client
+                .get_records()
+                .shard_iterator(it)
+                .send()
+                .await
+                .unwrap();
             for record in out.records() {
                 deaggregator.deaggregate_into(
                     KinesisRecord {
@@ -54,7 +62,11 @@ async fn read_all(local: &Local, kinesis: &Kinesis, stream: &StreamRef) -> (Vec<
                 );
             }
             let at_tip = out.records().is_empty() && out.millis_behind_latest() == Some(0);
-            iterator = if at_tip { None } else { out.next_shard_iterator().map(str::to_owned) };
+            iterator = if at_tip {
+                None
+            } else {
+                out.next_shard_iterator().map(str::to_owned)
+            };
         }
         dropped += deaggregator.stats().sub_records_dropped;
     }
@@ -63,7 +75,9 @@ async fn read_all(local: &Local, kinesis: &Kinesis, stream: &StreamRef) -> (Vec<
 
 fn records(keys: usize, per_key: usize) -> Vec<ProducerRecord> {
     (0..per_key)
-        .flat_map(|n| (0..keys).map(move |k| ProducerRecord::new(format!("key-{k}"), format!("{k}:{n}"))))
+        .flat_map(|n| {
+            (0..keys).map(move |k| ProducerRecord::new(format!("key-{k}"), format!("{k}:{n}")))
+        })
         .collect()
 }
 
@@ -73,7 +87,10 @@ fn assert_complete_and_ordered(users: &[UserRecord], keys: usize, per_key: usize
     let mut by_shard_order: Vec<&UserRecord> = users.iter().collect();
     // Order within a key is the order of sequence numbers (and sub-sequence
     // numbers) across the shards the key passed through.
-    by_shard_order.sort_by(|a, b| a.extended_sequence_number().cmp(&b.extended_sequence_number()));
+    by_shard_order.sort_by(|a, b| {
+        a.extended_sequence_number()
+            .cmp(&b.extended_sequence_number())
+    });
     for user in by_shard_order {
         let text = std::str::from_utf8(&user.data).unwrap();
         let (k, n) = text.split_once(':').unwrap();
@@ -124,7 +141,10 @@ async fn aggregates_go_to_the_predicted_shard() {
     assert!(summary.kinesis_records < 100, "{summary:?}");
     assert_eq!(summary.resent_after_reshard, 0);
     let (users, dropped) = read_all(&local, &kinesis, &stream).await;
-    assert_eq!(dropped, 0, "a KCL consumer drops nothing the producer aggregated");
+    assert_eq!(
+        dropped, 0,
+        "a KCL consumer drops nothing the producer aggregated"
+    );
     assert!(users.iter().all(UserRecord::is_aggregated));
     assert_complete_and_ordered(&users, 40, 50);
 }
@@ -161,7 +181,10 @@ async fn aggregates_that_land_in_a_new_shard_are_sent_again() {
     assert!(summary.resent_after_reshard > 0, "{summary:?}");
     assert_eq!(summary.user_records, 30 * 19);
     let (users, dropped) = read_all(&local, &kinesis, &stream).await;
-    assert!(dropped > 0, "the misrouted aggregate is dropped by the consumer");
+    assert!(
+        dropped > 0,
+        "the misrouted aggregate is dropped by the consumer"
+    );
     assert_complete_and_ordered(&users, 30, 20);
 }
 
@@ -170,19 +193,37 @@ async fn bad_records_are_refused_before_anything_is_sent() {
     let local = Local::start().await.unwrap();
     let kinesis = Kinesis::new(local.kinesis_client());
     let stream = create_stream(&kinesis, "refused", 1).await;
-    let mut producer = Producer::new(kinesis.clone(), stream.clone(), ProducerConfig::default()).unwrap();
+    let mut producer =
+        Producer::new(kinesis.clone(), stream.clone(), ProducerConfig::default()).unwrap();
     let batch = vec![
         ProducerRecord::new("fine", "ok"),
         ProducerRecord::new("", "empty key"),
     ];
-    assert!(matches!(producer.put(batch).await, Err(rkcl::Error::InvalidInput(_))));
-    let huge = vec![ProducerRecord::new("k", vec![0u8; rkcl::MAX_KINESIS_RECORD_SIZE])];
-    assert!(matches!(producer.put(huge).await, Err(rkcl::Error::RecordTooLarge { .. })));
+    assert!(matches!(
+        producer.put(batch).await,
+        Err(rkcl::Error::InvalidInput(_))
+    ));
+    let huge = vec![ProducerRecord::new(
+        "k",
+        vec![0u8; rkcl::MAX_KINESIS_RECORD_SIZE],
+    )];
+    assert!(matches!(
+        producer.put(huge).await,
+        Err(rkcl::Error::RecordTooLarge { .. })
+    ));
     let (users, _) = read_all(&local, &kinesis, &stream).await;
     assert!(users.is_empty());
 
-    let mut missing = Producer::new(kinesis, StreamRef::parse("no-such-stream"), ProducerConfig::default()).unwrap();
-    let err = missing.put(vec![ProducerRecord::new("k", "v")]).await.unwrap_err();
+    let mut missing = Producer::new(
+        kinesis,
+        StreamRef::parse("no-such-stream"),
+        ProducerConfig::default(),
+    )
+    .unwrap();
+    let err = missing
+        .put(vec![ProducerRecord::new("k", "v")])
+        .await
+        .unwrap_err();
     assert!(matches!(err, rkcl::Error::ResourceNotFound { .. }), "{err}");
     assert!(!err.is_retryable());
 }

@@ -69,7 +69,12 @@ fn mentions_credentials(text: &str) -> bool {
 
 /// Classifies an error code the way the Kinesis and DynamoDB APIs document
 /// them. `status` is the HTTP status when known.
-pub(crate) fn classify(service: Service, code: &str, message: String, status: Option<u16>) -> Error {
+pub(crate) fn classify(
+    service: Service,
+    code: &str,
+    message: String,
+    status: Option<u16>,
+) -> Error {
     match code {
         "ThrottlingException"
         | "Throttling"
@@ -131,14 +136,34 @@ mod tests {
     #[test]
     fn codes_map_to_kinds() {
         let kind = |code| classify(Service::Kinesis, code, String::new(), None);
-        assert!(matches!(kind("ProvisionedThroughputExceededException"), Error::Throttled { .. }));
-        assert!(matches!(kind("ExpiredIteratorException"), Error::ExpiredIterator { .. }));
-        assert!(matches!(kind("ResourceNotFoundException"), Error::ResourceNotFound { .. }));
-        assert!(matches!(kind("KMSAccessDeniedException"), Error::AccessDenied { .. }));
-        assert!(matches!(kind("UnrecognizedClientException"), Error::Credentials { .. }));
-        assert!(matches!(kind("InvalidArgumentException"), Error::InvalidRequest { .. }));
+        assert!(matches!(
+            kind("ProvisionedThroughputExceededException"),
+            Error::Throttled { .. }
+        ));
+        assert!(matches!(
+            kind("ExpiredIteratorException"),
+            Error::ExpiredIterator { .. }
+        ));
+        assert!(matches!(
+            kind("ResourceNotFoundException"),
+            Error::ResourceNotFound { .. }
+        ));
+        assert!(matches!(
+            kind("KMSAccessDeniedException"),
+            Error::AccessDenied { .. }
+        ));
+        assert!(matches!(
+            kind("UnrecognizedClientException"),
+            Error::Credentials { .. }
+        ));
+        assert!(matches!(
+            kind("InvalidArgumentException"),
+            Error::InvalidRequest { .. }
+        ));
         assert!(kind("InternalFailure").is_retryable());
         assert!(!kind("SomethingNew").is_retryable());
-        assert!(classify(Service::Kinesis, "SomethingNew", String::new(), Some(503)).is_retryable());
+        assert!(
+            classify(Service::Kinesis, "SomethingNew", String::new(), Some(503)).is_retryable()
+        );
     }
 }

@@ -185,12 +185,14 @@ impl Kinesis {
             .send()
             .await
             .map_err(|e| from_sdk(Service::Kinesis, e))?;
-        let summary = out.stream_description_summary().ok_or_else(|| Error::Service {
-            service: Service::Kinesis,
-            code: "MissingField".into(),
-            message: "DescribeStreamSummary returned no summary".into(),
-            retryable: true,
-        })?;
+        let summary = out
+            .stream_description_summary()
+            .ok_or_else(|| Error::Service {
+                service: Service::Kinesis,
+                code: "MissingField".into(),
+                message: "DescribeStreamSummary returned no summary".into(),
+                retryable: true,
+            })?;
         Ok(StreamSummary {
             name: summary.stream_name().to_owned(),
             arn: summary.stream_arn().to_owned(),

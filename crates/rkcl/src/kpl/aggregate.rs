@@ -138,7 +138,8 @@ impl Aggregator {
     /// [`Error::InvalidInput`] when its explicit hash key is not a decimal
     /// number below 2^128.
     pub fn add(&mut self, record: ProducerRecord) -> Result<Option<Aggregate>> {
-        let hash_key = HashKey::of_record(&record.partition_key, record.explicit_hash_key.as_deref())?;
+        let hash_key =
+            HashKey::of_record(&record.partition_key, record.explicit_hash_key.as_deref())?;
         let alone = self.added_len(&record, true);
         let alone_total = MAGIC.len() + alone + DIGEST_LEN;
         if alone_total > self.max_size
@@ -146,7 +147,9 @@ impl Aggregator {
         {
             return Err(Error::RecordTooLarge {
                 size: alone_total,
-                max: self.max_size.min(MAX_KINESIS_RECORD_SIZE - record.partition_key.len()),
+                max: self
+                    .max_size
+                    .min(MAX_KINESIS_RECORD_SIZE - record.partition_key.len()),
             });
         }
         let finished = if self.is_empty() {
@@ -180,7 +183,10 @@ impl Aggregator {
     }
 
     fn first_partition_key_len(&self) -> usize {
-        self.message.partition_key_table.first().map_or(0, String::len)
+        self.message
+            .partition_key_table
+            .first()
+            .map_or(0, String::len)
     }
 
     /// The bytes the body grows by when `record` is added; `fresh` computes it
@@ -192,7 +198,11 @@ impl Aggregator {
             Some(&index) if !fresh => index,
             _ => {
                 len += table_entry(&record.partition_key);
-                if fresh { 0 } else { self.partition_keys.len() as u64 }
+                if fresh {
+                    0
+                } else {
+                    self.partition_keys.len() as u64
+                }
             }
         };
         let mut inner = 1 + encoded_len_varint(pk_index);
@@ -201,7 +211,11 @@ impl Aggregator {
                 Some(&index) if !fresh => index,
                 _ => {
                     len += table_entry(ehk);
-                    if fresh { 0 } else { self.explicit_hash_keys.len() as u64 }
+                    if fresh {
+                        0
+                    } else {
+                        self.explicit_hash_keys.len() as u64
+                    }
                 }
             };
             inner += 1 + encoded_len_varint(ehk_index);

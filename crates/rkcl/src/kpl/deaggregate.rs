@@ -306,7 +306,11 @@ impl Deaggregator {
         out
     }
 
-    fn pass_through(&mut self, reason: PassThroughReason, sequence_number: Option<&SequenceNumber>) {
+    fn pass_through(
+        &mut self,
+        reason: PassThroughReason,
+        sequence_number: Option<&SequenceNumber>,
+    ) {
         self.stats.user_records += 1;
         if reason.is_corrupt() {
             self.stats.corrupt += 1;
@@ -333,11 +337,18 @@ impl Deaggregator {
         message
             .explicit_hash_key_table
             .iter()
-            .map(|key| key.parse().map_err(|_| PassThroughReason::BadExplicitHashKey))
+            .map(|key| {
+                key.parse()
+                    .map_err(|_| PassThroughReason::BadExplicitHashKey)
+            })
             .collect()
     }
 
-    fn count_outside_range(&self, message: &proto::AggregatedRecord, ehk_table: &[HashKey]) -> usize {
+    fn count_outside_range(
+        &self,
+        message: &proto::AggregatedRecord,
+        ehk_table: &[HashKey],
+    ) -> usize {
         let Some(range) = self.hash_range.filter(|range| !range.is_full()) else {
             return 0;
         };
@@ -346,7 +357,10 @@ impl Deaggregator {
         let mut outside = 0;
         for record in &message.records {
             let hash = match record.explicit_hash_key_index {
-                Some(index) => usize::try_from(index).ok().and_then(|i| ehk_table.get(i)).copied(),
+                Some(index) => usize::try_from(index)
+                    .ok()
+                    .and_then(|i| ehk_table.get(i))
+                    .copied(),
                 None => usize::try_from(record.partition_key_index.unwrap_or(0))
                     .ok()
                     .and_then(|i| {
@@ -382,7 +396,10 @@ fn into_sub_records(message: proto::AggregatedRecord) -> Vec<SubRecord> {
         .zip(0u64..)
         .map(|(record, index)| SubRecord {
             sub_sequence_number: Some(index),
-            partition_key: lookup(&partition_key_table, record.partition_key_index.unwrap_or(0)),
+            partition_key: lookup(
+                &partition_key_table,
+                record.partition_key_index.unwrap_or(0),
+            ),
             explicit_hash_key: record
                 .explicit_hash_key_index
                 .map(|i| lookup(&explicit_hash_key_table, i)),

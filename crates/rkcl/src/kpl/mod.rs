@@ -15,7 +15,7 @@ mod proto;
 
 pub use aggregate::{Aggregate, Aggregator, MAX_KINESIS_RECORD_SIZE};
 pub use deaggregate::{
-    DeaggregationStats, Decoded, Deaggregator, HashRangePolicy, PassThroughReason, SubRecord,
+    DeaggregationStats, Deaggregator, Decoded, HashRangePolicy, PassThroughReason, SubRecord,
 };
 
 /// The four bytes that open every KPL aggregate.

@@ -1,6 +1,6 @@
 use bytes::Bytes;
-use prost::Message;
 use proptest::prelude::*;
+use prost::Message;
 
 use super::*;
 use crate::model::{HashKey, HashKeyRange, SequenceNumber, ShardId};
@@ -32,14 +32,26 @@ fn reason_of(data: Bytes) -> PassThroughReason {
 #[test]
 fn corrupt_inputs_pass_through_with_their_reason() {
     let good = aggregate_of(&[ProducerRecord::new("k", "v")]).data;
-    assert_eq!(reason_of(Bytes::from_static(b"plain")), PassThroughReason::NotAggregated);
+    assert_eq!(
+        reason_of(Bytes::from_static(b"plain")),
+        PassThroughReason::NotAggregated
+    );
     assert_eq!(reason_of(Bytes::new()), PassThroughReason::NotAggregated);
-    assert_eq!(reason_of(Bytes::from(MAGIC.to_vec())), PassThroughReason::TooShort);
+    assert_eq!(
+        reason_of(Bytes::from(MAGIC.to_vec())),
+        PassThroughReason::TooShort
+    );
     let mut bad_digest = good.to_vec();
     let last = bad_digest.len() - 1;
     bad_digest[last] ^= 1;
-    assert_eq!(reason_of(Bytes::from(bad_digest)), PassThroughReason::DigestMismatch);
-    assert_eq!(reason_of(frame(&[0xff; 40])), PassThroughReason::BadProtobuf);
+    assert_eq!(
+        reason_of(Bytes::from(bad_digest)),
+        PassThroughReason::DigestMismatch
+    );
+    assert_eq!(
+        reason_of(frame(&[0xff; 40])),
+        PassThroughReason::BadProtobuf
+    );
     // A record pointing at partition key 3 of a one-entry table.
     let message = proto::AggregatedRecord {
         partition_key_table: vec!["a".into()],
@@ -51,7 +63,10 @@ fn corrupt_inputs_pass_through_with_their_reason() {
             tags: vec![],
         }],
     };
-    assert_eq!(reason_of(frame(&message.encode_to_vec())), PassThroughReason::IndexOutOfRange);
+    assert_eq!(
+        reason_of(frame(&message.encode_to_vec())),
+        PassThroughReason::IndexOutOfRange
+    );
     // A record without its required partition-key index.
     let missing = proto::AggregatedRecord {
         records: vec![proto::Record {
@@ -60,12 +75,18 @@ fn corrupt_inputs_pass_through_with_their_reason() {
         }],
         ..message.clone()
     };
-    assert_eq!(reason_of(frame(&missing.encode_to_vec())), PassThroughReason::IndexOutOfRange);
+    assert_eq!(
+        reason_of(frame(&missing.encode_to_vec())),
+        PassThroughReason::IndexOutOfRange
+    );
     let empty = proto::AggregatedRecord {
         partition_key_table: vec!["a".into(), "b".into()],
         ..Default::default()
     };
-    assert_eq!(reason_of(frame(&empty.encode_to_vec())), PassThroughReason::EmptyAggregate);
+    assert_eq!(
+        reason_of(frame(&empty.encode_to_vec())),
+        PassThroughReason::EmptyAggregate
+    );
     let bad_ehk = proto::AggregatedRecord {
         explicit_hash_key_table: vec!["12x".into()],
         records: vec![proto::Record {
@@ -76,7 +97,10 @@ fn corrupt_inputs_pass_through_with_their_reason() {
         }],
         ..message
     };
-    assert_eq!(reason_of(frame(&bad_ehk.encode_to_vec())), PassThroughReason::BadExplicitHashKey);
+    assert_eq!(
+        reason_of(frame(&bad_ehk.encode_to_vec())),
+        PassThroughReason::BadExplicitHashKey
+    );
 }
 
 #[test]
@@ -94,7 +118,10 @@ fn pass_through_keeps_the_whole_record_and_is_counted() {
     assert_eq!(out[0].partition_key, "outer");
     assert_eq!(out[0].sub_sequence_number, None);
     let stats = deaggregator.stats();
-    assert_eq!((stats.records, stats.corrupt, stats.user_records), (1, 1, 1));
+    assert_eq!(
+        (stats.records, stats.corrupt, stats.user_records),
+        (1, 1, 1)
+    );
 }
 
 /// Records hashed to both halves of the key space.
@@ -129,8 +156,11 @@ fn two_halves() -> (HashKeyRange, Vec<ProducerRecord>) {
 fn drop_aggregate_policy_drops_the_whole_aggregate_and_counts_it() {
     let (low, records) = two_halves();
     let aggregate = aggregate_of(&records);
-    let mut deaggregator =
-        Deaggregator::for_shard(ShardId::from("shardId-0"), low, HashRangePolicy::DropAggregate);
+    let mut deaggregator = Deaggregator::for_shard(
+        ShardId::from("shardId-0"),
+        low,
+        HashRangePolicy::DropAggregate,
+    );
     assert_eq!(
         deaggregator.decode(&aggregate.data, Some(&SequenceNumber::from_u128(7))),
         Decoded::Dropped {
@@ -139,7 +169,10 @@ fn drop_aggregate_policy_drops_the_whole_aggregate_and_counts_it() {
         }
     );
     let stats = deaggregator.stats();
-    assert_eq!((stats.aggregates_dropped, stats.sub_records_dropped), (1, 3));
+    assert_eq!(
+        (stats.aggregates_dropped, stats.sub_records_dropped),
+        (1, 3)
+    );
     assert_eq!(stats.user_records, 0);
 
     // Without the outside record the aggregate is kept.
@@ -226,20 +259,37 @@ fn aggregates_respect_the_maximum_size() {
     aggregates.extend(aggregator.flush());
     assert!(aggregates.iter().all(|a| a.data.len() <= 1000));
     // Nearly full: the next record would not have fitted.
-    assert!(aggregates.iter().rev().skip(1).all(|a| a.data.len() > 1000 - 140));
-    assert_eq!(aggregates.iter().map(|a| a.user_records).sum::<usize>(), 1000);
+    assert!(
+        aggregates
+            .iter()
+            .rev()
+            .skip(1)
+            .all(|a| a.data.len() > 1000 - 140)
+    );
+    assert_eq!(
+        aggregates.iter().map(|a| a.user_records).sum::<usize>(),
+        1000
+    );
 }
 
 #[test]
 fn a_record_too_big_for_any_aggregate_is_an_error() {
     let mut aggregator = Aggregator::with_max_size(100).unwrap();
     aggregator.add(ProducerRecord::new("k", "small")).unwrap();
-    let err = aggregator.add(ProducerRecord::new("k", vec![0u8; 100])).unwrap_err();
-    assert!(matches!(err, crate::Error::RecordTooLarge { max: 100, .. }), "{err}");
+    let err = aggregator
+        .add(ProducerRecord::new("k", vec![0u8; 100]))
+        .unwrap_err();
+    assert!(
+        matches!(err, crate::Error::RecordTooLarge { max: 100, .. }),
+        "{err}"
+    );
     // Nothing was lost or added by the refusal.
     assert_eq!(aggregator.len(), 1);
     let mut full = Aggregator::with_max_size(MAX_KINESIS_RECORD_SIZE).unwrap();
-    assert!(full.add(ProducerRecord::new("k", vec![0u8; MAX_KINESIS_RECORD_SIZE])).is_err());
+    assert!(
+        full.add(ProducerRecord::new("k", vec![0u8; MAX_KINESIS_RECORD_SIZE]))
+            .is_err()
+    );
     assert!(Aggregator::with_max_size(63).is_err());
     assert!(Aggregator::with_max_size(MAX_KINESIS_RECORD_SIZE + 1).is_err());
 }
@@ -251,7 +301,10 @@ fn a_bad_explicit_hash_key_is_refused() {
         explicit_hash_key: Some("-1".into()),
         ..ProducerRecord::new("k", "v")
     };
-    assert!(matches!(aggregator.add(record), Err(crate::Error::InvalidInput(_))));
+    assert!(matches!(
+        aggregator.add(record),
+        Err(crate::Error::InvalidInput(_))
+    ));
     assert!(aggregator.is_empty());
 }
 
