@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod aws;
+mod demo;
 mod kpl;
 mod local;
 mod put;
@@ -27,6 +28,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Produce records into an embedded Kinesis, read them back, and report.
+    Demo(demo::DemoArgs),
     /// Run Kinesis and DynamoDB on 127.0.0.1 until Ctrl-C.
     Local(local::LocalArgs),
     /// Encode and decode the KPL aggregation format.
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
+            Command::Demo(args) => demo::run(args).await,
             Command::Local(args) => local::run(args).await,
             Command::Kpl(command) => kpl::run(command),
             Command::Put(args) => put::run(&cli.aws, args).await,

@@ -62,7 +62,7 @@ mod producer;
 mod record;
 mod shards;
 
-pub use aws::{Kinesis, StreamRef, StreamSummary};
+pub use aws::{ChildShard, Kinesis, RecordBatch, StreamRef, StreamSummary};
 pub use error::{Error, Result, Service};
 pub use kpl::{
     Aggregate, Aggregator, DeaggregationStats, Deaggregator, Decoded, HashRangePolicy,
@@ -70,6 +70,7 @@ pub use kpl::{
 };
 pub use model::{
     ExtendedSequenceNumber, HashKey, HashKeyRange, InitialPosition, SequenceNumber, ShardId,
+    StartingPosition,
 };
 pub use producer::{Producer, ProducerConfig, PutSummary};
 pub use record::{KinesisRecord, ProducerRecord, UserRecord};

@@ -264,6 +264,21 @@ pub enum InitialPosition {
     AtTimestamp(SystemTime),
 }
 
+/// Where a shard iterator starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StartingPosition {
+    /// The oldest record still in the shard.
+    TrimHorizon,
+    /// After the newest record at the time the iterator is made.
+    Latest,
+    /// The first record written at or after the given time.
+    AtTimestamp(SystemTime),
+    /// The record with this sequence number.
+    AtSequenceNumber(SequenceNumber),
+    /// The record after the one with this sequence number.
+    AfterSequenceNumber(SequenceNumber),
+}
+
 /// A 128-bit hash key. Kinesis routes a record to the shard whose hash-key
 /// range holds the record's explicit hash key, or else the MD5 of its
 /// partition key read as a big-endian unsigned integer.

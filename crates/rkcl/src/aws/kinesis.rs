@@ -4,12 +4,14 @@ use std::time::Duration;
 
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::primitives::Blob;
-use aws_sdk_kinesis::types::{PutRecordsRequestEntry, StreamStatus};
+use aws_sdk_kinesis::primitives::DateTime;
+use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ShardIteratorType, StreamStatus};
 use bytes::Bytes;
 
 use super::error::from_sdk;
 use crate::error::{Error, Result, Service};
-use crate::model::{HashKey, HashKeyRange, SequenceNumber, ShardId};
+use crate::model::{HashKey, HashKeyRange, SequenceNumber, ShardId, StartingPosition};
+use crate::record::KinesisRecord;
 use crate::shards::Shard;
 
 /// A stream named by its name or by its ARN.
@@ -69,6 +71,31 @@ pub struct StreamSummary {
     pub open_shard_count: u32,
     /// How long records are kept, in hours.
     pub retention_period_hours: u32,
+}
+
+/// What one GetRecords call returned.
+#[derive(Clone, Debug, Default)]
+pub struct RecordBatch {
+    /// The records, in sequence-number order.
+    pub records: Vec<KinesisRecord>,
+    /// The iterator for the next call; `None` once a closed shard is read to
+    /// its end.
+    pub next_shard_iterator: Option<String>,
+    /// How far behind the tip of the shard the last record is, if said.
+    pub millis_behind_latest: Option<u64>,
+    /// The children of a closed shard read to its end, when Kinesis says.
+    pub child_shards: Vec<ChildShard>,
+}
+
+/// A child shard as GetRecords reports it at the end of a closed shard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChildShard {
+    /// The child's id.
+    pub id: ShardId,
+    /// Its parents (one for a split, two for a merge).
+    pub parent_shard_ids: Vec<ShardId>,
+    /// The hash keys it receives.
+    pub hash_key_range: HashKeyRange,
 }
 
 /// One entry of a PutRecords call.
@@ -257,6 +284,109 @@ impl Kinesis {
                 _ => return Ok(names),
             }
         }
+    }
+
+    /// A shard iterator for `shard_id` starting at `position`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ResourceNotFound`] for a missing stream or shard;
+    /// [`Error::InvalidRequest`] for a sequence number not in the shard; any
+    /// error of the call.
+    pub async fn get_shard_iterator(
+        &self,
+        stream: &StreamRef,
+        shard_id: &ShardId,
+        position: &StartingPosition,
+    ) -> Result<Option<String>> {
+        let (name, arn) = stream.name_and_arn();
+        let mut request = self
+            .client
+            .get_shard_iterator()
+            .set_stream_name(name)
+            .set_stream_arn(arn)
+            .shard_id(shard_id.as_str());
+        request = match position {
+            StartingPosition::TrimHorizon => {
+                request.shard_iterator_type(ShardIteratorType::TrimHorizon)
+            }
+            StartingPosition::Latest => request.shard_iterator_type(ShardIteratorType::Latest),
+            StartingPosition::AtTimestamp(time) => request
+                .shard_iterator_type(ShardIteratorType::AtTimestamp)
+                .timestamp(DateTime::from(*time)),
+            StartingPosition::AtSequenceNumber(seq) => request
+                .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
+                .starting_sequence_number(seq.as_str()),
+            StartingPosition::AfterSequenceNumber(seq) => request
+                .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
+                .starting_sequence_number(seq.as_str()),
+        };
+        let out = request
+            .send()
+            .await
+            .map_err(|e| from_sdk(Service::Kinesis, e))?;
+        Ok(out.shard_iterator().map(str::to_owned))
+    }
+
+    /// One GetRecords call with at most `limit` records (1 to 10,000).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ExpiredIterator`] for an expired iterator, [`Error::Throttled`]
+    /// when the shard's read budget is spent, [`Error::ResourceNotFound`] when
+    /// the stream or shard is gone, [`Error::AccessDenied`] for IAM or KMS
+    /// refusals; any error of the call.
+    pub async fn get_records(&self, shard_iterator: &str, limit: u32) -> Result<RecordBatch> {
+        let limit = i32::try_from(limit.clamp(1, 10_000)).unwrap_or(10_000);
+        let out = self
+            .client
+            .get_records()
+            .shard_iterator(shard_iterator)
+            .limit(limit)
+            .send()
+            .await
+            .map_err(|e| from_sdk(Service::Kinesis, e))?;
+        let mut records = Vec::with_capacity(out.records().len());
+        for record in out.records() {
+            let sequence_number = record.sequence_number().parse().map_err(|_| Error::Service {
+                service: Service::Kinesis,
+                code: "MalformedRecord".into(),
+                message: format!("a record has sequence number {:?}", record.sequence_number()),
+                retryable: false,
+            })?;
+            records.push(KinesisRecord {
+                sequence_number,
+                partition_key: record.partition_key().to_owned(),
+                data: Bytes::copy_from_slice(record.data().as_ref()),
+                approximate_arrival_timestamp: record
+                    .approximate_arrival_timestamp()
+                    .and_then(|t| std::time::SystemTime::try_from(*t).ok()),
+            });
+        }
+        let mut child_shards = Vec::new();
+        for child in out.child_shards() {
+            let range = child.hash_key_range();
+            let (Ok(start), Ok(end)) = (
+                range.and_then(|r| r.starting_hash_key().parse::<HashKey>().ok()).ok_or(()),
+                range.and_then(|r| r.ending_hash_key().parse::<HashKey>().ok()).ok_or(()),
+            ) else {
+                continue;
+            };
+            let Ok(hash_key_range) = HashKeyRange::new(start, end) else {
+                continue;
+            };
+            child_shards.push(ChildShard {
+                id: ShardId::from(child.shard_id()),
+                parent_shard_ids: child.parent_shards().iter().map(|p| ShardId::from(p.as_str())).collect(),
+                hash_key_range,
+            });
+        }
+        Ok(RecordBatch {
+            records,
+            next_shard_iterator: out.next_shard_iterator().map(str::to_owned),
+            millis_behind_latest: out.millis_behind_latest().and_then(|m| u64::try_from(m).ok()),
+            child_shards,
+        })
     }
 
     /// One PutRecords call. The outcomes are in the order of `entries`.
