@@ -49,8 +49,13 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let kinesis = Kinesis::new(local.kinesis_client());
     let stream = StreamRef::parse("rkcl-demo");
     kinesis.create_stream(stream.name(), args.shards).await?;
-    kinesis.wait_until_active(&stream, Duration::from_secs(30)).await?;
-    progress(&args, &format!("stream {stream} with {} shards is active", args.shards));
+    kinesis
+        .wait_until_active(&stream, Duration::from_secs(30))
+        .await?;
+    progress(
+        &args,
+        &format!("stream {stream} with {} shards is active", args.shards),
+    );
 
     let mut report = Report {
         produced: args.records,
@@ -65,7 +70,12 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         };
         let mut producer = Producer::new(kinesis.clone(), stream.clone(), config)?;
         let records: Vec<ProducerRecord> = range
-            .map(|i| ProducerRecord::new(format!("key-{}", i % KEYS), format!("{}:{}", i % KEYS, i / KEYS)))
+            .map(|i| {
+                ProducerRecord::new(
+                    format!("key-{}", i % KEYS),
+                    format!("{}:{}", i % KEYS, i / KEYS),
+                )
+            })
             .collect();
         for chunk in records.chunks(10_000) {
             let summary = producer.put(chunk.to_vec()).await?;
@@ -85,8 +95,11 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let mut seen = vec![0u32; args.records.div_ceil(KEYS) * KEYS];
     let mut next_per_key: HashMap<usize, usize> = HashMap::new();
     for shard in kinesis.list_shards(&stream).await? {
-        let mut deaggregator =
-            Deaggregator::for_shard(shard.id.clone(), shard.hash_key_range, HashRangePolicy::DropAggregate);
+        let mut deaggregator = Deaggregator::for_shard(
+            shard.id.clone(),
+            shard.hash_key_range,
+            HashRangePolicy::DropAggregate,
+        );
         let mut iterator = kinesis
             .get_shard_iterator(&stream, &shard.id, &StartingPosition::TrimHorizon)
             .await?;
@@ -98,7 +111,8 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 deaggregator.deaggregate_into(record, &mut users);
             }
             for user in users.drain(..) {
-                let (key, n) = parse_demo_record(&user.data).context("a record the demo did not write")?;
+                let (key, n) =
+                    parse_demo_record(&user.data).context("a record the demo did not write")?;
                 let index = n * KEYS + key;
                 let Some(count) = seen.get_mut(index) else {
                     anyhow::bail!("a record the demo did not write: key {key}, number {n}");
@@ -112,7 +126,11 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                     *expected = n + 1;
                 }
             }
-            iterator = if at_tip { None } else { batch.next_shard_iterator };
+            iterator = if at_tip {
+                None
+            } else {
+                batch.next_shard_iterator
+            };
         }
         report.aggregates_dropped += deaggregator.stats().aggregates_dropped;
     }
@@ -144,7 +162,11 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             &mut out,
             &format!(
                 "produced {}, consumed {} (unique), duplicates {}, lost {}, out of order {}",
-                report.produced, report.consumed, report.duplicates, report.lost, report.out_of_order
+                report.produced,
+                report.consumed,
+                report.duplicates,
+                report.lost,
+                report.out_of_order
             ),
         )?;
     }

@@ -15,6 +15,7 @@ mod kpl;
 mod local;
 mod put;
 mod stream;
+mod tail;
 
 /// The Kinesis Client Library for Rust, on the command line.
 #[derive(Debug, Parser)]
@@ -37,6 +38,8 @@ enum Command {
     Kpl(kpl::KplCommand),
     /// Write lines from stdin to a stream with PutRecords.
     Put(put::PutArgs),
+    /// Write every user record of a stream to stdout as JSON lines.
+    Tail(tail::TailArgs),
     /// Create, list and describe streams.
     #[command(subcommand)]
     Stream(stream::StreamCommand),
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
             Command::Kpl(command) => kpl::run(command),
             Command::Put(args) => put::run(&cli.aws, args).await,
             Command::Stream(command) => stream::run(&cli.aws, command).await,
+            Command::Tail(args) => tail::run(&cli.aws, args).await,
         }
     });
     match result {

@@ -55,14 +55,16 @@
 #![doc(test(attr(deny(warnings))))]
 
 mod aws;
+mod backoff;
 mod error;
 mod kpl;
 mod model;
 mod producer;
 mod record;
+mod retrieval;
 mod shards;
 
-pub use aws::{ChildShard, Kinesis, RecordBatch, StreamRef, StreamSummary};
+pub use aws::{ChildShard, GetRecordsOutput, Kinesis, StreamRef, StreamSummary};
 pub use error::{Error, Result, Service};
 pub use kpl::{
     Aggregate, Aggregator, DeaggregationStats, Deaggregator, Decoded, HashRangePolicy,
@@ -74,4 +76,8 @@ pub use model::{
 };
 pub use producer::{Producer, ProducerConfig, PutSummary};
 pub use record::{KinesisRecord, ProducerRecord, UserRecord};
+pub use retrieval::{
+    PollingConfig, PollingSource, RecordSource, ShardBatch, ShardEnd, ShardEndReason, ShardEvent,
+    ShardGraph, StreamEvent, StreamReader,
+};
 pub use shards::{Shard, ShardMap};

@@ -277,6 +277,11 @@ pub enum StartingPosition {
     AtSequenceNumber(SequenceNumber),
     /// The record after the one with this sequence number.
     AfterSequenceNumber(SequenceNumber),
+    /// The user record after a checkpoint at (sequence number, sub-sequence
+    /// number): the shard is read from the sequence number and user records
+    /// at or below the checkpoint are skipped, so a checkpoint inside a KPL
+    /// aggregate resumes at the next user record of that aggregate.
+    AfterCheckpoint(SequenceNumber, u64),
 }
 
 /// A 128-bit hash key. Kinesis routes a record to the shard whose hash-key

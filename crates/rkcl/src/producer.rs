@@ -4,9 +4,8 @@
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
-use rand::Rng;
-
 use crate::aws::{Kinesis, PutEntry, PutOutcome, StreamRef};
+use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::kpl::{Aggregator, MAX_KINESIS_RECORD_SIZE};
 use crate::model::{HashKey, ShardId};
@@ -422,14 +421,11 @@ impl Producer {
     }
 
     async fn pause(&self, failures_in_a_row: u32) {
-        let exponent = failures_in_a_row.saturating_sub(1).min(16);
-        let ceiling = self
-            .config
-            .base_backoff
-            .saturating_mul(1 << exponent)
-            .min(self.config.max_backoff);
-        let jittered = ceiling.mul_f64(rand::rng().random_range(0.0..=1.0));
-        tokio::time::sleep(jittered).await;
+        let backoff = Backoff {
+            base: self.config.base_backoff,
+            max: self.config.max_backoff,
+        };
+        backoff.sleep(failures_in_a_row).await;
     }
 }
 

@@ -75,7 +75,7 @@ pub struct StreamSummary {
 
 /// What one GetRecords call returned.
 #[derive(Clone, Debug, Default)]
-pub struct RecordBatch {
+pub struct GetRecordsOutput {
     /// The records, in sequence-number order.
     pub records: Vec<KinesisRecord>,
     /// The iterator for the next call; `None` once a closed shard is read to
@@ -314,9 +314,11 @@ impl Kinesis {
             StartingPosition::AtTimestamp(time) => request
                 .shard_iterator_type(ShardIteratorType::AtTimestamp)
                 .timestamp(DateTime::from(*time)),
-            StartingPosition::AtSequenceNumber(seq) => request
-                .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
-                .starting_sequence_number(seq.as_str()),
+            StartingPosition::AtSequenceNumber(seq) | StartingPosition::AfterCheckpoint(seq, _) => {
+                request
+                    .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
+                    .starting_sequence_number(seq.as_str())
+            }
             StartingPosition::AfterSequenceNumber(seq) => request
                 .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
                 .starting_sequence_number(seq.as_str()),
@@ -336,7 +338,7 @@ impl Kinesis {
     /// when the shard's read budget is spent, [`Error::ResourceNotFound`] when
     /// the stream or shard is gone, [`Error::AccessDenied`] for IAM or KMS
     /// refusals; any error of the call.
-    pub async fn get_records(&self, shard_iterator: &str, limit: u32) -> Result<RecordBatch> {
+    pub async fn get_records(&self, shard_iterator: &str, limit: u32) -> Result<GetRecordsOutput> {
         let limit = i32::try_from(limit.clamp(1, 10_000)).unwrap_or(10_000);
         let out = self
             .client
@@ -348,12 +350,18 @@ impl Kinesis {
             .map_err(|e| from_sdk(Service::Kinesis, e))?;
         let mut records = Vec::with_capacity(out.records().len());
         for record in out.records() {
-            let sequence_number = record.sequence_number().parse().map_err(|_| Error::Service {
-                service: Service::Kinesis,
-                code: "MalformedRecord".into(),
-                message: format!("a record has sequence number {:?}", record.sequence_number()),
-                retryable: false,
-            })?;
+            let sequence_number = record
+                .sequence_number()
+                .parse()
+                .map_err(|_| Error::Service {
+                    service: Service::Kinesis,
+                    code: "MalformedRecord".into(),
+                    message: format!(
+                        "a record has sequence number {:?}",
+                        record.sequence_number()
+                    ),
+                    retryable: false,
+                })?;
             records.push(KinesisRecord {
                 sequence_number,
                 partition_key: record.partition_key().to_owned(),
@@ -367,8 +375,12 @@ impl Kinesis {
         for child in out.child_shards() {
             let range = child.hash_key_range();
             let (Ok(start), Ok(end)) = (
-                range.and_then(|r| r.starting_hash_key().parse::<HashKey>().ok()).ok_or(()),
-                range.and_then(|r| r.ending_hash_key().parse::<HashKey>().ok()).ok_or(()),
+                range
+                    .and_then(|r| r.starting_hash_key().parse::<HashKey>().ok())
+                    .ok_or(()),
+                range
+                    .and_then(|r| r.ending_hash_key().parse::<HashKey>().ok())
+                    .ok_or(()),
             ) else {
                 continue;
             };
@@ -377,14 +389,20 @@ impl Kinesis {
             };
             child_shards.push(ChildShard {
                 id: ShardId::from(child.shard_id()),
-                parent_shard_ids: child.parent_shards().iter().map(|p| ShardId::from(p.as_str())).collect(),
+                parent_shard_ids: child
+                    .parent_shards()
+                    .iter()
+                    .map(|p| ShardId::from(p.as_str()))
+                    .collect(),
                 hash_key_range,
             });
         }
-        Ok(RecordBatch {
+        Ok(GetRecordsOutput {
             records,
             next_shard_iterator: out.next_shard_iterator().map(str::to_owned),
-            millis_behind_latest: out.millis_behind_latest().and_then(|m| u64::try_from(m).ok()),
+            millis_behind_latest: out
+                .millis_behind_latest()
+                .and_then(|m| u64::try_from(m).ok()),
             child_shards,
         })
     }

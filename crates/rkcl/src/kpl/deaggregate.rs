@@ -384,28 +384,63 @@ fn into_sub_records(message: proto::AggregatedRecord) -> Vec<SubRecord> {
         explicit_hash_key_table,
         records,
     } = message;
-    let lookup = |table: &[String], index: u64| {
-        usize::try_from(index)
-            .ok()
-            .and_then(|i| table.get(i))
-            .cloned()
-            .unwrap_or_default()
-    };
+    let mut partition_keys = KeyTable::new(
+        partition_key_table,
+        records.iter().map(|r| r.partition_key_index),
+    );
+    let mut explicit_hash_keys = KeyTable::new(
+        explicit_hash_key_table,
+        records.iter().map(|r| r.explicit_hash_key_index),
+    );
     records
         .into_iter()
         .zip(0u64..)
         .map(|(record, index)| SubRecord {
             sub_sequence_number: Some(index),
-            partition_key: lookup(
-                &partition_key_table,
-                record.partition_key_index.unwrap_or(0),
-            ),
-            explicit_hash_key: record
-                .explicit_hash_key_index
-                .map(|i| lookup(&explicit_hash_key_table, i)),
+            partition_key: partition_keys
+                .take(record.partition_key_index)
+                .unwrap_or_default(),
+            explicit_hash_key: explicit_hash_keys.take(record.explicit_hash_key_index),
             data: record.data.unwrap_or_default(),
         })
         .collect()
+}
+
+/// A key table that hands out its strings, moving each one out on its last
+/// use instead of cloning it.
+struct KeyTable {
+    keys: Vec<Option<String>>,
+    uses_left: Vec<u32>,
+}
+
+impl KeyTable {
+    fn new(keys: Vec<String>, uses: impl Iterator<Item = Option<u64>>) -> Self {
+        let mut uses_left = vec![0u32; keys.len()];
+        for index in uses.flatten() {
+            if let Some(count) = usize::try_from(index)
+                .ok()
+                .and_then(|i| uses_left.get_mut(i))
+            {
+                *count += 1;
+            }
+        }
+        Self {
+            keys: keys.into_iter().map(Some).collect(),
+            uses_left,
+        }
+    }
+
+    fn take(&mut self, index: Option<u64>) -> Option<String> {
+        let i = usize::try_from(index?).ok()?;
+        let count = self.uses_left.get_mut(i)?;
+        *count = count.saturating_sub(1);
+        let slot = self.keys.get_mut(i)?;
+        if *count == 0 {
+            slot.take()
+        } else {
+            slot.clone()
+        }
+    }
 }
 
 /// Shows `-` for a missing value in log fields.

@@ -1,0 +1,44 @@
+//! Helpers shared by the integration tests: streams on the local Kinesis.
+#![allow(dead_code, unreachable_pub)]
+
+use std::time::Duration;
+
+use rkcl::{Kinesis, PollingConfig, StreamRef};
+
+/// Creates a stream and waits until it is active.
+pub async fn create_stream(kinesis: &Kinesis, name: &str, shards: u32) -> StreamRef {
+    kinesis.create_stream(name, shards).await.unwrap();
+    let stream = StreamRef::parse(name);
+    kinesis
+        .wait_until_active(&stream, Duration::from_secs(10))
+        .await
+        .unwrap();
+    stream
+}
+
+/// Polling settings that keep tests quick: the shortest allowed pauses.
+pub fn quick_polling() -> PollingConfig {
+    PollingConfig {
+        idle_interval: Duration::from_millis(200),
+        base_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(200),
+        ..PollingConfig::default()
+    }
+}
+
+/// `key-K` records whose data is `K:N`, N counting per key.
+pub fn keyed_records(keys: usize, per_key: usize, first: usize) -> Vec<rkcl::ProducerRecord> {
+    (first..first + per_key)
+        .flat_map(|n| {
+            (0..keys)
+                .map(move |k| rkcl::ProducerRecord::new(format!("key-{k}"), format!("{k}:{n}")))
+        })
+        .collect()
+}
+
+/// Reads `K:N` back out of a record's data.
+pub fn key_and_number(data: &[u8]) -> (usize, usize) {
+    let text = std::str::from_utf8(data).unwrap();
+    let (k, n) = text.split_once(':').unwrap();
+    (k.parse().unwrap(), n.parse().unwrap())
+}

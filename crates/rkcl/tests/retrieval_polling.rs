@@ -1,0 +1,509 @@
+//! The polling source and the stream reader against the local Kinesis:
+//! starting positions, resuming inside an aggregate, injected faults, and
+//! splits and merges while records keep arriving.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_kinesis::config::interceptors::{
+    BeforeDeserializationInterceptorContextMut, BeforeTransmitInterceptorContextRef,
+};
+use aws_sdk_kinesis::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_smithy_types::config_bag::{Storable, StoreReplace};
+use common::{create_stream, key_and_number, keyed_records, quick_polling};
+use rkcl::{
+    Aggregator, Kinesis, PollingSource, Producer, ProducerConfig, ProducerRecord, RecordSource,
+    ShardEvent, StartingPosition, StreamEvent, StreamReader, StreamRef, UserRecord,
+};
+use rkcl_local::Local;
+
+async fn put(kinesis: &Kinesis, stream: &StreamRef, records: Vec<ProducerRecord>, aggregate: bool) {
+    let config = ProducerConfig {
+        aggregate,
+        ..ProducerConfig::default()
+    };
+    Producer::new(kinesis.clone(), stream.clone(), config)
+        .unwrap()
+        .put(records)
+        .await
+        .unwrap();
+}
+
+/// Reads a source until `count` user records have arrived.
+async fn read_records(source: &mut PollingSource, count: usize) -> Vec<UserRecord> {
+    let mut out = Vec::new();
+    while out.len() < count {
+        let event = tokio::time::timeout(Duration::from_secs(10), source.next_event())
+            .await
+            .expect("records arrive")
+            .expect("the source goes on")
+            .unwrap();
+        if let ShardEvent::Records(batch) = event {
+            out.extend(batch.records);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn resume_inside_an_aggregate_delivers_exactly_the_rest() {
+    let local = Local::start().await.unwrap();
+    let kinesis = Kinesis::new(local.kinesis_client());
+    let stream = create_stream(&kinesis, "resume", 1).await;
+    let mut aggregator = Aggregator::new();
+    for i in 0..10 {
+        aggregator
+            .add(ProducerRecord::new("k", format!("agg-{i}")))
+            .unwrap();
+    }
+    let aggregate = aggregator.flush().unwrap();
+    local
+        .kinesis_client()
+        .put_record()
+        .stream_name("resume")
+        .partition_key(aggregate.partition_key)
+        .data(aws_sdk_kinesis::primitives::Blob::new(
+            aggregate.data.to_vec(),
+        ))
+        .send()
+        .await
+        .unwrap();
+    put(
+        &kinesis,
+        &stream,
+        (0..5)
+            .map(|i| ProducerRecord::new("k", format!("plain-{i}")))
+            .collect(),
+        false,
+    )
+    .await;
+    let shard = kinesis.list_shards(&stream).await.unwrap().remove(0);
+
+    let mut all = PollingSource::start(
+        kinesis.clone(),
+        stream.clone(),
+        &shard,
+        StartingPosition::TrimHorizon,
+        quick_polling(),
+    )
+    .unwrap();
+    let everything = read_records(&mut all, 15).await;
+    let aggregate_seq = everything[0].sequence_number.clone();
+    assert_eq!(everything[3].sub_sequence_number, Some(3));
+
+    let data = |records: &[UserRecord]| -> Vec<String> {
+        records
+            .iter()
+            .map(|r| String::from_utf8(r.data.to_vec()).unwrap())
+            .collect()
+    };
+    let position = StartingPosition::AfterCheckpoint(aggregate_seq.clone(), 3);
+    let mut resumed = PollingSource::start(
+        kinesis.clone(),
+        stream.clone(),
+        &shard,
+        position,
+        quick_polling(),
+    )
+    .unwrap();
+    let rest = read_records(&mut resumed, 11).await;
+    let expected: Vec<String> = (4..10)
+        .map(|i| format!("agg-{i}"))
+        .chain((0..5).map(|i| format!("plain-{i}")))
+        .collect();
+    assert_eq!(data(&rest), expected);
+
+    // Checkpointed at the last user record of the aggregate: only what follows.
+    let position = StartingPosition::AfterCheckpoint(aggregate_seq, 9);
+    let mut after = PollingSource::start(
+        kinesis.clone(),
+        stream.clone(),
+        &shard,
+        position,
+        quick_polling(),
+    )
+    .unwrap();
+    let rest = read_records(&mut after, 5).await;
+    assert_eq!(
+        data(&rest),
+        (0..5).map(|i| format!("plain-{i}")).collect::<Vec<_>>()
+    );
+    // Nothing more arrives: nothing was delivered twice.
+    let more = tokio::time::timeout(Duration::from_millis(600), async {
+        loop {
+            if let Some(Ok(ShardEvent::Records(batch))) = after.next_event().await {
+                if !batch.records.is_empty() {
+                    return batch.records.len();
+                }
+            }
+        }
+    })
+    .await;
+    assert!(more.is_err(), "extra records after the resume point");
+}
+
+#[tokio::test]
+async fn latest_and_at_timestamp_start_where_they_should() {
+    let local = Local::start().await.unwrap();
+    let kinesis = Kinesis::new(local.kinesis_client());
+    let stream = create_stream(&kinesis, "positions", 1).await;
+    let shard = kinesis.list_shards(&stream).await.unwrap().remove(0);
+    let batch = |label: &str| {
+        (0..10)
+            .map(|i| ProducerRecord::new("k", format!("{label}-{i}")))
+            .collect::<Vec<_>>()
+    };
+
+    put(&kinesis, &stream, batch("before"), false).await;
+    let mut latest = PollingSource::start(
+        kinesis.clone(),
+        stream.clone(),
+        &shard,
+        StartingPosition::Latest,
+        quick_polling(),
+    )
+    .unwrap();
+    // Let the LATEST iterator be opened before writing more.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    put(&kinesis, &stream, batch("after"), true).await;
+    let records = read_records(&mut latest, 10).await;
+    assert!(
+        records.iter().all(|r| r.data.starts_with(b"after-")),
+        "{records:?}"
+    );
+
+    // The local Kinesis keeps arrival times in whole seconds: cut at the
+    // start of the next second, after everything written so far.
+    let now = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let next_second = Duration::from_secs(now.as_secs() + 1);
+    tokio::time::sleep(next_second - now + Duration::from_millis(20)).await;
+    let cut = std::time::UNIX_EPOCH + next_second;
+    put(&kinesis, &stream, batch("new"), false).await;
+    let mut at = PollingSource::start(
+        kinesis.clone(),
+        stream.clone(),
+        &shard,
+        StartingPosition::AtTimestamp(cut),
+        quick_polling(),
+    )
+    .unwrap();
+    let records = read_records(&mut at, 10).await;
+    assert!(
+        records.iter().all(|r| r.data.starts_with(b"new-")),
+        "{records:?}"
+    );
+    assert!(
+        records
+            .iter()
+            .all(|r| r.approximate_arrival_timestamp.is_some_and(|t| t >= cut))
+    );
+}
+
+/// Replaces every `every`-th GetRecords response with an error: expired
+/// iterator, throttling, and a 500, in turn.
+#[derive(Debug)]
+struct FaultInjector {
+    calls: AtomicUsize,
+    injected: Arc<AtomicUsize>,
+    every: usize,
+}
+
+/// Marks the attempt in flight as a GetRecords call.
+#[derive(Clone, Debug)]
+struct GetRecordsCall(bool);
+
+impl Storable for GetRecordsCall {
+    type Storer = StoreReplace<Self>;
+}
+
+impl Intercept for FaultInjector {
+    fn name(&self) -> &'static str {
+        "FaultInjector"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &BeforeTransmitInterceptorContextRef<'_>,
+        _: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), aws_sdk_kinesis::error::BoxError> {
+        let is_get_records = context
+            .request()
+            .headers()
+            .get("x-amz-target")
+            .is_some_and(|t| t.ends_with(".GetRecords"));
+        cfg.interceptor_state()
+            .store_put(GetRecordsCall(is_get_records));
+        Ok(())
+    }
+
+    fn modify_before_deserialization(
+        &self,
+        context: &mut BeforeDeserializationInterceptorContextMut<'_>,
+        _: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), aws_sdk_kinesis::error::BoxError> {
+        if !cfg.load::<GetRecordsCall>().is_some_and(|call| call.0) {
+            return Ok(());
+        }
+        let call = self.calls.fetch_add(1, Ordering::SeqCst);
+        if call % self.every != 0 {
+            return Ok(());
+        }
+        let (status, code) = match (call / self.every) % 3 {
+            0 => (400, "ExpiredIteratorException"),
+            1 => (400, "ProvisionedThroughputExceededException"),
+            _ => (500, "InternalFailure"),
+        };
+        self.injected.fetch_add(1, Ordering::SeqCst);
+        let response = context.response_mut();
+        *response.status_mut() =
+            aws_smithy_runtime_api::http::StatusCode::try_from(status).unwrap();
+        response.headers_mut().insert("x-amzn-errortype", code);
+        *response.body_mut() = aws_smithy_types::body::SdkBody::from(format!(
+            "{{\"__type\":\"{code}\",\"message\":\"injected\"}}"
+        ));
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_faults_cost_no_record_and_no_duplicate() {
+    let local = Local::start().await.unwrap();
+    let kinesis = Kinesis::new(local.kinesis_client());
+    let stream = create_stream(&kinesis, "faults", 2).await;
+    put(&kinesis, &stream, keyed_records(10, 150, 0), false).await;
+    put(&kinesis, &stream, keyed_records(10, 150, 150), true).await;
+
+    let injected = Arc::new(AtomicUsize::new(0));
+    let config = local
+        .kinesis_client()
+        .config()
+        .to_builder()
+        .retry_config(aws_sdk_kinesis::config::retry::RetryConfig::disabled())
+        .interceptor(FaultInjector {
+            calls: AtomicUsize::new(0),
+            injected: injected.clone(),
+            every: 2,
+        })
+        .build();
+    let faulty = Kinesis::new(aws_sdk_kinesis::Client::from_conf(config));
+    let polling = rkcl::PollingConfig {
+        max_records: 100,
+        ..quick_polling()
+    };
+    let mut reader = StreamReader::start(faulty, stream, StartingPosition::TrimHorizon, polling)
+        .await
+        .unwrap();
+    let mut seen: HashMap<(usize, usize), usize> = HashMap::new();
+    let mut next: HashMap<usize, usize> = HashMap::new();
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(30), reader.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        match event {
+            StreamEvent::Records(batch) => {
+                for record in batch.records {
+                    let (k, n) = key_and_number(&record.data);
+                    *seen.entry((k, n)).or_default() += 1;
+                    let expected = next.entry(k).or_default();
+                    assert_eq!(n, *expected, "key {k} out of order");
+                    *expected += 1;
+                }
+            }
+            StreamEvent::CaughtUp | StreamEvent::ShardEnded(_) => {}
+        }
+        if seen.len() == 3000 {
+            break;
+        }
+    }
+    // Whatever still arrives must not repeat a record.
+    let _ = tokio::time::timeout(Duration::from_millis(1000), async {
+        while let Some(Ok(event)) = reader.next().await {
+            if let StreamEvent::Records(batch) = event {
+                for record in batch.records {
+                    *seen.entry(key_and_number(&record.data)).or_default() += 1;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(injected.load(Ordering::SeqCst) >= 6, "faults were injected");
+    assert_eq!(seen.len(), 3000);
+    assert!(
+        seen.values().all(|&count| count == 1),
+        "a record was delivered twice"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn splits_and_merges_while_writing_keep_every_record_and_key_order() {
+    let local = Local::start().await.unwrap();
+    let kinesis = Kinesis::new(local.kinesis_client());
+    let stream = create_stream(&kinesis, "reshard", 3).await;
+    let produced = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+
+    // Records keep arriving: 30 keys, alternating plain and aggregated puts.
+    let producer = {
+        let (kinesis, stream, produced, done) = (
+            kinesis.clone(),
+            stream.clone(),
+            produced.clone(),
+            done.clone(),
+        );
+        tokio::spawn(async move {
+            let mut plain =
+                Producer::new(kinesis.clone(), stream.clone(), ProducerConfig::default()).unwrap();
+            let aggregated_config = ProducerConfig {
+                aggregate: true,
+                ..ProducerConfig::default()
+            };
+            let mut aggregated = Producer::new(kinesis, stream, aggregated_config).unwrap();
+            for round in 0..60 {
+                let records = keyed_records(30, 5, round * 5);
+                let count = records.len();
+                if round % 2 == 0 {
+                    plain.put(records).await.unwrap();
+                } else {
+                    aggregated.put(records).await.unwrap();
+                }
+                produced.fetch_add(count, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            done.store(1, Ordering::SeqCst);
+        })
+    };
+
+    let reader_task = {
+        let (kinesis, stream) = (kinesis.clone(), stream.clone());
+        let (produced, done) = (produced.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut reader = StreamReader::start(
+                kinesis,
+                stream,
+                StartingPosition::TrimHorizon,
+                quick_polling(),
+            )
+            .await
+            .unwrap();
+            let mut log: Vec<StreamEvent> = Vec::new();
+            let mut unique: HashMap<(usize, usize), usize> = HashMap::new();
+            loop {
+                let event = tokio::time::timeout(Duration::from_secs(30), reader.next())
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .unwrap();
+                if let StreamEvent::Records(batch) = &event {
+                    for record in &batch.records {
+                        *unique.entry(key_and_number(&record.data)).or_default() += 1;
+                    }
+                }
+                log.push(event);
+                if done.load(Ordering::SeqCst) == 1
+                    && unique.len() == produced.load(Ordering::SeqCst)
+                {
+                    return (log, unique);
+                }
+            }
+        })
+    };
+
+    // Split shard 0, then merge shards 1 and 2, while both tasks run.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let shards = kinesis.list_shards(&stream).await.unwrap();
+    let client = local.kinesis_client();
+    let middle = (shards[0].hash_key_range.start().as_u128() / 2)
+        + (shards[0].hash_key_range.end().as_u128() / 2);
+    client
+        .split_shard()
+        .stream_name("reshard")
+        .shard_to_split(shards[0].id.as_str())
+        .new_starting_hash_key(middle.to_string())
+        .send()
+        .await
+        .unwrap();
+    kinesis
+        .wait_until_active(&stream, Duration::from_secs(10))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    client
+        .merge_shards()
+        .stream_name("reshard")
+        .shard_to_merge(shards[1].id.as_str())
+        .adjacent_shard_to_merge(shards[2].id.as_str())
+        .send()
+        .await
+        .unwrap();
+    kinesis
+        .wait_until_active(&stream, Duration::from_secs(10))
+        .await
+        .unwrap();
+
+    producer.await.unwrap();
+    let (log, unique) = reader_task.await.unwrap();
+    assert_eq!(unique.len(), produced.load(Ordering::SeqCst));
+    assert!(
+        unique.values().all(|&n| n == 1),
+        "duplicates were delivered"
+    );
+
+    // Per key, records come out in the order they were written.
+    let mut next: HashMap<usize, usize> = HashMap::new();
+    // Children only after parents: a shard's first batch comes after every
+    // parent's end.
+    let mut ended_at: BTreeMap<String, usize> = BTreeMap::new();
+    let mut first_batch_at: BTreeMap<String, usize> = BTreeMap::new();
+    for (index, event) in log.iter().enumerate() {
+        match event {
+            StreamEvent::Records(batch) => {
+                first_batch_at
+                    .entry(batch.shard_id.to_string())
+                    .or_insert(index);
+                for record in &batch.records {
+                    let (k, n) = key_and_number(&record.data);
+                    let expected = next.entry(k).or_default();
+                    assert_eq!(n, *expected, "key {k} out of order");
+                    *expected += 1;
+                }
+            }
+            StreamEvent::ShardEnded(end) => {
+                ended_at.insert(end.shard_id.to_string(), index);
+            }
+            StreamEvent::CaughtUp => {}
+        }
+    }
+    let all = kinesis.list_shards(&stream).await.unwrap();
+    assert_eq!(all.len(), 6, "3 shards, 2 split children, 1 merge child");
+    let mut children_checked = 0;
+    for shard in &all {
+        let Some(first) = first_batch_at.get(shard.id.as_str()) else {
+            continue;
+        };
+        for parent in shard.parents() {
+            let end = ended_at
+                .get(parent.as_str())
+                .expect("a parent ended before its child was read");
+            assert!(
+                end < first,
+                "{} read before its parent {parent} ended",
+                shard.id
+            );
+            children_checked += 1;
+        }
+    }
+    assert_eq!(
+        children_checked, 4,
+        "two split children and a merge child with two parents"
+    );
+}
