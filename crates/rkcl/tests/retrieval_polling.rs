@@ -135,10 +135,10 @@ async fn resume_inside_an_aggregate_delivers_exactly_the_rest() {
     // Nothing more arrives: nothing was delivered twice.
     let more = tokio::time::timeout(Duration::from_millis(600), async {
         loop {
-            if let Some(Ok(ShardEvent::Records(batch))) = after.next_event().await {
-                if !batch.records.is_empty() {
-                    return batch.records.len();
-                }
+            if let Some(Ok(ShardEvent::Records(batch))) = after.next_event().await
+                && !batch.records.is_empty()
+            {
+                return batch.records.len();
             }
         }
     })
@@ -253,7 +253,7 @@ impl Intercept for FaultInjector {
             return Ok(());
         }
         let call = self.calls.fetch_add(1, Ordering::SeqCst);
-        if call % self.every != 0 {
+        if !call.is_multiple_of(self.every) {
             return Ok(());
         }
         let (status, code) = match (call / self.every) % 3 {

@@ -348,27 +348,23 @@ impl Kinesis {
             .send()
             .await
             .map_err(|e| from_sdk(Service::Kinesis, e))?;
-        let mut records = Vec::with_capacity(out.records().len());
-        for record in out.records() {
-            let sequence_number = record
-                .sequence_number()
-                .parse()
-                .map_err(|_| Error::Service {
-                    service: Service::Kinesis,
-                    code: "MalformedRecord".into(),
-                    message: format!(
-                        "a record has sequence number {:?}",
-                        record.sequence_number()
-                    ),
-                    retryable: false,
-                })?;
+        let mut out = out;
+        let mut records = Vec::with_capacity(out.records.len());
+        // Moving the SDK's strings and buffers avoids a copy per record.
+        for record in std::mem::take(&mut out.records) {
+            let sequence_number = record.sequence_number.parse().map_err(|_| Error::Service {
+                service: Service::Kinesis,
+                code: "MalformedRecord".into(),
+                message: format!("a record has sequence number {:?}", record.sequence_number),
+                retryable: false,
+            })?;
             records.push(KinesisRecord {
                 sequence_number,
-                partition_key: record.partition_key().to_owned(),
-                data: Bytes::copy_from_slice(record.data().as_ref()),
+                partition_key: record.partition_key,
+                data: Bytes::from(record.data.into_inner()),
                 approximate_arrival_timestamp: record
-                    .approximate_arrival_timestamp()
-                    .and_then(|t| std::time::SystemTime::try_from(*t).ok()),
+                    .approximate_arrival_timestamp
+                    .and_then(|t| std::time::SystemTime::try_from(t).ok()),
             });
         }
         let mut child_shards = Vec::new();

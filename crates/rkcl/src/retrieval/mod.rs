@@ -33,12 +33,16 @@ pub struct ShardBatch {
     pub millis_behind_latest: Option<u64>,
     /// The size of the Kinesis records' data.
     pub bytes: usize,
+    /// Whether the reader has caught up with the tip of the shard: Kinesis
+    /// says it is zero milliseconds behind and the call did not return as
+    /// many records as it asked for (a full batch may have more behind it).
+    pub at_tip: bool,
 }
 
 impl ShardBatch {
     /// Whether the reader has caught up with the tip of the shard.
     pub fn is_at_tip(&self) -> bool {
-        self.millis_behind_latest == Some(0)
+        self.at_tip
     }
 }
 

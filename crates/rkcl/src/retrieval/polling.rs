@@ -32,8 +32,9 @@ pub struct PollingConfig {
     /// The shortest time between two calls on a shard; Kinesis allows five
     /// calls per second per shard. Default: 200 ms.
     pub min_call_interval: Duration,
-    /// The read budget per shard; after a batch of `b` bytes the next call
-    /// waits at least `b / bytes_per_second`. Default: 2 MiB/s, Kinesis' limit.
+    /// The read budget per shard, as a token bucket holding one second of
+    /// budget: a reader may take a burst, then waits until the bucket has
+    /// refilled. Default: 2 MiB/s, Kinesis' limit.
     pub bytes_per_second: u64,
     /// The most user records fetched ahead of the consumer. Default: 30,000.
     pub prefetch_records: usize,
@@ -98,21 +99,15 @@ impl PollingConfig {
     }
 
     /// The pause from the start of one call to the start of the next, after
-    /// a call that returned `records` Kinesis records of `bytes` bytes.
-    pub(crate) fn pause_after(
-        &self,
-        records: usize,
-        bytes: usize,
-        millis_behind: Option<u64>,
-    ) -> Duration {
+    /// a call that returned `records` Kinesis records (the byte budget is
+    /// kept apart, by [`ReadBudget`]).
+    pub(crate) fn pause_after(&self, records: usize, millis_behind: Option<u64>) -> Duration {
         let behind = millis_behind.is_some_and(|m| m > 0) || records >= self.max_records as usize;
-        let base = if behind {
+        if behind {
             self.min_call_interval
         } else {
             self.idle_interval
-        };
-        let byte_pause = Duration::from_secs_f64(bytes as f64 / self.bytes_per_second as f64);
-        base.max(byte_pause)
+        }
     }
 }
 
@@ -129,6 +124,39 @@ impl Default for PollingConfig {
             base_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(10),
             hash_range_policy: HashRangePolicy::DropAggregate,
+        }
+    }
+}
+
+/// A shard's read budget in bytes: a token bucket that holds one second of
+/// budget and refills at `bytes_per_second`. A call may overdraw it; the next
+/// call then waits until it is back to zero.
+#[derive(Debug)]
+pub(crate) struct ReadBudget {
+    rate: f64,
+    tokens: f64,
+    updated: Instant,
+}
+
+impl ReadBudget {
+    pub(crate) fn new(bytes_per_second: u64, now: Instant) -> Self {
+        let rate = bytes_per_second as f64;
+        Self {
+            rate,
+            tokens: rate,
+            updated: now,
+        }
+    }
+
+    /// Spends `bytes` at `now` and says from when the next call may run.
+    pub(crate) fn spend(&mut self, bytes: usize, now: Instant) -> Instant {
+        let refill = now.saturating_duration_since(self.updated).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.rate) - bytes as f64;
+        self.updated = now;
+        if self.tokens >= 0.0 {
+            now
+        } else {
+            now + Duration::from_secs_f64(-self.tokens / self.rate)
         }
     }
 }
@@ -291,6 +319,7 @@ impl Fetcher {
         };
         let mut failures = 0u32;
         let mut next_call = Instant::now();
+        let mut budget = ReadBudget::new(self.config.bytes_per_second, next_call);
         loop {
             tokio::time::sleep_until(next_call).await;
             let call_started = Instant::now();
@@ -324,13 +353,14 @@ impl Fetcher {
                 Err(err) => return Err(err),
             };
             failures = 0;
+            let at_tip = response.millis_behind_latest == Some(0)
+                && response.records.len() < self.config.max_records as usize;
             let bytes: usize = response.records.iter().map(|r| r.data.len()).sum();
-            next_call = call_started
-                + self.config.pause_after(
-                    response.records.len(),
-                    bytes,
-                    response.millis_behind_latest,
-                );
+            let paced = call_started
+                + self
+                    .config
+                    .pause_after(response.records.len(), response.millis_behind_latest);
+            next_call = paced.max(budget.spend(bytes, Instant::now()));
             if let Some(last) = response.records.last() {
                 self.last_sequence_number = Some(last.sequence_number.clone());
             }
@@ -349,6 +379,7 @@ impl Fetcher {
                 records,
                 millis_behind_latest: response.millis_behind_latest,
                 bytes,
+                at_tip,
             };
             if self.send(sender, ShardEvent::Records(batch)).await.is_err() {
                 return Ok(());
@@ -504,22 +535,38 @@ mod tests {
     fn reads_at_once_while_behind_and_idles_when_caught_up() {
         let config = PollingConfig::default();
         assert_eq!(
-            config.pause_after(10, 1000, Some(5_000)),
+            config.pause_after(10, Some(5_000)),
             Duration::from_millis(200)
         );
         assert_eq!(
-            config.pause_after(10_000, 1000, Some(0)),
+            config.pause_after(10_000, Some(0)),
             Duration::from_millis(200)
         );
+        assert_eq!(config.pause_after(3, Some(0)), Duration::from_millis(500));
+        assert_eq!(config.pause_after(0, None), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn the_byte_budget_allows_a_burst_then_keeps_the_rate() {
+        let start = Instant::now();
+        let mut budget = ReadBudget::new(2_000_000, start);
+        // One second of budget may be spent at once.
+        assert_eq!(budget.spend(1_500_000, start), start);
+        assert_eq!(budget.spend(500_000, start), start);
+        // Overdrawn by 4 MB: two seconds until the next call.
         assert_eq!(
-            config.pause_after(3, 1000, Some(0)),
-            Duration::from_millis(500)
+            budget.spend(4_000_000, start),
+            start + Duration::from_secs(2)
         );
-        assert_eq!(config.pause_after(0, 0, None), Duration::from_millis(500));
-        // 4 MiB at 2 MiB/s: two seconds, whatever else.
+        // Two seconds later the debt is paid and nothing is saved beyond it.
+        let later = start + Duration::from_secs(2);
+        assert_eq!(budget.spend(0, later), later);
+        // Idle time refills at most one second of budget.
+        let much_later = later + Duration::from_secs(60);
+        assert_eq!(budget.spend(2_000_000, much_later), much_later);
         assert_eq!(
-            config.pause_after(10, 4 * 1024 * 1024, Some(9)),
-            Duration::from_secs(2)
+            budget.spend(1_000_000, much_later),
+            much_later + Duration::from_millis(500)
         );
     }
 

@@ -36,6 +36,7 @@ const EVENT_BUFFER: usize = 16;
 /// merges. No leases and no checkpoints: every reader sees everything.
 ///
 /// ```no_run
+/// # #[allow(dead_code)]
 /// # async fn example(kinesis: rkcl::Kinesis) -> rkcl::Result<()> {
 /// use rkcl::{PollingConfig, StartingPosition, StreamEvent, StreamReader, StreamRef};
 ///

@@ -1,0 +1,153 @@
+//! `rkcl tail` end to end on the local Kinesis.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use rkcl::{Kinesis, Producer, ProducerConfig, ProducerRecord, StreamRef};
+use rkcl_local::Local;
+
+fn rkcl(local: &Local) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_rkcl"));
+    command
+        .arg("--endpoint-url")
+        .arg(local.kinesis_endpoint())
+        .env("AWS_REGION", rkcl_local::REGION)
+        .env("AWS_ACCESS_KEY_ID", rkcl_local::ACCESS_KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", rkcl_local::SECRET_ACCESS_KEY)
+        .env_remove("AWS_PROFILE");
+    command
+}
+
+async fn stream_with_records(local: &Local, name: &str, shards: u32, records: usize) -> StreamRef {
+    let kinesis = Kinesis::new(local.kinesis_client());
+    kinesis.create_stream(name, shards).await.unwrap();
+    let stream = StreamRef::parse(name);
+    kinesis
+        .wait_until_active(&stream, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let half = records / 2;
+    for (aggregate, range) in [(false, 0..half), (true, half..records)] {
+        let config = ProducerConfig {
+            aggregate,
+            ..ProducerConfig::default()
+        };
+        let mut producer = Producer::new(kinesis.clone(), stream.clone(), config).unwrap();
+        let batch: Vec<ProducerRecord> = range
+            .map(|i| ProducerRecord::new(format!("key-{}", i % 500), format!("record-{i}")))
+            .collect();
+        for chunk in batch.chunks(10_000) {
+            producer.put(chunk.to_vec()).await.unwrap();
+        }
+    }
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_from_trim_horizon_outputs_every_record_once_in_shard_order() {
+    let local = Local::start().await.unwrap();
+    stream_with_records(&local, "tail-all", 4, 50_000).await;
+
+    let mut tail = rkcl(&local);
+    tail.args([
+        "tail",
+        "--stream",
+        "tail-all",
+        "--from",
+        "trim-horizon",
+        "--exit-at-end",
+    ]);
+    let output = tokio::task::spawn_blocking(move || tail.output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let mut seen = HashSet::new();
+    let mut last_per_shard: HashMap<String, (rkcl::SequenceNumber, u64)> = HashMap::new();
+    let mut aggregated = 0;
+    for line in String::from_utf8(output.stdout).unwrap().lines() {
+        let json: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(json["stream"], "tail-all");
+        assert!(
+            json["approximate_arrival_timestamp"]
+                .as_str()
+                .unwrap()
+                .ends_with('Z')
+        );
+        let data = json["data"].as_str().unwrap().to_owned();
+        let i: usize = data.strip_prefix("record-").unwrap().parse().unwrap();
+        assert_eq!(json["partition_key"], format!("key-{}", i % 500));
+        assert!(seen.insert(i), "record {i} twice");
+        let shard = json["shard_id"].as_str().unwrap().to_owned();
+        let position = (
+            json["sequence_number"].as_str().unwrap().parse().unwrap(),
+            json["sub_sequence_number"].as_u64().unwrap_or(0),
+        );
+        if json["sub_sequence_number"].is_u64() {
+            aggregated += 1;
+        }
+        if let Some(last) = last_per_shard.get(&shard) {
+            assert!(&position > last, "out of order in {shard}");
+        }
+        last_per_shard.insert(shard, position);
+    }
+    assert_eq!(seen.len(), 50_000);
+    assert_eq!(aggregated, 25_000);
+    assert_eq!(last_per_shard.len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_pipe_and_max_records_end_tail_quietly() {
+    let local = Local::start().await.unwrap();
+    stream_with_records(&local, "tail-head", 2, 2_000).await;
+
+    let mut tail = rkcl(&local);
+    tail.args([
+        "tail",
+        "--stream",
+        "tail-head",
+        "--from",
+        "trim-horizon",
+        "--max-records",
+        "25",
+        "--data",
+        "base64",
+    ]);
+    let output = tokio::task::spawn_blocking(move || tail.output().unwrap())
+        .await
+        .unwrap();
+    assert!(output.status.success());
+    assert_eq!(String::from_utf8_lossy(&output.stdout).lines().count(), 25);
+
+    // Like `| head -3`: read three lines, then close the pipe.
+    let mut tail = rkcl(&local);
+    tail.args(["tail", "--stream", "tail-head", "--from", "trim-horizon"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let status = tokio::task::spawn_blocking(move || {
+        let mut child = tail.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let lines: Vec<String> = BufReader::new(stdout)
+            .lines()
+            .take(3)
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(lines.len(), 3);
+        // The reader is gone: the next write fails and tail ends.
+        let output = child.wait_with_output().unwrap();
+        (
+            output.status,
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(status.0.success(), "{}", status.1);
+    assert!(status.1.is_empty(), "{}", status.1);
+}

@@ -1,0 +1,213 @@
+//! Reading throughput and put-to-delivery latency on the local Kinesis.
+//!
+//! (a) Records per second through `StreamReader` (polling, pacing,
+//!     de-aggregation, bounded prefetch) across 4 and 16 shards, against a
+//!     plain loop of SDK GetRecords calls over the same data in the same run.
+//!     Both keep Kinesis' budget of five calls per second per shard (200 ms
+//!     between calls on a shard), as any reader of a real stream must; the
+//!     unpaced plain loop is shown for reference.
+//! (b) Put-to-delivery latency p50/p99 with the default idle interval
+//!     (500 ms) and with 200 ms.
+//!
+//! Run with `cargo bench -p rkcl --bench reading`. It prints its figures.
+#![allow(clippy::print_stdout)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_kinesis::types::ShardIteratorType;
+use rkcl::{
+    Kinesis, PollingConfig, Producer, ProducerConfig, ProducerRecord, StartingPosition,
+    StreamEvent, StreamReader, StreamRef,
+};
+use rkcl_local::Local;
+
+const RECORDS_PER_SHARD: usize = 25_000;
+
+async fn fill(local: &Local, name: &str, shards: u32) -> (Kinesis, StreamRef, usize) {
+    let kinesis = Kinesis::new(local.kinesis_client());
+    kinesis.create_stream(name, shards).await.unwrap();
+    let stream = StreamRef::parse(name);
+    kinesis
+        .wait_until_active(&stream, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let total = RECORDS_PER_SHARD * shards as usize;
+    let mut producer =
+        Producer::new(kinesis.clone(), stream.clone(), ProducerConfig::default()).unwrap();
+    let records: Vec<ProducerRecord> = (0..total)
+        .map(|i| ProducerRecord::new(format!("key-{i}"), vec![b'x'; 100]))
+        .collect();
+    for chunk in records.chunks(20_000) {
+        producer.put(chunk.to_vec()).await.unwrap();
+    }
+    (kinesis, stream, total)
+}
+
+/// GetRecords on every shard at once until each is at its tip.
+async fn plain_loop(local: &Local, kinesis: &Kinesis, stream: &StreamRef, paced: bool) -> usize {
+    let client = local.kinesis_client();
+    let mut tasks = Vec::new();
+    for shard in kinesis.list_shards(stream).await.unwrap() {
+        let client = client.clone();
+        let name = stream.name().to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut iterator = client
+                .get_shard_iterator()
+                .stream_name(name)
+                .shard_id(shard.id.as_str())
+                .shard_iterator_type(ShardIteratorType::TrimHorizon)
+                .send()
+                .await
+                .unwrap()
+                .shard_iterator()
+                .map(str::to_owned);
+            let mut count = 0;
+            while let Some(it) = iterator {
+                let started = Instant::now();
+                let out = client
+                    .get_records()
+                    .shard_iterator(it)
+                    .limit(10_000)
+                    .send()
+                    .await
+                    .unwrap();
+                count += out.records().len();
+                if out.millis_behind_latest() == Some(0) && out.records().len() < 10_000 {
+                    break;
+                }
+                iterator = out.next_shard_iterator().map(str::to_owned);
+                if paced {
+                    tokio::time::sleep_until((started + Duration::from_millis(200)).into()).await;
+                }
+            }
+            count
+        }));
+    }
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.unwrap();
+    }
+    total
+}
+
+async fn rkcl_reader(kinesis: &Kinesis, stream: &StreamRef, total: usize) -> usize {
+    let mut reader = StreamReader::start(
+        kinesis.clone(),
+        stream.clone(),
+        StartingPosition::TrimHorizon,
+        PollingConfig::default(),
+    )
+    .await
+    .unwrap();
+    let mut count = 0;
+    while count < total {
+        if let Some(Ok(StreamEvent::Records(batch))) = reader.next().await {
+            count += batch.records.len();
+        }
+    }
+    count
+}
+
+async fn throughput(local: &Local, shards: u32) {
+    let (kinesis, stream, total) = fill(local, &format!("throughput-{shards}"), shards).await;
+    // Interleaved runs; the median of each is reported, as the local
+    // servers share the machine's two cores with the readers.
+    let mut unpaced = Vec::new();
+    let mut paced = Vec::new();
+    let mut ours = Vec::new();
+    for _ in 0..3 {
+        let started = Instant::now();
+        assert_eq!(plain_loop(local, &kinesis, &stream, false).await, total);
+        unpaced.push(total as f64 / started.elapsed().as_secs_f64());
+        let started = Instant::now();
+        assert_eq!(plain_loop(local, &kinesis, &stream, true).await, total);
+        paced.push(total as f64 / started.elapsed().as_secs_f64());
+        let started = Instant::now();
+        assert_eq!(rkcl_reader(&kinesis, &stream, total).await, total);
+        ours.push(total as f64 / started.elapsed().as_secs_f64());
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (unpaced, paced, ours) = (median(unpaced), median(paced), median(ours));
+    println!(
+        "throughput, {shards:>2} shards, {total} records: rkcl {ours:>9.0} records/s, \
+         plain SDK loop (same 5 calls/s budget) {paced:>9.0} records/s -> {:.2}x; \
+         unpaced plain loop {unpaced:>9.0} records/s",
+        ours / paced
+    );
+}
+
+async fn latency(local: &Local, idle: Duration) {
+    let name = format!("latency-{}", idle.as_millis());
+    let kinesis = Kinesis::new(local.kinesis_client());
+    kinesis.create_stream(&name, 4).await.unwrap();
+    let stream = StreamRef::parse(&name);
+    kinesis
+        .wait_until_active(&stream, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let config = PollingConfig {
+        idle_interval: idle,
+        ..PollingConfig::default()
+    };
+    let mut reader = StreamReader::start(
+        kinesis.clone(),
+        stream.clone(),
+        StartingPosition::Latest,
+        config,
+    )
+    .await
+    .unwrap();
+    // Let every shard open its LATEST iterator.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let origin = Arc::new(Instant::now());
+    let sends = 400;
+    let producer = {
+        let (kinesis, stream, origin) = (kinesis.clone(), stream.clone(), origin.clone());
+        tokio::spawn(async move {
+            let mut producer = Producer::new(kinesis, stream, ProducerConfig::default()).unwrap();
+            for i in 0..sends {
+                let sent = origin.elapsed().as_micros().to_string();
+                producer
+                    .put(vec![ProducerRecord::new(format!("k{i}"), sent)])
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        })
+    };
+    let mut latencies = Vec::new();
+    while latencies.len() < sends {
+        if let Some(Ok(StreamEvent::Records(batch))) = reader.next().await {
+            let now = origin.elapsed().as_micros();
+            for record in batch.records {
+                let sent: u128 = std::str::from_utf8(&record.data).unwrap().parse().unwrap();
+                latencies.push(Duration::from_micros((now - sent) as u64));
+            }
+        }
+    }
+    producer.await.unwrap();
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    println!(
+        "put-to-delivery latency, idle interval {} ms: p50 {} ms, p99 {} ms, max {} ms ({} records)",
+        idle.as_millis(),
+        at(0.50).as_millis(),
+        at(0.99).as_millis(),
+        latencies.last().unwrap().as_millis(),
+        latencies.len()
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let local = Local::start().await.unwrap();
+    throughput(&local, 4).await;
+    throughput(&local, 16).await;
+    latency(&local, PollingConfig::DEFAULT_IDLE_INTERVAL).await;
+    latency(&local, Duration::from_millis(200)).await;
+    local.shutdown().await;
+}
