@@ -32,6 +32,32 @@ impl Backoff {
     }
 }
 
+/// How many times [`retry`] tries a call that keeps failing with retryable
+/// errors before it gives up.
+pub(crate) const RETRY_ATTEMPTS: u32 = 20;
+
+/// Calls `op` until it succeeds, fails with an error that retrying cannot
+/// fix, or has failed [`RETRY_ATTEMPTS`] times, pausing with `backoff`
+/// between tries.
+pub(crate) async fn retry<T, F, Fut>(backoff: Backoff, what: &str, mut op: F) -> crate::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = crate::Result<T>>,
+{
+    let mut failures = 0;
+    loop {
+        match op().await {
+            Ok(value) => return Ok(value),
+            Err(err) if err.is_retryable() && failures + 1 < RETRY_ATTEMPTS => {
+                failures += 1;
+                tracing::debug!(error = %err, failures, "{what} failed; backing off");
+                backoff.sleep(failures).await;
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,5 +76,44 @@ mod tests {
         for attempt in 1..10 {
             assert!(backoff.delay(attempt) <= backoff.ceiling(attempt));
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_only_what_retrying_can_fix() {
+        let backoff = Backoff {
+            base: Duration::from_millis(10),
+            max: Duration::from_millis(100),
+        };
+        let throttled = || crate::Error::Throttled {
+            service: crate::Service::Kinesis,
+            message: String::new(),
+        };
+        let mut calls = 0;
+        let value = retry(backoff, "test", || {
+            calls += 1;
+            let n = calls;
+            async move { if n < 3 { Err(throttled()) } else { Ok(n) } }
+        })
+        .await
+        .unwrap();
+        assert_eq!(value, 3);
+
+        let mut calls = 0;
+        let result: crate::Result<()> = retry(backoff, "test", || {
+            calls += 1;
+            async { Err(crate::Error::Config("no".into())) }
+        })
+        .await;
+        assert!(result.is_err());
+        assert_eq!(calls, 1);
+
+        let mut calls = 0;
+        let result: crate::Result<()> = retry(backoff, "test", || {
+            calls += 1;
+            async { Err(throttled()) }
+        })
+        .await;
+        assert!(result.is_err());
+        assert_eq!(calls, RETRY_ATTEMPTS);
     }
 }

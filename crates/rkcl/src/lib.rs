@@ -64,7 +64,7 @@ mod record;
 mod retrieval;
 mod shards;
 
-pub use aws::{ChildShard, GetRecordsOutput, Kinesis, StreamRef, StreamSummary};
+pub use aws::{ChildShard, GetRecordsOutput, Kinesis, ShardFilter, StreamRef, StreamSummary};
 pub use error::{Error, Result, Service};
 pub use kpl::{
     Aggregate, Aggregator, DeaggregationStats, Deaggregator, Decoded, HashRangePolicy,

@@ -4,7 +4,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
-use crate::aws::{Kinesis, PutEntry, PutOutcome, StreamRef};
+use crate::aws::{Kinesis, PutEntry, PutOutcome, ShardFilter, StreamRef};
 use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::kpl::{Aggregator, MAX_KINESIS_RECORD_SIZE};
@@ -361,7 +361,10 @@ impl Producer {
     }
 
     async fn refresh_shard_map(&mut self) -> Result<()> {
-        let shards = self.kinesis.list_shards(&self.stream).await?;
+        let shards = self
+            .kinesis
+            .list_shards_with(&self.stream, Some(&ShardFilter::AtLatest))
+            .await?;
         self.shard_map = Some(ShardMap::new(shards));
         Ok(())
     }

@@ -58,6 +58,72 @@ impl std::fmt::Display for StreamRef {
     }
 }
 
+/// Which shards ListShards returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ShardFilter {
+    /// The shards open now.
+    AtLatest,
+    /// The shards open at the trim horizon and their descendants.
+    AtTrimHorizon,
+    /// The shards open at a time and their descendants.
+    AtTimestamp(std::time::SystemTime),
+    /// The shards whose id sorts after this one (children of a shard have
+    /// higher ids than their parents).
+    AfterShardId(ShardId),
+}
+
+impl ShardFilter {
+    fn to_sdk(&self) -> Result<aws_sdk_kinesis::types::ShardFilter> {
+        use aws_sdk_kinesis::types::ShardFilterType;
+        let builder = aws_sdk_kinesis::types::ShardFilter::builder();
+        let builder = match self {
+            Self::AtLatest => builder.r#type(ShardFilterType::AtLatest),
+            Self::AtTrimHorizon => builder.r#type(ShardFilterType::AtTrimHorizon),
+            Self::AtTimestamp(time) => builder
+                .r#type(ShardFilterType::AtTimestamp)
+                .timestamp(DateTime::from(*time)),
+            Self::AfterShardId(id) => builder
+                .r#type(ShardFilterType::AfterShardId)
+                .shard_id(id.as_str()),
+        };
+        builder
+            .build()
+            .map_err(|e| Error::InvalidInput(e.to_string()))
+    }
+}
+
+/// Calls `fetch` with each page's token until a page has none, and gathers
+/// the items. A token that repeats ends the listing with an error instead of
+/// looping forever.
+pub(crate) async fn collect_pages<T, F, Fut>(mut fetch: F) -> Result<Vec<T>>
+where
+    F: FnMut(Option<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, Option<String>)>>,
+{
+    let mut items = Vec::new();
+    let mut token: Option<String> = None;
+    let mut seen = std::collections::HashSet::new();
+    loop {
+        let (page, next) = fetch(token.take()).await?;
+        items.extend(page);
+        match next {
+            Some(next) if !next.is_empty() => {
+                if !seen.insert(next.clone()) {
+                    return Err(Error::Service {
+                        service: Service::Kinesis,
+                        code: "RepeatedNextToken".into(),
+                        message: "ListShards returned a page token it had returned before".into(),
+                        retryable: true,
+                    });
+                }
+                token = Some(next);
+            }
+            _ => return Ok(items),
+        }
+    }
+}
+
 /// What DescribeStreamSummary says of a stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StreamSummary {
@@ -147,11 +213,26 @@ impl Kinesis {
     /// [`Error::ResourceNotFound`] for a missing stream; any error of the call
     /// after the SDK's retries.
     pub async fn list_shards(&self, stream: &StreamRef) -> Result<Vec<Shard>> {
-        let mut shards = Vec::new();
-        let mut next_token: Option<String> = None;
-        loop {
-            let request = match next_token.take() {
-                // With a token, the stream must not be named again.
+        self.list_shards_with(stream, None).await
+    }
+
+    /// The shards of the stream that `filter` selects, following ListShards'
+    /// pages. Kinesis applies the filter; it is applied here too where the
+    /// shards alone say what it selects (open shards, shards after an id),
+    /// so the result is the same with a Kinesis that ignores filters.
+    ///
+    /// # Errors
+    ///
+    /// As [`list_shards`](Self::list_shards).
+    pub async fn list_shards_with(
+        &self,
+        stream: &StreamRef,
+        filter: Option<&ShardFilter>,
+    ) -> Result<Vec<Shard>> {
+        let sdk_filter = filter.map(ShardFilter::to_sdk).transpose()?;
+        let pages = collect_pages(|token| {
+            let request = match token {
+                // With a token, neither the stream nor the filter may be sent again.
                 Some(token) => self.client.list_shards().next_token(token),
                 None => {
                     let (name, arn) = stream.name_and_arn();
@@ -159,23 +240,32 @@ impl Kinesis {
                         .list_shards()
                         .set_stream_name(name)
                         .set_stream_arn(arn)
+                        .set_shard_filter(sdk_filter.clone())
                 }
             };
-            let page = request
-                .max_results(1000)
-                .send()
-                .await
-                .map_err(|e| from_sdk(Service::Kinesis, e))?;
-            for shard in page.shards() {
-                shards.push(shard_from_sdk(shard)?);
+            async move {
+                let page = request
+                    .max_results(1000)
+                    .send()
+                    .await
+                    .map_err(|e| from_sdk(Service::Kinesis, e))?;
+                let shards = page
+                    .shards()
+                    .iter()
+                    .map(shard_from_sdk)
+                    .collect::<Result<Vec<_>>>()?;
+                Ok((shards, page.next_token().map(str::to_owned)))
             }
-            match page.next_token() {
-                Some(token) if !token.is_empty() && !page.shards().is_empty() => {
-                    next_token = Some(token.to_owned());
-                }
-                _ => return Ok(shards),
-            }
-        }
+        })
+        .await?;
+        Ok(match filter {
+            Some(ShardFilter::AtLatest) => pages.into_iter().filter(Shard::is_open).collect(),
+            Some(ShardFilter::AfterShardId(after)) => pages
+                .into_iter()
+                .filter(|shard| &shard.id > after)
+                .collect(),
+            _ => pages,
+        })
     }
 
     /// Creates a stream with `shard_count` shards (provisioned mode).
@@ -501,4 +591,88 @@ fn shard_from_sdk(shard: &aws_sdk_kinesis::types::Shard) -> Result<Shard> {
         starting_sequence_number: starting,
         ending_sequence_number: ending,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    /// Pages as a service would hand them out: (items, next token).
+    fn fake_pages(
+        pages: Vec<(Vec<u32>, Option<&str>)>,
+    ) -> Mutex<VecDeque<(Vec<u32>, Option<String>)>> {
+        Mutex::new(
+            pages
+                .into_iter()
+                .map(|(items, token)| (items, token.map(str::to_owned)))
+                .collect(),
+        )
+    }
+
+    #[tokio::test]
+    async fn follows_next_tokens_through_every_page() {
+        let pages = fake_pages(vec![
+            (vec![1, 2], Some("a")),
+            (vec![], Some("b")),
+            (vec![3], Some("c")),
+            (vec![4, 5], None),
+        ]);
+        let tokens = Mutex::new(Vec::new());
+        let items = collect_pages(|token| {
+            tokens.lock().unwrap().push(token);
+            let page = pages.lock().unwrap().pop_front().unwrap();
+            async move { Ok(page) }
+        })
+        .await
+        .unwrap();
+        assert_eq!(items, vec![1, 2, 3, 4, 5]);
+        assert_eq!(
+            *tokens.lock().unwrap(),
+            vec![None, Some("a".into()), Some("b".into()), Some("c".into())]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_empty_token_ends_and_a_repeated_one_is_an_error() {
+        let pages = fake_pages(vec![(vec![1], Some(""))]);
+        let items = collect_pages(|_| {
+            let page = pages.lock().unwrap().pop_front().unwrap();
+            async move { Ok(page) }
+        })
+        .await
+        .unwrap();
+        assert_eq!(items, vec![1]);
+
+        let pages = fake_pages(vec![(vec![1], Some("x")), (vec![2], Some("x"))]);
+        let result = collect_pages(|_| {
+            let page = pages.lock().unwrap().pop_front().unwrap();
+            async move { Ok(page) }
+        })
+        .await;
+        assert!(result.is_err());
+    }
+
+    #[tokio::test]
+    async fn an_error_on_a_later_page_is_returned() {
+        let calls = Mutex::new(0);
+        let result: Result<Vec<u32>> = collect_pages(|_| {
+            let mut calls = calls.lock().unwrap();
+            *calls += 1;
+            let n = *calls;
+            async move {
+                if n == 1 {
+                    Ok((vec![1], Some("next".to_owned())))
+                } else {
+                    Err(Error::Throttled {
+                        service: Service::Kinesis,
+                        message: "slow down".into(),
+                    })
+                }
+            }
+        })
+        .await;
+        assert!(matches!(result, Err(Error::Throttled { .. })));
+    }
 }

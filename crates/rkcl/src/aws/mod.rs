@@ -9,5 +9,5 @@
 mod error;
 mod kinesis;
 
-pub use kinesis::{ChildShard, GetRecordsOutput, Kinesis, StreamRef, StreamSummary};
+pub use kinesis::{ChildShard, GetRecordsOutput, Kinesis, ShardFilter, StreamRef, StreamSummary};
 pub(crate) use kinesis::{PutEntry, PutOutcome};

@@ -8,8 +8,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{RecordSource, ShardBatch, ShardEnd, ShardEndReason, ShardEvent};
-use crate::aws::{Kinesis, StreamRef};
-use crate::backoff::Backoff;
+use crate::aws::{Kinesis, ShardFilter, StreamRef};
+use crate::backoff::{Backoff, retry};
 use crate::error::{Error, Result};
 use crate::kpl::{Deaggregator, HashRangePolicy};
 use crate::model::{ExtendedSequenceNumber, SequenceNumber, ShardId, StartingPosition};
@@ -448,23 +448,20 @@ impl Fetcher {
             base: self.config.base_backoff,
             max: self.config.max_backoff,
         };
-        let mut failures = 0;
-        loop {
-            match self.kinesis.list_shards(&self.stream).await {
-                Ok(shards) => {
-                    return Ok(shards
-                        .into_iter()
-                        .filter(|shard| shard.parents().any(|p| p == &self.shard_id))
-                        .map(|shard| shard.id)
-                        .collect());
-                }
-                Err(Error::ResourceNotFound { .. }) => return Ok(Vec::new()),
-                Err(err) if err.is_retryable() => {
-                    failures += 1;
-                    backoff.sleep(failures).await;
-                }
-                Err(err) => return Err(err),
-            }
+        // Children have higher ids than their parents.
+        let filter = ShardFilter::AfterShardId(self.shard_id.clone());
+        let listed = retry(backoff, "ListShards", || {
+            self.kinesis.list_shards_with(&self.stream, Some(&filter))
+        })
+        .await;
+        match listed {
+            Ok(shards) => Ok(shards
+                .into_iter()
+                .filter(|shard| shard.parents().any(|p| p == &self.shard_id))
+                .map(|shard| shard.id)
+                .collect()),
+            Err(Error::ResourceNotFound { .. }) => Ok(Vec::new()),
+            Err(err) => Err(err),
         }
     }
 

@@ -9,7 +9,8 @@ use tokio_util::sync::CancellationToken;
 use super::{
     PollingConfig, PollingSource, RecordSource, ShardBatch, ShardEnd, ShardEvent, ShardGraph,
 };
-use crate::aws::{Kinesis, StreamRef};
+use crate::aws::{Kinesis, ShardFilter, StreamRef};
+use crate::backoff::{Backoff, retry};
 use crate::error::{Error, Result};
 use crate::model::{ShardId, StartingPosition};
 
@@ -104,7 +105,18 @@ impl StreamReader {
         config: PollingConfig,
     ) -> Result<Self> {
         config.validate()?;
-        let graph = ShardGraph::new(kinesis.list_shards(&stream).await?);
+        // From LATEST only the open shards matter; Kinesis can leave out the
+        // closed ones.
+        let filter = matches!(start, StartingPosition::Latest).then_some(ShardFilter::AtLatest);
+        let backoff = Backoff {
+            base: config.base_backoff,
+            max: config.max_backoff,
+        };
+        let shards = retry(backoff, "ListShards", || {
+            kinesis.list_shards_with(&stream, filter.as_ref())
+        })
+        .await?;
+        let graph = ShardGraph::new(shards);
         let first: Vec<(ShardId, StartingPosition)> = match &only {
             Some(id) => {
                 if graph.get(id).is_none() {
