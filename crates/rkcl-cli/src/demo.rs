@@ -1,6 +1,7 @@
 //! `rkcl demo`: rkcl end to end on the embedded Kinesis, with nothing to set
 //! up. It produces records (half of them KPL-aggregated), reads every shard
-//! back, de-aggregates, and reports what arrived.
+//! back with the stream reader (children after parents, KPL de-aggregation
+//! by each shard's hash-key range), and reports what arrived.
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -8,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rkcl::{
-    Deaggregator, HashRangePolicy, Kinesis, Producer, ProducerConfig, ProducerRecord,
-    StartingPosition, StreamRef,
+    Kinesis, PollingConfig, Producer, ProducerConfig, ProducerRecord, StartingPosition,
+    StreamEvent, StreamReader, StreamRef,
 };
 
 use crate::kpl::write_json_line;
@@ -38,7 +39,6 @@ struct Report {
     lost: usize,
     out_of_order: usize,
     kinesis_records: u64,
-    aggregates_dropped: u64,
     produce_seconds: f64,
     consume_seconds: f64,
     records_per_second: f64,
@@ -94,45 +94,35 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let mut seen = vec![0u32; args.records.div_ceil(KEYS) * KEYS];
     let mut next_per_key: HashMap<usize, usize> = HashMap::new();
-    for shard in kinesis.list_shards(&stream).await? {
-        let mut deaggregator = Deaggregator::for_shard(
-            shard.id.clone(),
-            shard.hash_key_range,
-            HashRangePolicy::DropAggregate,
-        );
-        let mut iterator = kinesis
-            .get_shard_iterator(&stream, &shard.id, &StartingPosition::TrimHorizon)
-            .await?;
-        let mut users = Vec::new();
-        while let Some(current) = iterator {
-            let batch = kinesis.get_records(&current, 10_000).await?;
-            let at_tip = batch.records.is_empty() && batch.millis_behind_latest == Some(0);
-            for record in batch.records {
-                deaggregator.deaggregate_into(record, &mut users);
-            }
-            for user in users.drain(..) {
-                let (key, n) =
-                    parse_demo_record(&user.data).context("a record the demo did not write")?;
-                let index = n * KEYS + key;
-                let Some(count) = seen.get_mut(index) else {
-                    anyhow::bail!("a record the demo did not write: key {key}, number {n}");
-                };
-                *count += 1;
-                report.consumed += 1;
-                let expected = next_per_key.entry(key).or_default();
-                if n < *expected {
-                    report.out_of_order += usize::from(*count == 1);
-                } else {
-                    *expected = n + 1;
-                }
-            }
-            iterator = if at_tip {
-                None
-            } else {
-                batch.next_shard_iterator
+    let mut reader = StreamReader::start(
+        kinesis.clone(),
+        stream.clone(),
+        StartingPosition::TrimHorizon,
+        PollingConfig::default(),
+    )
+    .await?;
+    while let Some(event) = reader.next().await {
+        let batch = match event? {
+            StreamEvent::Records(batch) => batch,
+            StreamEvent::ShardEnded(_) => continue,
+            StreamEvent::CaughtUp => break,
+        };
+        for user in batch.records {
+            let (key, n) =
+                parse_demo_record(&user.data).context("a record the demo did not write")?;
+            let index = n * KEYS + key;
+            let Some(count) = seen.get_mut(index) else {
+                anyhow::bail!("a record the demo did not write: key {key}, number {n}");
             };
+            *count += 1;
+            report.consumed += 1;
+            let expected = next_per_key.entry(key).or_default();
+            if n < *expected {
+                report.out_of_order += usize::from(*count == 1);
+            } else {
+                *expected = n + 1;
+            }
         }
-        report.aggregates_dropped += deaggregator.stats().aggregates_dropped;
     }
     report.consume_seconds = started.elapsed().as_secs_f64();
     report.records_per_second = report.consumed as f64 / report.consume_seconds.max(1e-9);
