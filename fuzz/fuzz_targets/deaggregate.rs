@@ -1,7 +1,8 @@
 //! De-aggregation of arbitrary bytes: never panics, never loses a record.
 //!
-//! The first byte picks the hash-range policy and a range; the rest is the
-//! record's data. Whatever the input, the result is a pass-through of the
+//! The first byte picks the hash-range policy, a range, and whether the rest
+//! is framed as an aggregate (magic, the bytes, their MD5) so that the
+//! protobuf parser sees it; the rest is the record's data. Whatever the input, the result is a pass-through of the
 //! whole input, a non-empty list of user records whose data lies inside the
 //! input, or a counted drop.
 #![no_main]
@@ -14,13 +15,20 @@ fuzz_target!(|input: &[u8]| {
     let Some((&selector, data)) = input.split_first() else {
         return;
     };
-    let data = Bytes::copy_from_slice(data);
+    let data = if selector & 4 == 0 {
+        let mut framed = rkcl::KPL_MAGIC.to_vec();
+        framed.extend_from_slice(data);
+        framed.extend_from_slice(&{ use md5::Digest; md5::Md5::digest(data) });
+        Bytes::from(framed)
+    } else {
+        Bytes::copy_from_slice(data)
+    };
     let policy = if selector & 1 == 0 {
         HashRangePolicy::DropAggregate
     } else {
         HashRangePolicy::Off
     };
-    let end = HashKey::from_u128(u128::MAX >> (selector >> 1));
+    let end = HashKey::from_u128(u128::MAX >> (selector >> 3));
     let mut deaggregator = match HashKeyRange::new(HashKey::MIN, end) {
         Ok(range) if selector & 2 == 0 => Deaggregator::for_hash_range(range, policy),
         _ => Deaggregator::new(),
