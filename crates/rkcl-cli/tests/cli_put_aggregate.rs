@@ -2,43 +2,18 @@
 //! the local Kinesis, read back with raw GetRecords on every shard and
 //! de-aggregated by each shard's range, all there, in per-key order.
 
+mod common;
+
 use std::collections::HashMap;
-use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use aws_sdk_kinesis::types::ShardIteratorType;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use common::{rkcl, run_with_stdin};
 use rkcl::{Deaggregator, HashRangePolicy, Kinesis, KinesisRecord, StreamRef};
 use rkcl_local::Local;
-
-fn rkcl(local: &Local) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_rkcl"));
-    command
-        .arg("--endpoint-url")
-        .arg(local.kinesis_endpoint())
-        .env("AWS_REGION", rkcl_local::REGION)
-        .env("AWS_ACCESS_KEY_ID", rkcl_local::ACCESS_KEY_ID)
-        .env("AWS_SECRET_ACCESS_KEY", rkcl_local::SECRET_ACCESS_KEY)
-        .env_remove("AWS_PROFILE");
-    command
-}
-
-fn run_with_stdin(mut command: Command, stdin: &str) -> std::process::Output {
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut pipe = child.stdin.take().unwrap();
-    let input = stdin.to_owned();
-    let writer = std::thread::spawn(move || pipe.write_all(input.as_bytes()));
-    let output = child.wait_with_output().unwrap();
-    writer.join().unwrap().unwrap();
-    output
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn put_aggregate_of_ten_thousand_lines_reads_back_in_per_key_order() {
@@ -168,4 +143,57 @@ async fn errors_are_one_line_and_a_non_zero_exit() {
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("line 2"));
     assert_eq!(String::from_utf8_lossy(&output.stdout).lines().count(), 1);
+}
+
+#[test]
+fn an_unreachable_endpoint_is_one_line_and_a_non_zero_exit() {
+    let output = Command::new(env!("CARGO_BIN_EXE_rkcl"))
+        .args(["--endpoint-url", "http://127.0.0.1:9", "stream", "list"])
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "x")
+        .env("AWS_SECRET_ACCESS_KEY", "y")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("could not reach Kinesis"), "{stderr}");
+}
+
+#[test]
+fn rkcl_local_prints_endpoints_that_work() {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rkcl"))
+        .args(["local", "--kinesis-port", "0", "--dynamodb-port", "0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut exports = std::collections::HashMap::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if let Some((name, value)) = line.strip_prefix("export ").and_then(|l| l.split_once('=')) {
+            exports.insert(name.to_owned(), value.to_owned());
+        }
+        if line.starts_with("Press Ctrl-C") {
+            break;
+        }
+    }
+    let kinesis = exports["AWS_ENDPOINT_URL_KINESIS"].clone();
+    assert!(exports["AWS_ENDPOINT_URL_DYNAMODB"].starts_with("http://127.0.0.1:"));
+    let output = Command::new(env!("CARGO_BIN_EXE_rkcl"))
+        .args(["stream", "create", "via-env", "--shards", "2"])
+        .envs(&exports)
+        .env("AWS_ENDPOINT_URL_KINESIS", &kinesis)
+        .env_remove("AWS_PROFILE")
+        .output()
+        .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("created via-env with 2 shards"));
 }

@@ -1,24 +1,15 @@
 //! `rkcl tail` end to end on the local Kinesis.
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
+use common::rkcl;
 use rkcl::{Kinesis, Producer, ProducerConfig, ProducerRecord, StreamRef};
 use rkcl_local::Local;
-
-fn rkcl(local: &Local) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_rkcl"));
-    command
-        .arg("--endpoint-url")
-        .arg(local.kinesis_endpoint())
-        .env("AWS_REGION", rkcl_local::REGION)
-        .env("AWS_ACCESS_KEY_ID", rkcl_local::ACCESS_KEY_ID)
-        .env("AWS_SECRET_ACCESS_KEY", rkcl_local::SECRET_ACCESS_KEY)
-        .env_remove("AWS_PROFILE");
-    command
-}
 
 async fn stream_with_records(local: &Local, name: &str, shards: u32, records: usize) -> StreamRef {
     let kinesis = Kinesis::new(local.kinesis_client());

@@ -1,77 +1,14 @@
 //! The producer against the local Kinesis: order per key, aggregation per
 //! predicted shard, and re-sending after a reshard.
 
+mod common;
+
 use std::collections::HashMap;
 use std::time::Duration;
 
-use aws_sdk_kinesis::types::ShardIteratorType;
-use rkcl::{
-    Deaggregator, HashRangePolicy, Kinesis, KinesisRecord, Producer, ProducerConfig,
-    ProducerRecord, StreamRef, UserRecord,
-};
+use common::{create_stream, read_all_raw};
+use rkcl::{Kinesis, Producer, ProducerConfig, ProducerRecord, StreamRef, UserRecord};
 use rkcl_local::Local;
-
-async fn create_stream(kinesis: &Kinesis, name: &str, shards: u32) -> StreamRef {
-    kinesis.create_stream(name, shards).await.unwrap();
-    let stream = StreamRef::parse(name);
-    kinesis
-        .wait_until_active(&stream, Duration::from_secs(10))
-        .await
-        .unwrap();
-    stream
-}
-
-/// Reads every shard, open and closed, from TRIM_HORIZON to its end or tip,
-/// de-aggregating with each shard's own range under the KCL's policy.
-async fn read_all(local: &Local, kinesis: &Kinesis, stream: &StreamRef) -> (Vec<UserRecord>, u64) {
-    let client = local.kinesis_client();
-    let mut users = Vec::new();
-    let mut dropped = 0;
-    for shard in kinesis.list_shards(stream).await.unwrap() {
-        let mut deaggregator = Deaggregator::for_shard(
-            shard.id.clone(),
-            shard.hash_key_range,
-            HashRangePolicy::DropAggregate,
-        );
-        let mut iterator = client
-            .get_shard_iterator()
-            .stream_name(stream.name())
-            .shard_id(shard.id.as_str())
-            .shard_iterator_type(ShardIteratorType::TrimHorizon)
-            .send()
-            .await
-            .unwrap()
-            .shard_iterator()
-            .map(str::to_owned);
-        while let Some(it) = iterator {
-            let out = client
-                .get_records()
-                .shard_iterator(it)
-                .send()
-                .await
-                .unwrap();
-            for record in out.records() {
-                deaggregator.deaggregate_into(
-                    KinesisRecord {
-                        sequence_number: record.sequence_number().parse().unwrap(),
-                        partition_key: record.partition_key().to_owned(),
-                        data: record.data().as_ref().to_vec().into(),
-                        approximate_arrival_timestamp: None,
-                    },
-                    &mut users,
-                );
-            }
-            let at_tip = out.records().is_empty() && out.millis_behind_latest() == Some(0);
-            iterator = if at_tip {
-                None
-            } else {
-                out.next_shard_iterator().map(str::to_owned)
-            };
-        }
-        dropped += deaggregator.stats().sub_records_dropped;
-    }
-    (users, dropped)
-}
 
 fn records(keys: usize, per_key: usize) -> Vec<ProducerRecord> {
     (0..per_key)
@@ -119,7 +56,7 @@ async fn plain_and_strict_puts_keep_per_key_order() {
     assert_eq!(summary.kinesis_records, 600);
     // Strict order: at most one record per key in a request.
     assert!(summary.requests >= 30, "{summary:?}");
-    let (users, dropped) = read_all(&local, &kinesis, &stream).await;
+    let (users, dropped) = read_all_raw(&local, &kinesis, &stream).await;
     assert_eq!(dropped, 0);
     assert!(users.iter().all(|u| !u.is_aggregated()));
     assert_complete_and_ordered(&users, 20, 30);
@@ -140,7 +77,7 @@ async fn aggregates_go_to_the_predicted_shard() {
     assert_eq!(summary.user_records, 2000);
     assert!(summary.kinesis_records < 100, "{summary:?}");
     assert_eq!(summary.resent_after_reshard, 0);
-    let (users, dropped) = read_all(&local, &kinesis, &stream).await;
+    let (users, dropped) = read_all_raw(&local, &kinesis, &stream).await;
     assert_eq!(
         dropped, 0,
         "a KCL consumer drops nothing the producer aggregated"
@@ -180,7 +117,7 @@ async fn aggregates_that_land_in_a_new_shard_are_sent_again() {
     let summary = producer.put(more).await.unwrap();
     assert!(summary.resent_after_reshard > 0, "{summary:?}");
     assert_eq!(summary.user_records, 30 * 19);
-    let (users, dropped) = read_all(&local, &kinesis, &stream).await;
+    let (users, dropped) = read_all_raw(&local, &kinesis, &stream).await;
     assert!(
         dropped > 0,
         "the misrouted aggregate is dropped by the consumer"
@@ -211,7 +148,7 @@ async fn bad_records_are_refused_before_anything_is_sent() {
         producer.put(huge).await,
         Err(rkcl::Error::RecordTooLarge { .. })
     ));
-    let (users, _) = read_all(&local, &kinesis, &stream).await;
+    let (users, _) = read_all_raw(&local, &kinesis, &stream).await;
     assert!(users.is_empty());
 
     let mut missing = Producer::new(
@@ -226,4 +163,34 @@ async fn bad_records_are_refused_before_anything_is_sent() {
         .unwrap_err();
     assert!(matches!(err, rkcl::Error::ResourceNotFound { .. }), "{err}");
     assert!(!err.is_retryable());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttled_entries_are_retried_until_written_in_order() {
+    // The local Kinesis throttles writes above 1,000 records/s per shard.
+    let local = Local::builder()
+        .kinesis_settings(rkcl_local::KinesisSettings {
+            enforce_write_limits: true,
+            ..rkcl_local::KinesisSettings::default()
+        })
+        .start()
+        .await
+        .unwrap();
+    let kinesis = Kinesis::new(local.kinesis_client());
+    let stream = create_stream(&kinesis, "throttled", 1).await;
+    let config = ProducerConfig {
+        strict_order: true,
+        max_attempts: 50,
+        ..ProducerConfig::default()
+    };
+    let mut producer = Producer::new(kinesis.clone(), stream.clone(), config).unwrap();
+    // 600 records per request at most (one per key), 2,400 in all.
+    let summary = producer.put(records(600, 4)).await.unwrap();
+    assert_eq!(summary.user_records, 2_400);
+    assert!(
+        summary.retried_entries > 0,
+        "the shard's write limit was hit: {summary:?}"
+    );
+    let (users, _) = read_all_raw(&local, &kinesis, &stream).await;
+    assert_complete_and_ordered(&users, 600, 4);
 }

@@ -205,26 +205,35 @@ async fn latest_and_at_timestamp_start_where_they_should() {
     );
 }
 
-/// Replaces every `every`-th GetRecords response with an error: expired
-/// iterator, throttling, and a 500, in turn.
-#[derive(Debug)]
-struct FaultInjector {
-    calls: AtomicUsize,
+/// What to answer GetRecords call number `n` (0-based) with instead of the
+/// real response, if anything: an HTTP status and an error code.
+type Plan = fn(usize) -> Option<(u16, &'static str)>;
+
+/// Counts GetRecords calls and replaces the responses its plan names with
+/// errors, in front of a real SDK client.
+struct GetRecordsFaults {
+    calls: Arc<AtomicUsize>,
     injected: Arc<AtomicUsize>,
-    every: usize,
+    plan: Plan,
 }
 
-/// Marks the attempt in flight as a GetRecords call.
+impl std::fmt::Debug for GetRecordsFaults {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GetRecordsFaults").finish_non_exhaustive()
+    }
+}
+
+/// Marks the attempt in flight as a GetRecords call, with its number.
 #[derive(Clone, Debug)]
-struct GetRecordsCall(bool);
+struct GetRecordsCall(Option<usize>);
 
 impl Storable for GetRecordsCall {
     type Storer = StoreReplace<Self>;
 }
 
-impl Intercept for FaultInjector {
+impl Intercept for GetRecordsFaults {
     fn name(&self) -> &'static str {
-        "FaultInjector"
+        "GetRecordsFaults"
     }
 
     fn read_before_transmit(
@@ -238,8 +247,8 @@ impl Intercept for FaultInjector {
             .headers()
             .get("x-amz-target")
             .is_some_and(|t| t.ends_with(".GetRecords"));
-        cfg.interceptor_state()
-            .store_put(GetRecordsCall(is_get_records));
+        let call = is_get_records.then(|| self.calls.fetch_add(1, Ordering::SeqCst));
+        cfg.interceptor_state().store_put(GetRecordsCall(call));
         Ok(())
     }
 
@@ -249,17 +258,12 @@ impl Intercept for FaultInjector {
         _: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), aws_sdk_kinesis::error::BoxError> {
-        if !cfg.load::<GetRecordsCall>().is_some_and(|call| call.0) {
+        let Some((status, code)) = cfg
+            .load::<GetRecordsCall>()
+            .and_then(|call| call.0)
+            .and_then(self.plan)
+        else {
             return Ok(());
-        }
-        let call = self.calls.fetch_add(1, Ordering::SeqCst);
-        if !call.is_multiple_of(self.every) {
-            return Ok(());
-        }
-        let (status, code) = match (call / self.every) % 3 {
-            0 => (400, "ExpiredIteratorException"),
-            1 => (400, "ProvisionedThroughputExceededException"),
-            _ => (500, "InternalFailure"),
         };
         self.injected.fetch_add(1, Ordering::SeqCst);
         let response = context.response_mut();
@@ -273,6 +277,29 @@ impl Intercept for FaultInjector {
     }
 }
 
+/// A client for the local Kinesis with the SDK's retries off and `plan`
+/// applied to GetRecords; also the call and injection counters.
+fn faulty_client(local: &Local, plan: Plan) -> (Kinesis, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let injected = Arc::new(AtomicUsize::new(0));
+    let config = local
+        .kinesis_client()
+        .config()
+        .to_builder()
+        .retry_config(aws_sdk_kinesis::config::retry::RetryConfig::disabled())
+        .interceptor(GetRecordsFaults {
+            calls: calls.clone(),
+            injected: injected.clone(),
+            plan,
+        })
+        .build();
+    (
+        Kinesis::new(aws_sdk_kinesis::Client::from_conf(config)),
+        calls,
+        injected,
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn injected_faults_cost_no_record_and_no_duplicate() {
     let local = Local::start().await.unwrap();
@@ -281,19 +308,13 @@ async fn injected_faults_cost_no_record_and_no_duplicate() {
     put(&kinesis, &stream, keyed_records(10, 150, 0), false).await;
     put(&kinesis, &stream, keyed_records(10, 150, 150), true).await;
 
-    let injected = Arc::new(AtomicUsize::new(0));
-    let config = local
-        .kinesis_client()
-        .config()
-        .to_builder()
-        .retry_config(aws_sdk_kinesis::config::retry::RetryConfig::disabled())
-        .interceptor(FaultInjector {
-            calls: AtomicUsize::new(0),
-            injected: injected.clone(),
-            every: 2,
-        })
-        .build();
-    let faulty = Kinesis::new(aws_sdk_kinesis::Client::from_conf(config));
+    // Every second GetRecords call fails: expired iterator, throttling, 500.
+    let (faulty, _, injected) = faulty_client(&local, |call| match (call % 2, (call / 2) % 3) {
+        (1, _) => None,
+        (_, 0) => Some((400, "ExpiredIteratorException")),
+        (_, 1) => Some((400, "ProvisionedThroughputExceededException")),
+        _ => Some((500, "InternalFailure")),
+    });
     let polling = rkcl::PollingConfig {
         max_records: 100,
         ..quick_polling()
@@ -506,4 +527,134 @@ async fn splits_and_merges_while_writing_keep_every_record_and_key_order() {
         children_checked, 4,
         "two split children and a merge child with two parents"
     );
+}
+
+#[tokio::test]
+async fn prefetch_stops_at_its_bound_until_the_consumer_takes_records() {
+    let local = Local::start().await.unwrap();
+    let kinesis = Kinesis::new(local.kinesis_client());
+    let stream = create_stream(&kinesis, "bounded", 1).await;
+    put(&kinesis, &stream, keyed_records(1, 2_000, 0), false).await;
+    let shard = kinesis.list_shards(&stream).await.unwrap().remove(0);
+    let (counted, calls, _) = faulty_client(&local, |_| None);
+    let config = rkcl::PollingConfig {
+        max_records: 100,
+        prefetch_records: 300,
+        prefetch_batches: 10,
+        ..quick_polling()
+    };
+    let mut source = PollingSource::start(
+        counted,
+        stream,
+        &shard,
+        StartingPosition::TrimHorizon,
+        config,
+    )
+    .unwrap();
+    // Nobody consumes: the source fetches up to 300 records ahead, then waits.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let made = calls.load(Ordering::SeqCst);
+    assert!(
+        (3..=4).contains(&made),
+        "{made} GetRecords calls with nothing consumed"
+    );
+    // Consuming frees the budget and reading goes on.
+    let records = read_records(&mut source, 1_000).await;
+    assert_eq!(records.len(), 1_000);
+    assert!(calls.load(Ordering::SeqCst) > made);
+}
+
+#[tokio::test]
+async fn access_denied_is_a_clear_error_and_a_deleted_stream_ends_the_shard() {
+    let local = Local::start().await.unwrap();
+    let kinesis = Kinesis::new(local.kinesis_client());
+    let stream = create_stream(&kinesis, "refusals", 1).await;
+    let shard = kinesis.list_shards(&stream).await.unwrap().remove(0);
+
+    let (denied, calls, _) = faulty_client(&local, |_| Some((400, "AccessDeniedException")));
+    let mut source = PollingSource::start(
+        denied,
+        stream.clone(),
+        &shard,
+        StartingPosition::TrimHorizon,
+        quick_polling(),
+    )
+    .unwrap();
+    let err = source.next_event().await.unwrap().unwrap_err();
+    assert!(matches!(err, rkcl::Error::AccessDenied { .. }), "{err}");
+    assert!(!err.is_retryable());
+    assert!(
+        source.next_event().await.is_none(),
+        "nothing follows the error"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "no retry of a refusal");
+
+    let mut source = PollingSource::start(
+        kinesis.clone(),
+        stream.clone(),
+        &shard,
+        StartingPosition::TrimHorizon,
+        quick_polling(),
+    )
+    .unwrap();
+    assert!(matches!(
+        source.next_event().await,
+        Some(Ok(ShardEvent::Records(_)))
+    ));
+    local
+        .kinesis_client()
+        .delete_stream()
+        .stream_name("refusals")
+        .send()
+        .await
+        .unwrap();
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(10), source.next_event())
+            .await
+            .unwrap()
+        {
+            Some(Ok(ShardEvent::End(end))) => break end,
+            Some(Ok(ShardEvent::Records(_))) => {}
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(end.reason, rkcl::ShardEndReason::NotFound);
+    assert!(end.children.is_empty());
+}
+
+#[tokio::test]
+async fn at_and_after_sequence_number_start_where_they_should() {
+    let local = Local::start().await.unwrap();
+    let kinesis = Kinesis::new(local.kinesis_client());
+    let stream = create_stream(&kinesis, "by-sequence", 1).await;
+    let records: Vec<ProducerRecord> = (0..10)
+        .map(|i| ProducerRecord::new("k", format!("r{i}")))
+        .collect();
+    put(&kinesis, &stream, records, false).await;
+    let shard = kinesis.list_shards(&stream).await.unwrap().remove(0);
+    let mut all = PollingSource::start(
+        kinesis.clone(),
+        stream.clone(),
+        &shard,
+        StartingPosition::TrimHorizon,
+        quick_polling(),
+    )
+    .unwrap();
+    let records = read_records(&mut all, 10).await;
+    let third = records[3].sequence_number.clone();
+    for (position, first) in [
+        (StartingPosition::AtSequenceNumber(third.clone()), "r3"),
+        (StartingPosition::AfterSequenceNumber(third), "r4"),
+    ] {
+        let mut source = PollingSource::start(
+            kinesis.clone(),
+            stream.clone(),
+            &shard,
+            position,
+            quick_polling(),
+        )
+        .unwrap();
+        let records = read_records(&mut source, 1).await;
+        assert_eq!(records[0].data, first.as_bytes());
+    }
 }

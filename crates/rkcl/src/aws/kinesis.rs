@@ -597,6 +597,17 @@ fn shard_from_sdk(shard: &aws_sdk_kinesis::types::Shard) -> Result<Shard> {
 mod tests {
     use super::*;
     use std::collections::VecDeque;
+
+    #[test]
+    fn streams_are_named_by_name_or_arn() {
+        let arn = StreamRef::parse("arn:aws:kinesis:eu-west-1:123456789012:stream/orders");
+        assert!(matches!(arn, StreamRef::Arn(_)));
+        assert_eq!(arn.name(), "orders");
+        assert_eq!(arn.name_and_arn().0, None);
+        let name = StreamRef::parse("orders");
+        assert_eq!(name, StreamRef::Name("orders".into()));
+        assert_eq!(name.name_and_arn(), (Some("orders".into()), None));
+    }
     use std::sync::Mutex;
 
     /// Pages as a service would hand them out: (items, next token).

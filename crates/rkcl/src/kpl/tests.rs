@@ -413,3 +413,23 @@ fn unicode_and_extreme_keys_round_trip() {
         .collect();
     assert_eq!(back, records);
 }
+
+#[test]
+fn a_record_of_nearly_the_largest_size_round_trips() {
+    let mut aggregator = Aggregator::with_max_size(MAX_KINESIS_RECORD_SIZE).unwrap();
+    // Magic, digest, key table entry and record framing take a few dozen bytes.
+    let data = Bytes::from(vec![7u8; MAX_KINESIS_RECORD_SIZE - 64]);
+    assert!(
+        aggregator
+            .add(ProducerRecord::new("big", data.clone()))
+            .unwrap()
+            .is_none()
+    );
+    assert!(aggregator.size() <= MAX_KINESIS_RECORD_SIZE - "big".len());
+    let aggregate = aggregator.flush().unwrap();
+    let Decoded::Aggregate(subs) = Deaggregator::new().decode(&aggregate.data, None) else {
+        panic!("not an aggregate");
+    };
+    assert_eq!(subs.len(), 1);
+    assert_eq!(subs[0].data, data);
+}

@@ -3,7 +3,11 @@
 
 use std::time::Duration;
 
-use rkcl::{Kinesis, PollingConfig, StreamRef};
+use aws_sdk_kinesis::types::ShardIteratorType;
+use rkcl::{
+    Deaggregator, HashRangePolicy, Kinesis, KinesisRecord, PollingConfig, StreamRef, UserRecord,
+};
+use rkcl_local::Local;
 
 /// Creates a stream and waits until it is active.
 pub async fn create_stream(kinesis: &Kinesis, name: &str, shards: u32) -> StreamRef {
@@ -41,4 +45,60 @@ pub fn key_and_number(data: &[u8]) -> (usize, usize) {
     let text = std::str::from_utf8(data).unwrap();
     let (k, n) = text.split_once(':').unwrap();
     (k.parse().unwrap(), n.parse().unwrap())
+}
+
+/// Reads every shard, open and closed, from TRIM_HORIZON to its end or tip,
+/// de-aggregating with each shard's own range under the KCL's policy.
+pub async fn read_all_raw(
+    local: &Local,
+    kinesis: &Kinesis,
+    stream: &StreamRef,
+) -> (Vec<UserRecord>, u64) {
+    let client = local.kinesis_client();
+    let mut users = Vec::new();
+    let mut dropped = 0;
+    for shard in kinesis.list_shards(stream).await.unwrap() {
+        let mut deaggregator = Deaggregator::for_shard(
+            shard.id.clone(),
+            shard.hash_key_range,
+            HashRangePolicy::DropAggregate,
+        );
+        let mut iterator = client
+            .get_shard_iterator()
+            .stream_name(stream.name())
+            .shard_id(shard.id.as_str())
+            .shard_iterator_type(ShardIteratorType::TrimHorizon)
+            .send()
+            .await
+            .unwrap()
+            .shard_iterator()
+            .map(str::to_owned);
+        while let Some(it) = iterator {
+            let out = client
+                .get_records()
+                .shard_iterator(it)
+                .send()
+                .await
+                .unwrap();
+            for record in out.records() {
+                deaggregator.deaggregate_into(
+                    KinesisRecord {
+                        sequence_number: record.sequence_number().parse().unwrap(),
+                        partition_key: record.partition_key().to_owned(),
+                        data: record.data().as_ref().to_vec().into(),
+                        approximate_arrival_timestamp: None,
+                    },
+                    &mut users,
+                );
+            }
+            let at_tip = out.records().is_empty() && out.millis_behind_latest() == Some(0);
+            iterator = if at_tip {
+                None
+            } else {
+                out.next_shard_iterator().map(str::to_owned)
+            };
+        }
+        dropped += deaggregator.stats().sub_records_dropped;
+    }
+    (users, dropped)
 }
