@@ -17,7 +17,7 @@
 //!     .send()
 //!     .await
 //!     .expect("the local Kinesis creates streams");
-//! println!("Kinesis at {}", local.kinesis_endpoint());
+//! assert!(local.kinesis_endpoint().starts_with("http://127.0.0.1:"));
 //! local.shutdown().await;
 //! # Ok(())
 //! # }

@@ -169,15 +169,16 @@ pub(super) fn parse(data: &Bytes) -> Result<proto::AggregatedRecord, PassThrough
 /// use rkcl::{Aggregator, Deaggregator, Decoded, ProducerRecord};
 ///
 /// let mut aggregator = Aggregator::new();
-/// aggregator.add(ProducerRecord::new("key-1", "a")).unwrap();
-/// aggregator.add(ProducerRecord::new("key-2", "b")).unwrap();
-/// let aggregate = aggregator.flush().unwrap();
+/// aggregator.add(ProducerRecord::new("key-1", "a"))?;
+/// aggregator.add(ProducerRecord::new("key-2", "b"))?;
+/// let aggregate = aggregator.flush().expect("two records wait");
 ///
 /// let mut deaggregator = Deaggregator::new();
 /// match deaggregator.decode(&aggregate.data, None) {
 ///     Decoded::Aggregate(records) => assert_eq!(records.len(), 2),
 ///     other => panic!("not an aggregate: {other:?}"),
 /// }
+/// # Ok::<(), rkcl::Error>(())
 /// ```
 #[derive(Debug, Default)]
 pub struct Deaggregator {

@@ -45,13 +45,15 @@ const EVENT_BUFFER: usize = 16;
 /// let mut reader =
 ///     StreamReader::start(kinesis, stream, StartingPosition::TrimHorizon, PollingConfig::default())
 ///         .await?;
+/// let mut records = 0;
 /// while let Some(event) = reader.next().await {
 ///     match event? {
-///         StreamEvent::Records(batch) => println!("{} records", batch.records.len()),
-///         StreamEvent::ShardEnded(end) => println!("{} ended", end.shard_id),
+///         StreamEvent::Records(batch) => records += batch.records.len(),
+///         StreamEvent::ShardEnded(end) => tracing::info!(shard_id = %end.shard_id, "shard ended"),
 ///         StreamEvent::CaughtUp => break,
 ///     }
 /// }
+/// tracing::info!(records, "read the stream to its tip");
 /// # Ok(())
 /// # }
 /// ```
