@@ -58,18 +58,23 @@ mod aws;
 mod backoff;
 mod error;
 mod kpl;
+mod leases;
 mod model;
 mod producer;
 mod record;
 mod retrieval;
 mod shards;
 
-pub use aws::{ChildShard, GetRecordsOutput, Kinesis, ShardFilter, StreamRef, StreamSummary};
+pub use aws::{
+    ChildShard, DynamoDbLeaseStore, GetRecordsOutput, Kinesis, LeaseTableRequests, ShardFilter,
+    StreamRef, StreamSummary,
+};
 pub use error::{Error, Result, Service};
 pub use kpl::{
     Aggregate, Aggregator, DeaggregationStats, Deaggregator, Decoded, HashRangePolicy,
     MAGIC as KPL_MAGIC, MAX_KINESIS_RECORD_SIZE, PassThroughReason, SubRecord, has_magic,
 };
+pub use leases::{FencingToken, InMemoryLeaseStore, Lease, LeaseStore};
 pub use model::{
     ExtendedSequenceNumber, HashKey, HashKeyRange, InitialPosition, SequenceNumber, ShardId,
     StartingPosition,

@@ -6,8 +6,10 @@
 //! calls (throttling, 5xx, connection errors) are the SDK's standard retry
 //! strategy, configured by the caller's `SdkConfig`.
 
+mod dynamodb;
 mod error;
 mod kinesis;
 
+pub use dynamodb::{DynamoDbLeaseStore, LeaseTableRequests};
 pub use kinesis::{ChildShard, GetRecordsOutput, Kinesis, ShardFilter, StreamRef, StreamSummary};
 pub(crate) use kinesis::{PutEntry, PutOutcome};

@@ -1,0 +1,621 @@
+//! The lease table in DynamoDB, with the Java KCL's attribute names and types.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
+    ScalarAttributeType, TableStatus,
+};
+
+use super::error::from_sdk;
+use crate::error::{Error, Result, Service};
+use crate::leases::{Lease, LeaseStore};
+use crate::model::{ExtendedSequenceNumber, HashKeyRange, ShardId};
+
+/// The Java KCL's attribute names: a wire contract.
+mod attr {
+    pub(super) const LEASE_KEY: &str = "leaseKey";
+    pub(super) const LEASE_OWNER: &str = "leaseOwner";
+    pub(super) const LEASE_COUNTER: &str = "leaseCounter";
+    pub(super) const CHECKPOINT: &str = "checkpoint";
+    pub(super) const CHECKPOINT_SUB_SEQUENCE_NUMBER: &str = "checkpointSubSequenceNumber";
+    pub(super) const OWNER_SWITCHES_SINCE_CHECKPOINT: &str = "ownerSwitchesSinceCheckpoint";
+    pub(super) const PARENT_SHARD_ID: &str = "parentShardId";
+    pub(super) const CHILD_SHARD_IDS: &str = "childShardIds";
+    pub(super) const PENDING_CHECKPOINT: &str = "pendingCheckpoint";
+    pub(super) const PENDING_CHECKPOINT_SUB_SEQUENCE_NUMBER: &str =
+        "pendingCheckpointSubSequenceNumber";
+    pub(super) const STARTING_HASH_KEY: &str = "startingHashKey";
+    pub(super) const ENDING_HASH_KEY: &str = "endingHashKey";
+    pub(super) const CHECKPOINT_OWNER: &str = "checkpointOwner";
+    pub(super) const ENTITY_TYPE: &str = "entityType";
+}
+
+/// The `entityType` of lease items in a KCL 3.5 single-table layout.
+const LEASE_ENTITY: &str = "LEASE";
+
+/// How many requests of each kind a [`DynamoDbLeaseStore`] has sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LeaseTableRequests {
+    /// GetItem calls.
+    pub get_item: u64,
+    /// PutItem calls (lease creation).
+    pub put_item: u64,
+    /// UpdateItem calls (renew, take, release, evict, checkpoint).
+    pub update_item: u64,
+    /// DeleteItem calls.
+    pub delete_item: u64,
+    /// Scan calls (one per page).
+    pub scan: u64,
+    /// DescribeTable and CreateTable calls.
+    pub table: u64,
+}
+
+impl LeaseTableRequests {
+    /// All requests together.
+    pub fn total(&self) -> u64 {
+        self.get_item + self.put_item + self.update_item + self.delete_item + self.scan + self.table
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    get_item: AtomicU64,
+    put_item: AtomicU64,
+    update_item: AtomicU64,
+    delete_item: AtomicU64,
+    scan: AtomicU64,
+    table: AtomicU64,
+}
+
+fn count(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The production [`LeaseStore`]: a DynamoDB table that the Java KCL reads
+/// and writes too (hash key `leaseKey`, the KCL's attribute names and
+/// types). Items whose `entityType` is not `LEASE` (KCL 3.5 worker metrics,
+/// leader and migration items) are skipped and never written.
+///
+/// Single calls are retried by the SDK's standard retry strategy (throttling
+/// and 5xx, capped exponential backoff with jitter); a permission or
+/// validation error is returned at once.
+#[derive(Clone, Debug)]
+pub struct DynamoDbLeaseStore {
+    client: Client,
+    table: String,
+    counters: Arc<Counters>,
+}
+
+impl DynamoDbLeaseStore {
+    /// A store for the lease table `table` (by the KCL's convention, the
+    /// application name).
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+            counters: Arc::default(),
+        }
+    }
+
+    /// The table's name.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// How many requests of each kind this store (and its clones) sent.
+    pub fn requests(&self) -> LeaseTableRequests {
+        let c = &self.counters;
+        LeaseTableRequests {
+            get_item: c.get_item.load(Ordering::Relaxed),
+            put_item: c.put_item.load(Ordering::Relaxed),
+            update_item: c.update_item.load(Ordering::Relaxed),
+            delete_item: c.delete_item.load(Ordering::Relaxed),
+            scan: c.scan.load(Ordering::Relaxed),
+            table: c.table.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Creates the table if it is missing (on-demand billing, hash key
+    /// `leaseKey`) and waits until it is active.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::AccessDenied`] without the permissions, [`Error::InvalidRequest`]
+    /// for an invalid name or when `timeout` passes before the table is active.
+    pub async fn ensure_table(&self, timeout: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut created = false;
+        loop {
+            count(&self.counters.table);
+            let described = self
+                .client
+                .describe_table()
+                .table_name(&self.table)
+                .send()
+                .await;
+            match described {
+                Ok(out) => {
+                    let status = out.table().and_then(|t| t.table_status());
+                    if status == Some(&TableStatus::Active) {
+                        return Ok(());
+                    }
+                }
+                Err(err) if is_not_found(&err) && !created => {
+                    self.create_table().await?;
+                    created = true;
+                    continue;
+                }
+                Err(err) if is_not_found(&err) => {}
+                Err(err) => return Err(from_sdk(Service::DynamoDb, err)),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::InvalidRequest {
+                    service: Service::DynamoDb,
+                    message: format!("lease table {} is not active after {timeout:?}", self.table),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    async fn create_table(&self) -> Result<()> {
+        count(&self.counters.table);
+        let attribute = AttributeDefinition::builder()
+            .attribute_name(attr::LEASE_KEY)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+            .map_err(|e| Error::InvalidInput(e.to_string()))?;
+        let key = KeySchemaElement::builder()
+            .attribute_name(attr::LEASE_KEY)
+            .key_type(KeyType::Hash)
+            .build()
+            .map_err(|e| Error::InvalidInput(e.to_string()))?;
+        let result = self
+            .client
+            .create_table()
+            .table_name(&self.table)
+            .attribute_definitions(attribute)
+            .key_schema(key)
+            .billing_mode(BillingMode::PayPerRequest)
+            .send()
+            .await;
+        match result {
+            Ok(_) => {
+                tracing::info!(table = %self.table, "created the lease table");
+                Ok(())
+            }
+            // Another worker created it first.
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_resource_in_use_exception()) =>
+            {
+                Ok(())
+            }
+            Err(err) => Err(from_sdk(Service::DynamoDb, err)),
+        }
+    }
+
+    /// One conditional UpdateItem; `None` when the condition failed.
+    async fn update(
+        &self,
+        key: &str,
+        update: &str,
+        condition: &str,
+        values: Vec<(&str, AttributeValue)>,
+    ) -> Result<Option<Lease>> {
+        count(&self.counters.update_item);
+        let mut request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(attr::LEASE_KEY, AttributeValue::S(key.to_owned()))
+            .update_expression(update)
+            .condition_expression(condition)
+            .return_values(ReturnValue::AllNew);
+        for (name, value) in values {
+            request = request.expression_attribute_values(name, value);
+        }
+        match request.send().await {
+            Ok(out) => out
+                .attributes()
+                .map(lease_from_item)
+                .transpose()
+                .map(Option::flatten),
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(None)
+            }
+            Err(err) => Err(from_sdk(Service::DynamoDb, err)),
+        }
+    }
+}
+
+fn is_not_found<E, R>(err: &SdkError<E, R>) -> bool
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
+{
+    err.as_service_error()
+        .is_some_and(|e| e.code() == Some("ResourceNotFoundException"))
+}
+
+fn number(value: u64) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+/// The condition that the stored lease is the one the caller saw.
+const SAME_COUNTER: &str = "leaseCounter = :counter";
+const SAME_COUNTER_AND_OWNER: &str = "leaseCounter = :counter AND leaseOwner = :owner";
+
+/// The values of the conditions on the copy the caller saw; `None` when
+/// the owner must match and the copy has none (it cannot be held, so the
+/// write would lose anyway).
+fn seen_values(lease: &Lease, with_owner: bool) -> Option<Vec<(&'static str, AttributeValue)>> {
+    let mut values = vec![
+        (":counter", number(lease.counter)),
+        (":next", number(lease.counter + 1)),
+    ];
+    if with_owner {
+        values.push((":owner", AttributeValue::S(lease.owner.clone()?)));
+    }
+    Some(values)
+}
+
+impl LeaseStore for DynamoDbLeaseStore {
+    async fn create_if_absent(&self, lease: &Lease) -> Result<bool> {
+        count(&self.counters.put_item);
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(lease_to_item(lease)))
+            .condition_expression("attribute_not_exists(leaseKey)")
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(err) => Err(from_sdk(Service::DynamoDb, err)),
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<Lease>> {
+        let mut leases = Vec::new();
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        loop {
+            count(&self.counters.scan);
+            let page = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| from_sdk(Service::DynamoDb, e))?;
+            for item in page.items() {
+                if let Some(lease) = lease_from_item(item)? {
+                    leases.push(lease);
+                }
+            }
+            match page.last_evaluated_key() {
+                Some(key) if !key.is_empty() => start = Some(key.clone()),
+                _ => return Ok(leases),
+            }
+        }
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Lease>> {
+        count(&self.counters.get_item);
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(attr::LEASE_KEY, AttributeValue::S(key.to_owned()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| from_sdk(Service::DynamoDb, e))?;
+        out.item()
+            .map(lease_from_item)
+            .transpose()
+            .map(Option::flatten)
+    }
+
+    async fn renew(&self, lease: &Lease) -> Result<Option<Lease>> {
+        let Some(values) = seen_values(lease, true) else {
+            return Ok(None);
+        };
+        let renewed = self
+            .update(
+                &lease.key,
+                "SET leaseCounter = :next",
+                SAME_COUNTER_AND_OWNER,
+                values,
+            )
+            .await?;
+        if renewed.is_some() {
+            return Ok(renewed);
+        }
+        // An earlier attempt may have landed before its answer was lost: the
+        // lease is then ours at the next counter.
+        Ok(self
+            .get(&lease.key)
+            .await?
+            .filter(|stored| stored.owner == lease.owner && stored.counter == lease.counter + 1))
+    }
+
+    async fn take(&self, lease: &Lease, new_owner: &str) -> Result<Option<Lease>> {
+        let mut values = seen_values(lease, false).unwrap_or_default();
+        values.push((":new_owner", AttributeValue::S(new_owner.to_owned())));
+        let update = if lease.owner.as_deref() == Some(new_owner) {
+            "SET leaseOwner = :new_owner, leaseCounter = :next REMOVE checkpointOwner".to_owned()
+        } else {
+            values.push((":one", number(1)));
+            "SET leaseOwner = :new_owner, leaseCounter = :next \
+             ADD ownerSwitchesSinceCheckpoint :one REMOVE checkpointOwner"
+                .to_owned()
+        };
+        self.update(&lease.key, &update, SAME_COUNTER, values).await
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<Option<Lease>> {
+        let Some(values) = seen_values(lease, true) else {
+            return Ok(None);
+        };
+        self.update(
+            &lease.key,
+            "SET leaseCounter = :next REMOVE leaseOwner",
+            SAME_COUNTER_AND_OWNER,
+            values,
+        )
+        .await
+    }
+
+    async fn evict(&self, lease: &Lease) -> Result<Option<Lease>> {
+        let values = seen_values(lease, false).unwrap_or_default();
+        self.update(
+            &lease.key,
+            "SET leaseCounter = :next REMOVE leaseOwner",
+            SAME_COUNTER,
+            values,
+        )
+        .await
+    }
+
+    async fn update_checkpoint(
+        &self,
+        lease: &Lease,
+        checkpoint: &ExtendedSequenceNumber,
+    ) -> Result<Option<Lease>> {
+        let Some(mut values) = seen_values(lease, true) else {
+            return Ok(None);
+        };
+        values.push((
+            ":checkpoint",
+            AttributeValue::S(checkpoint_text(checkpoint)),
+        ));
+        values.push((":sub", number(checkpoint.sub_sequence_number())));
+        values.push((":zero", number(0)));
+        self.update(
+            &lease.key,
+            "SET checkpoint = :checkpoint, checkpointSubSequenceNumber = :sub, \
+             leaseCounter = :next, ownerSwitchesSinceCheckpoint = :zero \
+             REMOVE pendingCheckpoint, pendingCheckpointSubSequenceNumber",
+            SAME_COUNTER_AND_OWNER,
+            values,
+        )
+        .await
+    }
+
+    async fn delete(&self, lease: &Lease) -> Result<bool> {
+        count(&self.counters.delete_item);
+        let result = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key(attr::LEASE_KEY, AttributeValue::S(lease.key.clone()))
+            .condition_expression(SAME_COUNTER)
+            .expression_attribute_values(":counter", number(lease.counter))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(err) => Err(from_sdk(Service::DynamoDb, err)),
+        }
+    }
+}
+
+/// How the KCL stores a checkpoint: a sentinel name or the sequence number.
+fn checkpoint_text(checkpoint: &ExtendedSequenceNumber) -> String {
+    match checkpoint.sequence_number() {
+        Some(seq) => seq.to_string(),
+        None => checkpoint.to_string(),
+    }
+}
+
+/// A lease as a DynamoDB item, in the KCL's attribute names and types.
+/// Empty sets and absent values are left out (DynamoDB has no empty sets).
+pub(crate) fn lease_to_item(lease: &Lease) -> HashMap<String, AttributeValue> {
+    let mut item = HashMap::new();
+    let mut put = |name: &str, value: AttributeValue| {
+        item.insert(name.to_owned(), value);
+    };
+    put(attr::LEASE_KEY, AttributeValue::S(lease.key.clone()));
+    if let Some(owner) = &lease.owner {
+        put(attr::LEASE_OWNER, AttributeValue::S(owner.clone()));
+    }
+    put(attr::LEASE_COUNTER, number(lease.counter));
+    put(
+        attr::CHECKPOINT,
+        AttributeValue::S(checkpoint_text(&lease.checkpoint)),
+    );
+    put(
+        attr::CHECKPOINT_SUB_SEQUENCE_NUMBER,
+        number(lease.checkpoint.sub_sequence_number()),
+    );
+    put(
+        attr::OWNER_SWITCHES_SINCE_CHECKPOINT,
+        number(lease.owner_switches_since_checkpoint),
+    );
+    if !lease.parent_shard_ids.is_empty() {
+        put(attr::PARENT_SHARD_ID, string_set(&lease.parent_shard_ids));
+    }
+    if !lease.child_shard_ids.is_empty() {
+        put(attr::CHILD_SHARD_IDS, string_set(&lease.child_shard_ids));
+    }
+    if let Some(pending) = &lease.pending_checkpoint {
+        put(
+            attr::PENDING_CHECKPOINT,
+            AttributeValue::S(checkpoint_text(pending)),
+        );
+        put(
+            attr::PENDING_CHECKPOINT_SUB_SEQUENCE_NUMBER,
+            number(pending.sub_sequence_number()),
+        );
+    }
+    if let Some(range) = &lease.hash_key_range {
+        put(
+            attr::STARTING_HASH_KEY,
+            AttributeValue::S(range.start().to_string()),
+        );
+        put(
+            attr::ENDING_HASH_KEY,
+            AttributeValue::S(range.end().to_string()),
+        );
+    }
+    if let Some(owner) = &lease.checkpoint_owner {
+        put(attr::CHECKPOINT_OWNER, AttributeValue::S(owner.clone()));
+    }
+    item
+}
+
+fn string_set(ids: &[ShardId]) -> AttributeValue {
+    AttributeValue::Ss(ids.iter().map(|id| id.as_str().to_owned()).collect())
+}
+
+/// Reads a lease item; `None` for items that are not leases (a KCL 3.5
+/// `entityType` other than `LEASE`).
+///
+/// # Errors
+///
+/// [`Error::InvalidInput`] naming the item when an attribute has the wrong
+/// type or cannot be read.
+pub(crate) fn lease_from_item(item: &HashMap<String, AttributeValue>) -> Result<Option<Lease>> {
+    if let Some(entity) = item.get(attr::ENTITY_TYPE)
+        && entity.as_s().map(String::as_str) != Ok(LEASE_ENTITY)
+    {
+        return Ok(None);
+    }
+    let key = string(item, attr::LEASE_KEY, "?")?
+        .ok_or_else(|| Error::InvalidInput("a lease item has no leaseKey".into()))?;
+    let bad = |what: &str| Error::InvalidInput(format!("lease {key}: {what}"));
+    let counter =
+        u64_attr(item, attr::LEASE_COUNTER, &key)?.ok_or_else(|| bad("no leaseCounter"))?;
+    let sub = u64_attr(item, attr::CHECKPOINT_SUB_SEQUENCE_NUMBER, &key)?.unwrap_or(0);
+    let checkpoint = match string(item, attr::CHECKPOINT, &key)? {
+        Some(text) => ExtendedSequenceNumber::parse(&text, sub).map_err(|e| bad(&e.to_string()))?,
+        None => return Err(bad("no checkpoint")),
+    };
+    let pending_checkpoint = match string(item, attr::PENDING_CHECKPOINT, &key)? {
+        Some(text) => {
+            let sub =
+                u64_attr(item, attr::PENDING_CHECKPOINT_SUB_SEQUENCE_NUMBER, &key)?.unwrap_or(0);
+            Some(ExtendedSequenceNumber::parse(&text, sub).map_err(|e| bad(&e.to_string()))?)
+        }
+        None => None,
+    };
+    let hash_key_range = match (
+        string(item, attr::STARTING_HASH_KEY, &key)?,
+        string(item, attr::ENDING_HASH_KEY, &key)?,
+    ) {
+        (Some(start), Some(end)) => Some(
+            HashKeyRange::new(
+                start.parse().map_err(|_| bad("bad startingHashKey"))?,
+                end.parse().map_err(|_| bad("bad endingHashKey"))?,
+            )
+            .map_err(|_| bad("inverted hash-key range"))?,
+        ),
+        _ => None,
+    };
+    Ok(Some(Lease {
+        owner: string(item, attr::LEASE_OWNER, &key)?,
+        counter,
+        checkpoint,
+        pending_checkpoint,
+        owner_switches_since_checkpoint: u64_attr(
+            item,
+            attr::OWNER_SWITCHES_SINCE_CHECKPOINT,
+            &key,
+        )?
+        .unwrap_or(0),
+        parent_shard_ids: shard_ids(item, attr::PARENT_SHARD_ID, &key)?,
+        child_shard_ids: shard_ids(item, attr::CHILD_SHARD_IDS, &key)?,
+        hash_key_range,
+        checkpoint_owner: string(item, attr::CHECKPOINT_OWNER, &key)?,
+        key,
+    }))
+}
+
+fn string(item: &HashMap<String, AttributeValue>, name: &str, key: &str) -> Result<Option<String>> {
+    match item.get(name) {
+        None | Some(AttributeValue::Null(_)) => Ok(None),
+        Some(AttributeValue::S(text)) => Ok(Some(text.clone())),
+        Some(_) => Err(Error::InvalidInput(format!(
+            "lease {key}: {name} is not a string"
+        ))),
+    }
+}
+
+fn u64_attr(item: &HashMap<String, AttributeValue>, name: &str, key: &str) -> Result<Option<u64>> {
+    match item.get(name) {
+        None | Some(AttributeValue::Null(_)) => Ok(None),
+        Some(AttributeValue::N(text)) => text
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|_| Error::InvalidInput(format!("lease {key}: {name} is not a whole number"))),
+        Some(_) => Err(Error::InvalidInput(format!(
+            "lease {key}: {name} is not a number"
+        ))),
+    }
+}
+
+fn shard_ids(
+    item: &HashMap<String, AttributeValue>,
+    name: &str,
+    key: &str,
+) -> Result<Vec<ShardId>> {
+    match item.get(name) {
+        None | Some(AttributeValue::Null(_)) => Ok(Vec::new()),
+        Some(AttributeValue::Ss(ids)) => {
+            let mut ids: Vec<ShardId> = ids.iter().map(|id| ShardId::from(id.as_str())).collect();
+            ids.sort();
+            Ok(ids)
+        }
+        Some(_) => Err(Error::InvalidInput(format!(
+            "lease {key}: {name} is not a string set"
+        ))),
+    }
+}

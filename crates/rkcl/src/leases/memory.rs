@@ -1,0 +1,144 @@
+//! A lease store in memory, for one process and for tests.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use super::{Lease, LeaseStore};
+use crate::error::{Error, Result};
+use crate::model::ExtendedSequenceNumber;
+
+/// Leases in a map behind a lock, with the same conditional semantics as the
+/// DynamoDB store.
+#[derive(Debug, Default)]
+pub struct InMemoryLeaseStore {
+    leases: Mutex<BTreeMap<String, Lease>>,
+}
+
+impl InMemoryLeaseStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Applies `change` to the stored lease if `condition` holds for it.
+    fn update(
+        &self,
+        key: &str,
+        condition: impl FnOnce(&Lease) -> bool,
+        change: impl FnOnce(&mut Lease),
+    ) -> Result<Option<Lease>> {
+        let mut leases = self.lock()?;
+        let Some(stored) = leases.get_mut(key) else {
+            return Ok(None);
+        };
+        if !condition(stored) {
+            return Ok(None);
+        }
+        change(stored);
+        Ok(Some(stored.clone()))
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, BTreeMap<String, Lease>>> {
+        self.leases
+            .lock()
+            .map_err(|_| Error::Config("the in-memory lease store was poisoned by a panic".into()))
+    }
+}
+
+/// Whether the stored lease is still the one the caller saw: same counter
+/// and, when `check_owner`, same owner.
+fn unchanged(stored: &Lease, seen: &Lease, check_owner: bool) -> bool {
+    stored.counter == seen.counter && (!check_owner || stored.owner == seen.owner)
+}
+
+impl LeaseStore for InMemoryLeaseStore {
+    async fn create_if_absent(&self, lease: &Lease) -> Result<bool> {
+        let mut leases = self.lock()?;
+        if leases.contains_key(&lease.key) {
+            return Ok(false);
+        }
+        leases.insert(lease.key.clone(), lease.clone());
+        Ok(true)
+    }
+
+    async fn list(&self) -> Result<Vec<Lease>> {
+        Ok(self.lock()?.values().cloned().collect())
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Lease>> {
+        Ok(self.lock()?.get(key).cloned())
+    }
+
+    async fn renew(&self, lease: &Lease) -> Result<Option<Lease>> {
+        self.update(
+            &lease.key,
+            |stored| unchanged(stored, lease, true) && stored.owner.is_some(),
+            |stored| stored.counter += 1,
+        )
+    }
+
+    async fn take(&self, lease: &Lease, new_owner: &str) -> Result<Option<Lease>> {
+        self.update(
+            &lease.key,
+            |stored| unchanged(stored, lease, false),
+            |stored| {
+                if stored.owner.as_deref() != Some(new_owner) {
+                    stored.owner_switches_since_checkpoint += 1;
+                }
+                stored.owner = Some(new_owner.to_owned());
+                stored.counter += 1;
+                stored.checkpoint_owner = None;
+            },
+        )
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<Option<Lease>> {
+        self.update(
+            &lease.key,
+            |stored| unchanged(stored, lease, true) && stored.owner.is_some(),
+            |stored| {
+                stored.owner = None;
+                stored.counter += 1;
+            },
+        )
+    }
+
+    async fn evict(&self, lease: &Lease) -> Result<Option<Lease>> {
+        self.update(
+            &lease.key,
+            |stored| unchanged(stored, lease, false),
+            |stored| {
+                stored.owner = None;
+                stored.counter += 1;
+            },
+        )
+    }
+
+    async fn update_checkpoint(
+        &self,
+        lease: &Lease,
+        checkpoint: &ExtendedSequenceNumber,
+    ) -> Result<Option<Lease>> {
+        self.update(
+            &lease.key,
+            |stored| unchanged(stored, lease, true) && stored.owner.is_some(),
+            |stored| {
+                stored.checkpoint = checkpoint.clone();
+                stored.pending_checkpoint = None;
+                stored.owner_switches_since_checkpoint = 0;
+                stored.counter += 1;
+            },
+        )
+    }
+
+    async fn delete(&self, lease: &Lease) -> Result<bool> {
+        let mut leases = self.lock()?;
+        match leases.get(&lease.key) {
+            Some(stored) if stored.counter == lease.counter => {
+                leases.remove(&lease.key);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! Leases: one per shard, in a table the Java KCL can read too.
+//!
+//! A [`Lease`] says which worker owns a shard and how far it has been
+//! processed. A [`LeaseStore`] keeps leases; every write that can race is
+//! conditional on the lease counter (and the owner where it matters), and
+//! losing such a race is an ordinary outcome (`Ok(None)`), not an error.
+//!
+//! Stores: [`InMemoryLeaseStore`] here (one process, tests), and
+//! [`DynamoDbLeaseStore`](crate::DynamoDbLeaseStore) in the `aws` layer (the
+//! production store, with the Java KCL's attribute names and types).
+
+use std::future::Future;
+
+use crate::error::Result;
+use crate::model::{ExtendedSequenceNumber, HashKeyRange, ShardId};
+
+mod memory;
+
+pub use memory::InMemoryLeaseStore;
+
+/// The lease of one shard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The shard id, or `account:stream:creationEpoch:shardId` for a lease of
+    /// a multi-stream application.
+    pub key: String,
+    /// The worker that holds the lease; `None` while unassigned.
+    pub owner: Option<String>,
+    /// The fencing counter: it grows on every renewal, take, checkpoint and
+    /// release, and every conditional write checks it.
+    pub counter: u64,
+    /// How far the shard has been processed (a sentinel before the first
+    /// checkpoint, `SHARD_END` once a closed shard is done).
+    pub checkpoint: ExtendedSequenceNumber,
+    /// A prepared checkpoint not yet committed (the KCL's two-phase checkpoint).
+    pub pending_checkpoint: Option<ExtendedSequenceNumber>,
+    /// How many times the owner changed since the last checkpoint.
+    pub owner_switches_since_checkpoint: u64,
+    /// The shard's parents (stored as the KCL's `parentShardId` set).
+    pub parent_shard_ids: Vec<ShardId>,
+    /// The shard's children, written when the shard has ended.
+    pub child_shard_ids: Vec<ShardId>,
+    /// The hash keys of the shard, when known.
+    pub hash_key_range: Option<HashKeyRange>,
+    /// During a graceful handoff: the previous owner, which checkpoints
+    /// before the new owner starts (the KCL 3 `checkpointOwner`).
+    pub checkpoint_owner: Option<String>,
+}
+
+impl Lease {
+    /// A new, unowned lease for `key` at `checkpoint`, counter 0.
+    pub fn new(key: impl Into<String>, checkpoint: ExtendedSequenceNumber) -> Self {
+        Self {
+            key: key.into(),
+            owner: None,
+            counter: 0,
+            checkpoint,
+            pending_checkpoint: None,
+            owner_switches_since_checkpoint: 0,
+            parent_shard_ids: Vec::new(),
+            child_shard_ids: Vec::new(),
+            hash_key_range: None,
+            checkpoint_owner: None,
+        }
+    }
+
+    /// The shard id: the key itself, or its last part for a multi-stream key.
+    pub fn shard_id(&self) -> ShardId {
+        ShardId::from(self.key.rsplit(':').next().unwrap_or(&self.key))
+    }
+
+    /// The fencing token of this copy of the lease: a write that carries it
+    /// can be rejected downstream once a later owner has taken the lease.
+    pub fn fencing_token(&self) -> FencingToken {
+        FencingToken {
+            lease_key: self.key.clone(),
+            counter: self.counter,
+        }
+    }
+}
+
+/// Proof of ownership at one moment: the lease key and its counter. Counters
+/// only grow, so a downstream store that remembers the highest counter seen
+/// per lease can refuse a write from a worker that lost the lease.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FencingToken {
+    /// The lease key.
+    pub lease_key: String,
+    /// The lease counter when the token was made.
+    pub counter: u64,
+}
+
+/// Where leases are kept. Implementations: [`InMemoryLeaseStore`] and
+/// [`DynamoDbLeaseStore`](crate::DynamoDbLeaseStore).
+///
+/// Every method that changes a lease takes the copy the caller last saw and
+/// succeeds only if the stored lease still has that counter (and, where
+/// said, that owner); it returns the lease as now stored, or `None` when the
+/// race was lost (someone else changed it, or it is gone).
+pub trait LeaseStore: Send + Sync {
+    /// Writes `lease` unless a lease with its key exists. `true` if written.
+    fn create_if_absent(&self, lease: &Lease) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Every lease (items that are not leases are skipped, never changed).
+    fn list(&self) -> impl Future<Output = Result<Vec<Lease>>> + Send;
+
+    /// The lease with this key.
+    fn get(&self, key: &str) -> impl Future<Output = Result<Option<Lease>>> + Send;
+
+    /// Bumps the counter if `lease` is still held by its owner at its counter.
+    fn renew(&self, lease: &Lease) -> impl Future<Output = Result<Option<Lease>>> + Send;
+
+    /// Makes `new_owner` the owner if the counter is unchanged: bumps the
+    /// counter, counts an owner switch when the owner changes, and clears a
+    /// handoff in progress.
+    fn take(
+        &self,
+        lease: &Lease,
+        new_owner: &str,
+    ) -> impl Future<Output = Result<Option<Lease>>> + Send;
+
+    /// Clears the owner if `lease` is still held by its owner at its counter,
+    /// so another worker can take it at once; bumps the counter.
+    fn release(&self, lease: &Lease) -> impl Future<Output = Result<Option<Lease>>> + Send;
+
+    /// Clears the owner whoever holds it, if the counter is unchanged (for
+    /// operators and leader-style reassignment); bumps the counter.
+    fn evict(&self, lease: &Lease) -> impl Future<Output = Result<Option<Lease>>> + Send;
+
+    /// Stores `checkpoint` if `lease` is still held by its owner at its
+    /// counter: bumps the counter, resets the owner-switch count, clears a
+    /// pending checkpoint.
+    fn update_checkpoint(
+        &self,
+        lease: &Lease,
+        checkpoint: &ExtendedSequenceNumber,
+    ) -> impl Future<Output = Result<Option<Lease>>> + Send;
+
+    /// Deletes the lease if its counter is unchanged. `true` if deleted.
+    fn delete(&self, lease: &Lease) -> impl Future<Output = Result<bool>> + Send;
+}
