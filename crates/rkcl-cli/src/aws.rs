@@ -21,6 +21,20 @@ pub(crate) struct AwsArgs {
 impl AwsArgs {
     /// The Kinesis client of rkcl for these settings.
     pub(crate) async fn kinesis(&self) -> anyhow::Result<rkcl::Kinesis> {
+        let config = self.sdk_config().await?;
+        Ok(rkcl::Kinesis::new(aws_sdk_kinesis::Client::new(&config)))
+    }
+
+    /// The lease table of application `app` for these settings.
+    pub(crate) async fn lease_store(&self, app: &str) -> anyhow::Result<rkcl::DynamoDbLeaseStore> {
+        let config = self.sdk_config().await?;
+        Ok(rkcl::DynamoDbLeaseStore::new(
+            aws_sdk_dynamodb::Client::new(&config),
+            app,
+        ))
+    }
+
+    async fn sdk_config(&self) -> anyhow::Result<aws_config::SdkConfig> {
         let mut loader = aws_config::defaults(BehaviorVersion::latest());
         if let Some(region) = &self.region {
             loader = loader.region(Region::new(region.clone()));
@@ -35,7 +49,7 @@ impl AwsArgs {
         if config.region().is_none() {
             bail!("no AWS region: set AWS_REGION, pass --region, or configure a profile");
         }
-        Ok(rkcl::Kinesis::new(aws_sdk_kinesis::Client::new(&config)))
+        Ok(config)
     }
 }
 

@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 mod aws;
 mod demo;
 mod kpl;
+mod leases;
 mod local;
 mod put;
 mod stream;
@@ -31,6 +32,8 @@ struct Cli {
 enum Command {
     /// Produce records into an embedded Kinesis, read them back, and report.
     Demo(demo::DemoArgs),
+    /// Show an application's lease table, or reset a shard's checkpoint.
+    Leases(leases::LeasesArgs),
     /// Run Kinesis and DynamoDB on 127.0.0.1 until Ctrl-C.
     Local(local::LocalArgs),
     /// Encode and decode the KPL aggregation format.
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Demo(args) => demo::run(args).await,
+            Command::Leases(args) => leases::run(&cli.aws, args).await,
             Command::Local(args) => local::run(args).await,
             Command::Kpl(command) => kpl::run(command),
             Command::Put(args) => put::run(&cli.aws, args).await,

@@ -1,0 +1,175 @@
+//! `rkcl leases`: the lease table of an application, and resets for operators.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use rkcl::{ExtendedSequenceNumber, Lease, LeaseStore};
+
+use crate::aws::AwsArgs;
+use crate::kpl::{flush, write_json_line, write_line};
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct LeasesArgs {
+    /// The application name, which names the lease table.
+    #[arg(long)]
+    app: String,
+    /// One JSON object per lease instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(subcommand)]
+    command: Option<LeasesCommand>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum LeasesCommand {
+    /// Move a shard's checkpoint (back) to a position. The lease is taken,
+    /// checkpointed and released, each write conditional on the counter.
+    Reset {
+        /// The lease key (shard id, or the multi-stream key).
+        #[arg(long)]
+        shard: String,
+        /// `trim-horizon`, `latest` or a sequence number.
+        #[arg(long)]
+        to: String,
+        /// Reset a lease another worker holds (it loses the lease).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// The owner name operator writes use while they hold a lease.
+const OPERATOR: &str = "rkcl-operator";
+
+pub(crate) async fn run(aws: &AwsArgs, args: LeasesArgs) -> anyhow::Result<ExitCode> {
+    let store = aws.lease_store(&args.app).await?;
+    match args.command {
+        None => list(&store, &args.app, args.json).await,
+        Some(LeasesCommand::Reset { shard, to, force }) => reset(&store, &shard, &to, force).await,
+    }
+}
+
+fn state(lease: &Lease) -> &'static str {
+    match (&lease.checkpoint, &lease.owner, &lease.checkpoint_owner) {
+        (ExtendedSequenceNumber::ShardEnd, _, _) => "finished",
+        (_, _, Some(_)) => "handing-off",
+        (_, Some(_), None) => "owned",
+        (_, None, None) => "unowned",
+    }
+}
+
+fn checkpoint_text(checkpoint: &ExtendedSequenceNumber) -> String {
+    match checkpoint.sequence_number() {
+        Some(seq) => seq.to_string(),
+        None => checkpoint.to_string(),
+    }
+}
+
+fn ids(ids: &[rkcl::ShardId]) -> Vec<&str> {
+    ids.iter().map(rkcl::ShardId::as_str).collect()
+}
+
+async fn list(store: &rkcl::DynamoDbLeaseStore, app: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let mut leases = store
+        .list()
+        .await
+        .with_context(|| format!("lease table {app}"))?;
+    leases.sort_by(|a, b| a.key.cmp(&b.key));
+    let mut out = std::io::stdout().lock();
+    if !json {
+        write_line(
+            &mut out,
+            &format!(
+                "{:<24} {:<24} {:>8} {:<58} {:>7} {:<12} {:<24} {:<24}",
+                "SHARD",
+                "OWNER",
+                "COUNTER",
+                "CHECKPOINT",
+                "SUB-SEQ",
+                "STATE",
+                "PARENTS",
+                "CHILDREN"
+            ),
+        )?;
+    }
+    for lease in &leases {
+        let ok = if json {
+            write_json_line(
+                &mut out,
+                &serde_json::json!({
+                    "lease_key": lease.key,
+                    "shard_id": lease.shard_id().as_str(),
+                    "owner": lease.owner,
+                    "counter": lease.counter,
+                    "checkpoint": checkpoint_text(&lease.checkpoint),
+                    "checkpoint_sub_sequence_number": lease.checkpoint.sub_sequence_number(),
+                    "pending_checkpoint": lease.pending_checkpoint.as_ref().map(checkpoint_text),
+                    "owner_switches_since_checkpoint": lease.owner_switches_since_checkpoint,
+                    "parent_shard_ids": ids(&lease.parent_shard_ids),
+                    "child_shard_ids": ids(&lease.child_shard_ids),
+                    "checkpoint_owner": lease.checkpoint_owner,
+                    "state": state(lease),
+                }),
+            )?
+        } else {
+            write_line(
+                &mut out,
+                &format!(
+                    "{:<24} {:<24} {:>8} {:<58} {:>7} {:<12} {:<24} {:<24}",
+                    lease.key,
+                    lease.owner.as_deref().unwrap_or("-"),
+                    lease.counter,
+                    checkpoint_text(&lease.checkpoint),
+                    lease.checkpoint.sub_sequence_number(),
+                    state(lease),
+                    ids(&lease.parent_shard_ids).join(","),
+                    ids(&lease.child_shard_ids).join(","),
+                ),
+            )?
+        };
+        if !ok {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    flush(&mut out)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn reset(
+    store: &rkcl::DynamoDbLeaseStore,
+    key: &str,
+    to: &str,
+    force: bool,
+) -> anyhow::Result<ExitCode> {
+    let position = match to {
+        "trim-horizon" => ExtendedSequenceNumber::TrimHorizon,
+        "latest" => ExtendedSequenceNumber::Latest,
+        seq => ExtendedSequenceNumber::new(
+            seq.parse().with_context(|| {
+                format!("--to takes trim-horizon, latest or a sequence number, got {seq:?}")
+            })?,
+            0,
+        ),
+    };
+    let lease = store
+        .get(key)
+        .await?
+        .with_context(|| format!("no lease {key} in table {}", store.table()))?;
+    if let Some(owner) = &lease.owner
+        && !force
+    {
+        bail!("lease {key} is owned by {owner}; stop that worker first or pass --force");
+    }
+    let lost = || anyhow::anyhow!("lease {key} changed while it was being reset; try again");
+    let taken = store.take(&lease, OPERATOR).await?.ok_or_else(lost)?;
+    let checkpointed = store
+        .update_checkpoint(&taken, &position)
+        .await?
+        .ok_or_else(lost)?;
+    store.release(&checkpointed).await?.ok_or_else(lost)?;
+    let mut out = std::io::stdout().lock();
+    write_line(
+        &mut out,
+        &format!("reset {key} to {}", checkpoint_text(&position)),
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
