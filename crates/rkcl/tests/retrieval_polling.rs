@@ -168,7 +168,7 @@ async fn latest_and_at_timestamp_start_where_they_should() {
     )
     .unwrap();
     // Let the LATEST iterator be opened before writing more.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     put(&kinesis, &stream, batch("after"), true).await;
     let records = read_records(&mut latest, 10).await;
     assert!(

@@ -15,6 +15,8 @@ use crate::error::Result;
 use crate::model::{ExtendedSequenceNumber, HashKeyRange, ShardId};
 
 mod memory;
+#[allow(dead_code)] // Used by the coordinator, which comes next.
+pub(crate) mod taker;
 
 pub use memory::InMemoryLeaseStore;
 
