@@ -74,7 +74,10 @@ pub use kpl::{
     Aggregate, Aggregator, DeaggregationStats, Deaggregator, Decoded, HashRangePolicy,
     MAGIC as KPL_MAGIC, MAX_KINESIS_RECORD_SIZE, PassThroughReason, SubRecord, has_magic,
 };
-pub use leases::{FencingToken, InMemoryLeaseStore, Lease, LeaseStore};
+pub use leases::{
+    FencingToken, InMemoryLeaseStore, Lease, LeaseCoordinator, LeaseCoordinatorConfig, LeaseEvent,
+    LeaseStore,
+};
 pub use model::{
     ExtendedSequenceNumber, HashKey, HashKeyRange, InitialPosition, SequenceNumber, ShardId,
     StartingPosition,

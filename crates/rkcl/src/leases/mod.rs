@@ -14,10 +14,11 @@ use std::future::Future;
 use crate::error::Result;
 use crate::model::{ExtendedSequenceNumber, HashKeyRange, ShardId};
 
+mod coordinator;
 mod memory;
-#[allow(dead_code)] // Used by the coordinator, which comes next.
 pub(crate) mod taker;
 
+pub use coordinator::{LeaseCoordinator, LeaseCoordinatorConfig, LeaseEvent};
 pub use memory::InMemoryLeaseStore;
 
 /// The lease of one shard.
@@ -140,4 +141,52 @@ pub trait LeaseStore: Send + Sync {
 
     /// Deletes the lease if its counter is unchanged. `true` if deleted.
     fn delete(&self, lease: &Lease) -> impl Future<Output = Result<bool>> + Send;
+}
+
+/// A shared store is a store: several workers of one process (or tests) can
+/// use one [`InMemoryLeaseStore`].
+impl<S: LeaseStore> LeaseStore for std::sync::Arc<S> {
+    fn create_if_absent(&self, lease: &Lease) -> impl Future<Output = Result<bool>> + Send {
+        (**self).create_if_absent(lease)
+    }
+
+    fn list(&self) -> impl Future<Output = Result<Vec<Lease>>> + Send {
+        (**self).list()
+    }
+
+    fn get(&self, key: &str) -> impl Future<Output = Result<Option<Lease>>> + Send {
+        (**self).get(key)
+    }
+
+    fn renew(&self, lease: &Lease) -> impl Future<Output = Result<Option<Lease>>> + Send {
+        (**self).renew(lease)
+    }
+
+    fn take(
+        &self,
+        lease: &Lease,
+        new_owner: &str,
+    ) -> impl Future<Output = Result<Option<Lease>>> + Send {
+        (**self).take(lease, new_owner)
+    }
+
+    fn release(&self, lease: &Lease) -> impl Future<Output = Result<Option<Lease>>> + Send {
+        (**self).release(lease)
+    }
+
+    fn evict(&self, lease: &Lease) -> impl Future<Output = Result<Option<Lease>>> + Send {
+        (**self).evict(lease)
+    }
+
+    fn update_checkpoint(
+        &self,
+        lease: &Lease,
+        checkpoint: &ExtendedSequenceNumber,
+    ) -> impl Future<Output = Result<Option<Lease>>> + Send {
+        (**self).update_checkpoint(lease, checkpoint)
+    }
+
+    fn delete(&self, lease: &Lease) -> impl Future<Output = Result<bool>> + Send {
+        (**self).delete(lease)
+    }
 }
