@@ -146,12 +146,12 @@ impl DynamoDbLeaseStore {
                         return Ok(());
                     }
                 }
-                Err(err) if is_not_found(&err) && !created => {
+                Err(err) if has_code(&err, NOT_FOUND) && !created => {
                     self.create_table().await?;
                     created = true;
                     continue;
                 }
-                Err(err) if is_not_found(&err) => {}
+                Err(err) if has_code(&err, NOT_FOUND) => {}
                 Err(err) => return Err(from_sdk(Service::DynamoDb, err)),
             }
             if tokio::time::Instant::now() >= deadline {
@@ -191,13 +191,7 @@ impl DynamoDbLeaseStore {
                 Ok(())
             }
             // Another worker created it first.
-            Err(err)
-                if err
-                    .as_service_error()
-                    .is_some_and(|e| e.is_resource_in_use_exception()) =>
-            {
-                Ok(())
-            }
+            Err(err) if has_code(&err, "ResourceInUseException") => Ok(()),
             Err(err) => Err(from_sdk(Service::DynamoDb, err)),
         }
     }
@@ -228,24 +222,23 @@ impl DynamoDbLeaseStore {
                 .map(lease_from_item)
                 .transpose()
                 .map(Option::flatten),
-            Err(err)
-                if err
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(None)
-            }
+            Err(err) if has_code(&err, CONDITION_FAILED) => Ok(None),
             Err(err) => Err(from_sdk(Service::DynamoDb, err)),
         }
     }
 }
 
-fn is_not_found<E, R>(err: &SdkError<E, R>) -> bool
+/// A lost conditional write: an expected outcome, not an error.
+const CONDITION_FAILED: &str = "ConditionalCheckFailedException";
+const NOT_FOUND: &str = "ResourceNotFoundException";
+
+/// Whether DynamoDB answered with this error code.
+fn has_code<E, R>(err: &SdkError<E, R>, code: &str) -> bool
 where
     E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
 {
     err.as_service_error()
-        .is_some_and(|e| e.code() == Some("ResourceNotFoundException"))
+        .is_some_and(|e| e.code() == Some(code))
 }
 
 fn number(value: u64) -> AttributeValue {
@@ -283,13 +276,7 @@ impl LeaseStore for DynamoDbLeaseStore {
             .await;
         match result {
             Ok(_) => Ok(true),
-            Err(err)
-                if err
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(false)
-            }
+            Err(err) if has_code(&err, CONDITION_FAILED) => Ok(false),
             Err(err) => Err(from_sdk(Service::DynamoDb, err)),
         }
     }
@@ -436,13 +423,7 @@ impl LeaseStore for DynamoDbLeaseStore {
             .await;
         match result {
             Ok(_) => Ok(true),
-            Err(err)
-                if err
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(false)
-            }
+            Err(err) if has_code(&err, CONDITION_FAILED) => Ok(false),
             Err(err) => Err(from_sdk(Service::DynamoDb, err)),
         }
     }
