@@ -98,6 +98,14 @@ impl PollingConfig {
         Ok(())
     }
 
+    /// The pauses between retries of failed calls.
+    pub(crate) fn backoff(&self) -> Backoff {
+        Backoff {
+            base: self.base_backoff,
+            max: self.max_backoff,
+        }
+    }
+
     /// The pause from the start of one call to the start of the next, after
     /// a call that returned `records` Kinesis records (the byte budget is
     /// kept apart, by [`ReadBudget`]).
@@ -313,10 +321,7 @@ impl Fetcher {
         let Some(mut iterator) = self.open_iterator(&first).await? else {
             return self.end(sender, Vec::new(), ShardEndReason::NotFound).await;
         };
-        let backoff = Backoff {
-            base: self.config.base_backoff,
-            max: self.config.max_backoff,
-        };
+        let backoff = self.config.backoff();
         let mut failures = 0u32;
         let mut next_call = Instant::now();
         let mut budget = ReadBudget::new(self.config.bytes_per_second, next_call);
@@ -414,10 +419,7 @@ impl Fetcher {
     }
 
     async fn open_iterator(&mut self, position: &StartingPosition) -> Result<Option<String>> {
-        let backoff = Backoff {
-            base: self.config.base_backoff,
-            max: self.config.max_backoff,
-        };
+        let backoff = self.config.backoff();
         let mut failures = 0;
         loop {
             let opened_at = SystemTime::now();
@@ -444,10 +446,7 @@ impl Fetcher {
     }
 
     async fn children_from_list_shards(&self) -> Result<Vec<ShardId>> {
-        let backoff = Backoff {
-            base: self.config.base_backoff,
-            max: self.config.max_backoff,
-        };
+        let backoff = self.config.backoff();
         // Children have higher ids than their parents.
         let filter = ShardFilter::AfterShardId(self.shard_id.clone());
         let listed = retry(backoff, "ListShards", || {

@@ -10,7 +10,7 @@ use super::{
     PollingConfig, PollingSource, RecordSource, ShardBatch, ShardEnd, ShardEvent, ShardGraph,
 };
 use crate::aws::{Kinesis, ShardFilter, StreamRef};
-use crate::backoff::{Backoff, retry};
+use crate::backoff::retry;
 use crate::error::{Error, Result};
 use crate::model::{ShardId, StartingPosition};
 
@@ -110,10 +110,7 @@ impl StreamReader {
         // From LATEST only the open shards matter; Kinesis can leave out the
         // closed ones.
         let filter = matches!(start, StartingPosition::Latest).then_some(ShardFilter::AtLatest);
-        let backoff = Backoff {
-            base: config.base_backoff,
-            max: config.max_backoff,
-        };
+        let backoff = config.backoff();
         let shards = retry(backoff, "ListShards", || {
             kinesis.list_shards_with(&stream, filter.as_ref())
         })
