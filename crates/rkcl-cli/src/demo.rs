@@ -13,7 +13,7 @@ use rkcl::{
     StreamEvent, StreamReader, StreamRef,
 };
 
-use crate::kpl::write_json_line;
+use crate::output::write_json_line;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct DemoArgs {
@@ -148,7 +148,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 report.consumed, report.consume_seconds, report.records_per_second
             ),
         );
-        crate::kpl::write_line(
+        crate::output::write_line(
             &mut out,
             &format!(
                 "produced {}, consumed {} (unique), duplicates {}, lost {}, out of order {}",

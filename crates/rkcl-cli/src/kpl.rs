@@ -9,6 +9,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use rkcl::{Aggregator, Deaggregator, Decoded, HashKeyRange, HashRangePolicy, ProducerRecord};
 use serde::{Deserialize, Serialize};
 
+use crate::output::{flush, write_json_line, write_line};
+
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum KplCommand {
     /// Read one Kinesis record per line (bare base64, or a JSON object with
@@ -276,30 +278,6 @@ fn warn_text(text: &str) {
     #[allow(clippy::print_stderr)]
     {
         eprintln!("rkcl: {text}");
-    }
-}
-
-/// Writes one JSON line; `false` when the reader has gone (closed pipe).
-pub(crate) fn write_json_line(out: &mut dyn Write, value: &impl Serialize) -> anyhow::Result<bool> {
-    let text = serde_json::to_string(value).context("could not encode JSON")?;
-    write_line(out, &text)
-}
-
-/// Writes one line; `false` when the reader has gone (closed pipe).
-pub(crate) fn write_line(out: &mut dyn Write, text: &str) -> anyhow::Result<bool> {
-    match writeln!(out, "{text}") {
-        Ok(()) => Ok(true),
-        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
-        Err(err) => Err(err).context("could not write to stdout"),
-    }
-}
-
-/// Flushes; `false` when the reader has gone (closed pipe).
-pub(crate) fn flush(out: &mut dyn Write) -> anyhow::Result<bool> {
-    match out.flush() {
-        Ok(()) => Ok(true),
-        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
-        Err(err) => Err(err).context("could not write to stdout"),
     }
 }
 

@@ -6,7 +6,7 @@ use anyhow::{Context, bail};
 use rkcl::{ExtendedSequenceNumber, Lease, LeaseStore};
 
 use crate::aws::AwsArgs;
-use crate::kpl::{flush, write_json_line, write_line};
+use crate::output::{flush, write_json_line, write_line};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct LeasesArgs {

@@ -14,6 +14,7 @@ mod demo;
 mod kpl;
 mod leases;
 mod local;
+mod output;
 mod put;
 mod stream;
 mod tail;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::bail;
 
 use crate::aws::{AwsArgs, StreamContext, stream_ref};
-use crate::kpl::{flush, write_json_line, write_line};
+use crate::output::{flush, write_json_line, write_line};
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum StreamCommand {

@@ -12,7 +12,7 @@ use rkcl::{PollingConfig, ShardId, StartingPosition, StreamEvent, StreamReader, 
 use serde::Serialize;
 
 use crate::aws::{AwsArgs, StreamContext, stream_ref};
-use crate::kpl::{flush, write_json_line};
+use crate::output::{flush, write_json_line};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct TailArgs {
