@@ -33,6 +33,23 @@ async fn put(kinesis: &Kinesis, stream: &StreamRef, records: Vec<ProducerRecord>
         .unwrap();
 }
 
+/// A source for `shard` with the quick test polling settings.
+fn start_source(
+    kinesis: &Kinesis,
+    stream: &StreamRef,
+    shard: &rkcl::Shard,
+    position: StartingPosition,
+) -> PollingSource {
+    PollingSource::start(
+        kinesis.clone(),
+        stream.clone(),
+        shard,
+        position,
+        quick_polling(),
+    )
+    .unwrap()
+}
+
 /// Reads a source until `count` user records have arrived.
 async fn read_records(source: &mut PollingSource, count: usize) -> Vec<UserRecord> {
     let mut out = Vec::new();
@@ -83,14 +100,7 @@ async fn resume_inside_an_aggregate_delivers_exactly_the_rest() {
     .await;
     let shard = kinesis.list_shards(&stream).await.unwrap().remove(0);
 
-    let mut all = PollingSource::start(
-        kinesis.clone(),
-        stream.clone(),
-        &shard,
-        StartingPosition::TrimHorizon,
-        quick_polling(),
-    )
-    .unwrap();
+    let mut all = start_source(&kinesis, &stream, &shard, StartingPosition::TrimHorizon);
     let everything = read_records(&mut all, 15).await;
     let aggregate_seq = everything[0].sequence_number.clone();
     assert_eq!(everything[3].sub_sequence_number, Some(3));
@@ -102,14 +112,7 @@ async fn resume_inside_an_aggregate_delivers_exactly_the_rest() {
             .collect()
     };
     let position = StartingPosition::AfterCheckpoint(aggregate_seq.clone(), 3);
-    let mut resumed = PollingSource::start(
-        kinesis.clone(),
-        stream.clone(),
-        &shard,
-        position,
-        quick_polling(),
-    )
-    .unwrap();
+    let mut resumed = start_source(&kinesis, &stream, &shard, position);
     let rest = read_records(&mut resumed, 11).await;
     let expected: Vec<String> = (4..10)
         .map(|i| format!("agg-{i}"))
@@ -119,14 +122,7 @@ async fn resume_inside_an_aggregate_delivers_exactly_the_rest() {
 
     // Checkpointed at the last user record of the aggregate: only what follows.
     let position = StartingPosition::AfterCheckpoint(aggregate_seq, 9);
-    let mut after = PollingSource::start(
-        kinesis.clone(),
-        stream.clone(),
-        &shard,
-        position,
-        quick_polling(),
-    )
-    .unwrap();
+    let mut after = start_source(&kinesis, &stream, &shard, position);
     let rest = read_records(&mut after, 5).await;
     assert_eq!(
         data(&rest),
@@ -159,14 +155,7 @@ async fn latest_and_at_timestamp_start_where_they_should() {
     };
 
     put(&kinesis, &stream, batch("before"), false).await;
-    let mut latest = PollingSource::start(
-        kinesis.clone(),
-        stream.clone(),
-        &shard,
-        StartingPosition::Latest,
-        quick_polling(),
-    )
-    .unwrap();
+    let mut latest = start_source(&kinesis, &stream, &shard, StartingPosition::Latest);
     // Let the LATEST iterator be opened before writing more.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     put(&kinesis, &stream, batch("after"), true).await;
@@ -185,14 +174,12 @@ async fn latest_and_at_timestamp_start_where_they_should() {
     tokio::time::sleep(next_second - now + Duration::from_millis(20)).await;
     let cut = std::time::UNIX_EPOCH + next_second;
     put(&kinesis, &stream, batch("new"), false).await;
-    let mut at = PollingSource::start(
-        kinesis.clone(),
-        stream.clone(),
+    let mut at = start_source(
+        &kinesis,
+        &stream,
         &shard,
         StartingPosition::AtTimestamp(cut),
-        quick_polling(),
-    )
-    .unwrap();
+    );
     let records = read_records(&mut at, 10).await;
     assert!(
         records.iter().all(|r| r.data.starts_with(b"new-")),
@@ -589,14 +576,7 @@ async fn access_denied_is_a_clear_error_and_a_deleted_stream_ends_the_shard() {
     );
     assert_eq!(calls.load(Ordering::SeqCst), 1, "no retry of a refusal");
 
-    let mut source = PollingSource::start(
-        kinesis.clone(),
-        stream.clone(),
-        &shard,
-        StartingPosition::TrimHorizon,
-        quick_polling(),
-    )
-    .unwrap();
+    let mut source = start_source(&kinesis, &stream, &shard, StartingPosition::TrimHorizon);
     assert!(matches!(
         source.next_event().await,
         Some(Ok(ShardEvent::Records(_)))
@@ -632,28 +612,14 @@ async fn at_and_after_sequence_number_start_where_they_should() {
         .collect();
     put(&kinesis, &stream, records, false).await;
     let shard = kinesis.list_shards(&stream).await.unwrap().remove(0);
-    let mut all = PollingSource::start(
-        kinesis.clone(),
-        stream.clone(),
-        &shard,
-        StartingPosition::TrimHorizon,
-        quick_polling(),
-    )
-    .unwrap();
+    let mut all = start_source(&kinesis, &stream, &shard, StartingPosition::TrimHorizon);
     let records = read_records(&mut all, 10).await;
     let third = records[3].sequence_number.clone();
     for (position, first) in [
         (StartingPosition::AtSequenceNumber(third.clone()), "r3"),
         (StartingPosition::AfterSequenceNumber(third), "r4"),
     ] {
-        let mut source = PollingSource::start(
-            kinesis.clone(),
-            stream.clone(),
-            &shard,
-            position,
-            quick_polling(),
-        )
-        .unwrap();
+        let mut source = start_source(&kinesis, &stream, &shard, position);
         let records = read_records(&mut source, 1).await;
         assert_eq!(records[0].data, first.as_bytes());
     }
