@@ -106,6 +106,13 @@ pub enum Error {
     /// A configuration value is out of range or inconsistent with another.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// This worker no longer holds the lease (another worker took it, or it
+    /// could not be renewed in time); the write was refused.
+    #[error("the lease {lease_key} is no longer held by this worker")]
+    LeaseLost {
+        /// The lease key.
+        lease_key: String,
+    },
     /// Entries of a PutRecords batch still failed after every retry.
     #[error("{failed} records could not be written after {attempts} attempts: {last_error}")]
     PutFailed {
@@ -133,6 +140,7 @@ impl Error {
             | Error::RecordTooLarge { .. }
             | Error::InvalidInput(_)
             | Error::Config(_)
+            | Error::LeaseLost { .. }
             | Error::PutFailed { .. } => false,
         }
     }

@@ -134,6 +134,8 @@ async fn conformance(store: &impl LeaseStore) {
     assert!(store.delete(&end).await.unwrap());
     assert!(store.get(key).await.unwrap().is_none());
 
+    handoff_conformance(store).await;
+
     // Multi-stream keys.
     let multi = Lease::new(
         "123456789012:orders:1700000000:shardId-000000000005",
@@ -153,6 +155,99 @@ async fn conformance(store: &impl LeaseStore) {
             .count(),
         1
     );
+}
+
+/// A graceful handoff: the old owner keeps the lease (and may checkpoint)
+/// until it releases it; the next owner cannot write before that.
+async fn handoff_conformance(store: &impl LeaseStore) {
+    let key = "shardId-000000000007";
+    let lease = Lease::new(key, ExtendedSequenceNumber::TrimHorizon);
+    assert!(store.create_if_absent(&lease).await.unwrap());
+    assert!(
+        store.hand_off(&lease, "new").await.unwrap().is_none(),
+        "handed off an unowned lease"
+    );
+    let old = store.take(&lease, "old").await.unwrap().unwrap();
+    let pending = store
+        .hand_off(&old, "new")
+        .await
+        .unwrap()
+        .expect("handoff started");
+    assert_eq!(
+        (
+            pending.owner.as_deref(),
+            pending.checkpoint_owner.as_deref(),
+            pending.holder(),
+            pending.counter,
+            pending.owner_switches_since_checkpoint,
+        ),
+        (Some("new"), Some("old"), Some("old"), old.counter + 1, 2)
+    );
+    assert!(
+        store.hand_off(&pending, "third").await.unwrap().is_none(),
+        "a second handoff while one is in progress"
+    );
+
+    // The old owner's stale copy still renews: it learns of the handoff.
+    let adopted = store
+        .renew(&old)
+        .await
+        .unwrap()
+        .expect("the holder keeps the lease during a handoff");
+    assert_eq!(adopted.checkpoint_owner.as_deref(), Some("old"));
+    assert_eq!(adopted.counter, pending.counter + 1);
+
+    // The next owner cannot renew or checkpoint yet.
+    let early = Lease {
+        checkpoint_owner: None,
+        ..adopted.clone()
+    };
+    assert!(store.renew(&early).await.unwrap().is_none());
+    let position = ExtendedSequenceNumber::new(seq("12345"), 3);
+    assert!(
+        store
+            .update_checkpoint(&early, &position)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // The old owner checkpoints and lets go; the owner stays the next one.
+    let checkpointed = store
+        .update_checkpoint(&adopted, &position)
+        .await
+        .unwrap()
+        .expect("the holder checkpoints");
+    assert_eq!(checkpointed.checkpoint, position);
+    let handed = store
+        .release(&checkpointed)
+        .await
+        .unwrap()
+        .expect("released to the next owner");
+    assert_eq!(
+        (
+            handed.owner.as_deref(),
+            handed.checkpoint_owner.as_deref(),
+            handed.counter
+        ),
+        (Some("new"), None, checkpointed.counter + 1)
+    );
+    assert!(
+        store.renew(&checkpointed).await.unwrap().is_none(),
+        "the old owner renewed after letting go"
+    );
+    let new = store
+        .renew(&handed)
+        .await
+        .unwrap()
+        .expect("new owner renews");
+    assert_eq!(new.checkpoint, position);
+
+    // An operator's evict ends a handoff too.
+    let again = store.hand_off(&new, "other").await.unwrap().unwrap();
+    let evicted = store.evict(&again).await.unwrap().unwrap();
+    assert_eq!((&evicted.owner, &evicted.checkpoint_owner), (&None, &None));
+    assert!(store.delete(&evicted).await.unwrap());
 }
 
 #[tokio::test]
@@ -175,9 +270,9 @@ async fn the_dynamodb_store_conforms_and_counts_its_requests() {
     conformance(&store).await;
     let requests = store.requests();
     assert!(requests.update_item >= 15, "{requests:?}");
-    assert_eq!(requests.put_item, 3);
+    assert_eq!(requests.put_item, 4);
     assert!(
-        requests.get_item >= 5 && requests.scan >= 1 && requests.delete_item == 2,
+        requests.get_item >= 5 && requests.scan >= 1 && requests.delete_item == 3,
         "{requests:?}"
     );
 }

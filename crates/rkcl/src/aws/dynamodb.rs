@@ -247,18 +247,22 @@ fn number(value: u64) -> AttributeValue {
 
 /// The condition that the stored lease is the one the caller saw.
 const SAME_COUNTER: &str = "leaseCounter = :counter";
-const SAME_COUNTER_AND_OWNER: &str = "leaseCounter = :counter AND leaseOwner = :owner";
+/// The same, and still held by the same worker: the `checkpointOwner`
+/// during a handoff, otherwise the owner.
+const SAME_COUNTER_AND_HOLDER: &str = "leaseCounter = :counter AND \
+     (checkpointOwner = :holder OR \
+      (attribute_not_exists(checkpointOwner) AND leaseOwner = :holder))";
 
 /// The values of the conditions on the copy the caller saw; `None` when
-/// the owner must match and the copy has none (it cannot be held, so the
+/// the holder must match and the copy has none (it cannot be held, so the
 /// write would lose anyway).
-fn seen_values(lease: &Lease, with_owner: bool) -> Option<Vec<(&'static str, AttributeValue)>> {
+fn seen_values(lease: &Lease, with_holder: bool) -> Option<Vec<(&'static str, AttributeValue)>> {
     let mut values = vec![
         (":counter", number(lease.counter)),
         (":next", number(lease.counter + 1)),
     ];
-    if with_owner {
-        values.push((":owner", AttributeValue::S(lease.owner.clone()?)));
+    if with_holder {
+        values.push((":holder", AttributeValue::S(lease.holder()?.to_owned())));
     }
     Some(values)
 }
@@ -332,19 +336,42 @@ impl LeaseStore for DynamoDbLeaseStore {
             .update(
                 &lease.key,
                 "SET leaseCounter = :next",
-                SAME_COUNTER_AND_OWNER,
+                SAME_COUNTER_AND_HOLDER,
                 values,
             )
             .await?;
         if renewed.is_some() {
             return Ok(renewed);
         }
+        let Some(stored) = self.get(&lease.key).await? else {
+            return Ok(None);
+        };
         // An earlier attempt may have landed before its answer was lost: the
         // lease is then ours at the next counter.
-        Ok(self
-            .get(&lease.key)
-            .await?
-            .filter(|stored| stored.owner == lease.owner && stored.counter == lease.counter + 1))
+        if stored.owner == lease.owner
+            && stored.checkpoint_owner == lease.checkpoint_owner
+            && stored.counter == lease.counter + 1
+        {
+            return Ok(Some(stored));
+        }
+        // A handoff began: still ours to hold until we release it.
+        if !lease.is_handing_off()
+            && stored.checkpoint_owner.is_some()
+            && stored.checkpoint_owner == lease.owner
+        {
+            let Some(values) = seen_values(&stored, true) else {
+                return Ok(None);
+            };
+            return self
+                .update(
+                    &lease.key,
+                    "SET leaseCounter = :next",
+                    SAME_COUNTER_AND_HOLDER,
+                    values,
+                )
+                .await;
+        }
+        Ok(None)
     }
 
     async fn take(&self, lease: &Lease, new_owner: &str) -> Result<Option<Lease>> {
@@ -361,24 +388,48 @@ impl LeaseStore for DynamoDbLeaseStore {
         self.update(&lease.key, &update, SAME_COUNTER, values).await
     }
 
+    async fn hand_off(&self, lease: &Lease, new_owner: &str) -> Result<Option<Lease>> {
+        let Some(owner) = lease.owner.clone() else {
+            return Ok(None);
+        };
+        if lease.is_handing_off() || owner == new_owner {
+            return Ok(None);
+        }
+        let mut values = seen_values(lease, false).unwrap_or_default();
+        values.push((":owner", AttributeValue::S(owner)));
+        values.push((":new_owner", AttributeValue::S(new_owner.to_owned())));
+        values.push((":one", number(1)));
+        self.update(
+            &lease.key,
+            "SET leaseOwner = :new_owner, checkpointOwner = :owner, leaseCounter = :next \
+             ADD ownerSwitchesSinceCheckpoint :one",
+            "leaseCounter = :counter AND leaseOwner = :owner \
+             AND attribute_not_exists(checkpointOwner)",
+            values,
+        )
+        .await
+    }
+
     async fn release(&self, lease: &Lease) -> Result<Option<Lease>> {
         let Some(values) = seen_values(lease, true) else {
             return Ok(None);
         };
-        self.update(
-            &lease.key,
-            "SET leaseCounter = :next REMOVE leaseOwner",
-            SAME_COUNTER_AND_OWNER,
-            values,
-        )
-        .await
+        // During a handoff the next owner is already named: letting go
+        // clears the holder, not the owner.
+        let update = if lease.is_handing_off() {
+            "SET leaseCounter = :next REMOVE checkpointOwner"
+        } else {
+            "SET leaseCounter = :next REMOVE leaseOwner"
+        };
+        self.update(&lease.key, update, SAME_COUNTER_AND_HOLDER, values)
+            .await
     }
 
     async fn evict(&self, lease: &Lease) -> Result<Option<Lease>> {
         let values = seen_values(lease, false).unwrap_or_default();
         self.update(
             &lease.key,
-            "SET leaseCounter = :next REMOVE leaseOwner",
+            "SET leaseCounter = :next REMOVE leaseOwner, checkpointOwner",
             SAME_COUNTER,
             values,
         )
@@ -404,7 +455,7 @@ impl LeaseStore for DynamoDbLeaseStore {
             "SET checkpoint = :checkpoint, checkpointSubSequenceNumber = :sub, \
              leaseCounter = :next, ownerSwitchesSinceCheckpoint = :zero \
              REMOVE pendingCheckpoint, pendingCheckpointSubSequenceNumber",
-            SAME_COUNTER_AND_OWNER,
+            SAME_COUNTER_AND_HOLDER,
             values,
         )
         .await

@@ -46,9 +46,10 @@ impl InMemoryLeaseStore {
 }
 
 /// Whether the stored lease is still the one the caller saw: same counter
-/// and, when `check_owner`, same owner.
-fn unchanged(stored: &Lease, seen: &Lease, check_owner: bool) -> bool {
-    stored.counter == seen.counter && (!check_owner || stored.owner == seen.owner)
+/// and, when `check_holder`, held by the same worker.
+fn unchanged(stored: &Lease, seen: &Lease, check_holder: bool) -> bool {
+    stored.counter == seen.counter
+        && (!check_holder || (stored.holder().is_some() && stored.holder() == seen.holder()))
 }
 
 impl LeaseStore for InMemoryLeaseStore {
@@ -72,7 +73,12 @@ impl LeaseStore for InMemoryLeaseStore {
     async fn renew(&self, lease: &Lease) -> Result<Option<Lease>> {
         self.update(
             &lease.key,
-            |stored| unchanged(stored, lease, true) && stored.owner.is_some(),
+            |stored| {
+                unchanged(stored, lease, true)
+                    || (!lease.is_handing_off()
+                        && stored.checkpoint_owner.is_some()
+                        && stored.checkpoint_owner == lease.owner)
+            },
             |stored| stored.counter += 1,
         )
     }
@@ -92,12 +98,32 @@ impl LeaseStore for InMemoryLeaseStore {
         )
     }
 
+    async fn hand_off(&self, lease: &Lease, new_owner: &str) -> Result<Option<Lease>> {
+        self.update(
+            &lease.key,
+            |stored| {
+                unchanged(stored, lease, false)
+                    && !stored.is_handing_off()
+                    && stored.owner.is_some()
+                    && stored.owner == lease.owner
+                    && stored.owner.as_deref() != Some(new_owner)
+            },
+            |stored| {
+                stored.checkpoint_owner = stored.owner.replace(new_owner.to_owned());
+                stored.owner_switches_since_checkpoint += 1;
+                stored.counter += 1;
+            },
+        )
+    }
+
     async fn release(&self, lease: &Lease) -> Result<Option<Lease>> {
         self.update(
             &lease.key,
-            |stored| unchanged(stored, lease, true) && stored.owner.is_some(),
+            |stored| unchanged(stored, lease, true),
             |stored| {
-                stored.owner = None;
+                if stored.checkpoint_owner.take().is_none() {
+                    stored.owner = None;
+                }
                 stored.counter += 1;
             },
         )
@@ -109,6 +135,7 @@ impl LeaseStore for InMemoryLeaseStore {
             |stored| unchanged(stored, lease, false),
             |stored| {
                 stored.owner = None;
+                stored.checkpoint_owner = None;
                 stored.counter += 1;
             },
         )
@@ -121,7 +148,7 @@ impl LeaseStore for InMemoryLeaseStore {
     ) -> Result<Option<Lease>> {
         self.update(
             &lease.key,
-            |stored| unchanged(stored, lease, true) && stored.owner.is_some(),
+            |stored| unchanged(stored, lease, true),
             |stored| {
                 stored.checkpoint = checkpoint.clone();
                 stored.pending_checkpoint = None;

@@ -72,6 +72,19 @@ impl Lease {
         ShardId::from(self.key.rsplit(':').next().unwrap_or(&self.key))
     }
 
+    /// The worker that may write to the lease: the previous owner while a
+    /// graceful handoff is in progress (it checkpoints before letting go),
+    /// otherwise the owner.
+    pub fn holder(&self) -> Option<&str> {
+        self.checkpoint_owner.as_deref().or(self.owner.as_deref())
+    }
+
+    /// Whether a graceful handoff is in progress: `owner` is the next owner
+    /// and `checkpoint_owner` still holds the lease.
+    pub fn is_handing_off(&self) -> bool {
+        self.checkpoint_owner.is_some()
+    }
+
     /// The fencing token of this copy of the lease: a write that carries it
     /// can be rejected downstream once a later owner has taken the lease.
     pub fn fencing_token(&self) -> FencingToken {
@@ -98,8 +111,13 @@ pub struct FencingToken {
 ///
 /// Every method that changes a lease takes the copy the caller last saw and
 /// succeeds only if the stored lease still has that counter (and, where
-/// said, that owner); it returns the lease as now stored, or `None` when the
-/// race was lost (someone else changed it, or it is gone).
+/// said, that [holder](Lease::holder)); it returns the lease as now stored,
+/// or `None` when the race was lost (someone else changed it, or it is gone).
+///
+/// A graceful handoff moves a lease in two steps: [`hand_off`](Self::hand_off)
+/// names the next owner while the current one stays the holder, and the
+/// holder's [`release`](Self::release) (after its final checkpoint) lets the
+/// next owner take over.
 pub trait LeaseStore: Send + Sync {
     /// Writes `lease` unless a lease with its key exists. `true` if written.
     fn create_if_absent(&self, lease: &Lease) -> impl Future<Output = Result<bool>> + Send;
@@ -110,7 +128,10 @@ pub trait LeaseStore: Send + Sync {
     /// The lease with this key.
     fn get(&self, key: &str) -> impl Future<Output = Result<Option<Lease>>> + Send;
 
-    /// Bumps the counter if `lease` is still held by its owner at its counter.
+    /// Bumps the counter if `lease` is still held by its holder at its
+    /// counter. When the counter moved because a handoff began, the holder
+    /// still holds the lease: the stored copy is renewed and returned (with
+    /// `checkpoint_owner` set), so the holder learns of the handoff here.
     fn renew(&self, lease: &Lease) -> impl Future<Output = Result<Option<Lease>>> + Send;
 
     /// Makes `new_owner` the owner if the counter is unchanged: bumps the
@@ -122,15 +143,28 @@ pub trait LeaseStore: Send + Sync {
         new_owner: &str,
     ) -> impl Future<Output = Result<Option<Lease>>> + Send;
 
-    /// Clears the owner if `lease` is still held by its owner at its counter,
-    /// so another worker can take it at once; bumps the counter.
+    /// Starts a graceful handoff of a lease held by another worker: if the
+    /// counter is unchanged and no handoff is in progress, `new_owner`
+    /// becomes the owner and the current owner becomes the
+    /// `checkpoint_owner`, which still holds the lease until it releases it.
+    /// Bumps the counter and counts an owner switch.
+    fn hand_off(
+        &self,
+        lease: &Lease,
+        new_owner: &str,
+    ) -> impl Future<Output = Result<Option<Lease>>> + Send;
+
+    /// Lets go of a lease if `lease` is still held by its holder at its
+    /// counter; bumps the counter. Without a handoff the owner is cleared, so
+    /// another worker can take it at once; during a handoff the
+    /// `checkpoint_owner` is cleared, so the next owner starts.
     fn release(&self, lease: &Lease) -> impl Future<Output = Result<Option<Lease>>> + Send;
 
     /// Clears the owner whoever holds it, if the counter is unchanged (for
     /// operators and leader-style reassignment); bumps the counter.
     fn evict(&self, lease: &Lease) -> impl Future<Output = Result<Option<Lease>>> + Send;
 
-    /// Stores `checkpoint` if `lease` is still held by its owner at its
+    /// Stores `checkpoint` if `lease` is still held by its holder at its
     /// counter: bumps the counter, resets the owner-switch count, clears a
     /// pending checkpoint.
     fn update_checkpoint(
@@ -168,6 +202,14 @@ impl<S: LeaseStore> LeaseStore for std::sync::Arc<S> {
         new_owner: &str,
     ) -> impl Future<Output = Result<Option<Lease>>> + Send {
         (**self).take(lease, new_owner)
+    }
+
+    fn hand_off(
+        &self,
+        lease: &Lease,
+        new_owner: &str,
+    ) -> impl Future<Output = Result<Option<Lease>>> + Send {
+        (**self).hand_off(lease, new_owner)
     }
 
     fn release(&self, lease: &Lease) -> impl Future<Output = Result<Option<Lease>>> + Send {

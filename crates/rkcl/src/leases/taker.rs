@@ -11,7 +11,8 @@
 //! - With none available, a worker below target steals from the most loaded
 //!   worker: as many as that worker holds above the target, and one when it
 //!   needs more than one. A worker one short of a target nobody exceeds does
-//!   not steal, so a balanced fleet stays still.
+//!   not steal, so a balanced fleet stays still. A lease being handed over
+//!   is not stolen again.
 
 use std::collections::BTreeMap;
 
@@ -103,7 +104,16 @@ pub(crate) fn plan(
         (excess, need) => excess.min(need),
     }
     .min(max_steals);
-    let mut victims: Vec<&str> = most.clone();
+    // A lease already being handed over is not stolen again.
+    let mut victims: Vec<&str> = most
+        .iter()
+        .copied()
+        .filter(|key| {
+            !active
+                .iter()
+                .any(|c| c.lease.key == *key && c.lease.is_handing_off())
+        })
+        .collect();
     victims.shuffle(rng);
     victims.truncate(count);
     TakePlan {
