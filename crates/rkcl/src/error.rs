@@ -113,6 +113,15 @@ pub enum Error {
         /// The lease key.
         lease_key: String,
     },
+    /// A checkpoint was refused: it would move backwards, or past the
+    /// records delivered so far.
+    #[error("invalid checkpoint for lease {lease_key}: {message}")]
+    InvalidCheckpoint {
+        /// The lease key.
+        lease_key: String,
+        /// What was wrong.
+        message: String,
+    },
     /// Entries of a PutRecords batch still failed after every retry.
     #[error("{failed} records could not be written after {attempts} attempts: {last_error}")]
     PutFailed {
@@ -141,6 +150,7 @@ impl Error {
             | Error::InvalidInput(_)
             | Error::Config(_)
             | Error::LeaseLost { .. }
+            | Error::InvalidCheckpoint { .. }
             | Error::PutFailed { .. } => false,
         }
     }

@@ -56,19 +56,25 @@
 
 mod aws;
 mod backoff;
+mod checkpoint;
 mod error;
 mod kpl;
 mod leases;
+mod lifecycle;
 mod model;
+mod processor;
 mod producer;
 mod record;
 mod retrieval;
+mod scheduler;
+mod shard_sync;
 mod shards;
 
 pub use aws::{
     ChildShard, DynamoDbLeaseStore, GetRecordsOutput, Kinesis, LeaseTableRequests, ShardFilter,
     StreamRef, StreamSummary,
 };
+pub use checkpoint::Checkpointer;
 pub use error::{Error, Result, Service};
 pub use kpl::{
     Aggregate, Aggregator, DeaggregationStats, Deaggregator, Decoded, HashRangePolicy,
@@ -82,10 +88,17 @@ pub use model::{
     ExtendedSequenceNumber, HashKey, HashKeyRange, InitialPosition, SequenceNumber, ShardId,
     StartingPosition,
 };
+pub use processor::{
+    DeadLetter, DeadLetterHandler, FailurePolicy, InitializationInput, ProcessRecordsInput,
+    ProcessorError, RecordProcessor, RecordProcessorFactory, ShardInfo,
+};
 pub use producer::{Producer, ProducerConfig, PutSummary};
 pub use record::{KinesisRecord, ProducerRecord, UserRecord};
 pub use retrieval::{
     PollingConfig, PollingSource, RecordSource, ShardBatch, ShardEnd, ShardEndReason, ShardEvent,
     ShardGraph, StreamEvent, StreamReader,
+};
+pub use scheduler::{
+    Scheduler, SchedulerConfig, SchedulerConfigBuilder, ShutdownReport, wait_for_signal,
 };
 pub use shards::{Shard, ShardMap};

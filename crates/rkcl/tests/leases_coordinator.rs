@@ -306,7 +306,7 @@ async fn a_lease_taken_by_another_is_reported_lost_at_the_next_renewal() {
     let earlier = ExtendedSequenceNumber::new("500".parse().unwrap(), 1);
     assert!(matches!(
         a.checkpoint(&lease.key, &earlier).await,
-        Err(Error::InvalidInput(_))
+        Err(Error::InvalidCheckpoint { .. })
     ));
     // An operator (or a leader) takes it away.
     let current = store.get(&lease.key).await.unwrap().unwrap();

@@ -355,7 +355,7 @@ impl<S: LeaseStore + 'static> LeaseCoordinator<S> {
     ///
     /// [`Error::LeaseLost`] when this worker no longer holds the lease (the
     /// lease is then dropped and [`LeaseEvent::Lost`] sent);
-    /// [`Error::InvalidInput`] when the checkpoint would move backwards; the
+    /// [`Error::InvalidCheckpoint`] when the checkpoint would move backwards; the
     /// store's error when the write failed (retry it).
     pub async fn checkpoint(&self, key: &str, position: &ExtendedSequenceNumber) -> Result<Lease> {
         let shared = &self.shared;
@@ -366,22 +366,43 @@ impl<S: LeaseStore + 'static> LeaseCoordinator<S> {
         let _one_at_a_time = write.lock().await;
         let held = shared.held_copy(key).ok_or_else(lost)?;
         if position < &held.lease.checkpoint {
-            return Err(Error::InvalidInput(format!(
-                "lease {key}: checkpoint {position} is before the stored {}",
-                held.lease.checkpoint
-            )));
+            return Err(Error::InvalidCheckpoint {
+                lease_key: key.to_owned(),
+                message: format!("{position} is before the stored {}", held.lease.checkpoint),
+            });
         }
         let started = Instant::now();
-        match shared
+        if let Some(lease) = shared
             .store
             .update_checkpoint(&held.lease, position)
             .await?
         {
-            Some(lease) => {
-                shared.refresh(lease.clone(), started);
-                Ok(lease)
+            shared.refresh(lease.clone(), started);
+            return Ok(lease);
+        }
+        // The counter moved under us: a handoff began (this worker still
+        // holds the lease), or an earlier attempt landed and its answer was
+        // lost. Anything else means the lease is gone.
+        let me = Some(shared.config.worker_id.as_str());
+        match shared.store.get(key).await? {
+            Some(stored) if stored.holder() == me && &stored.checkpoint == position => {
+                shared.refresh(stored.clone(), started);
+                Ok(stored)
             }
-            None => {
+            Some(stored) if stored.holder() == me && stored.counter > held.lease.counter => {
+                shared.refresh(stored.clone(), started);
+                match shared.store.update_checkpoint(&stored, position).await? {
+                    Some(lease) => {
+                        shared.refresh(lease.clone(), started);
+                        Ok(lease)
+                    }
+                    None => {
+                        shared.lose(key, "a checkpoint found the lease taken");
+                        Err(lost())
+                    }
+                }
+            }
+            _ => {
                 shared.lose(key, "a checkpoint found the lease taken");
                 Err(lost())
             }
@@ -398,6 +419,11 @@ impl<S: LeaseStore + 'static> LeaseCoordinator<S> {
     /// renewed) so the release can be retried.
     pub async fn release(&self, key: &str) -> Result<bool> {
         release_one(&self.shared, key).await
+    }
+
+    /// The lease store.
+    pub fn store(&self) -> &S {
+        &self.shared.store
     }
 
     /// Stops the loops (of every clone) and releases every held lease for
@@ -829,4 +855,48 @@ async fn scan_and_take<S: LeaseStore>(
         && state.pending.is_empty()
         && state.starting.is_empty();
     Ok(())
+}
+
+/// What a shard's consumer needs of the lease layer, without naming the
+/// store type: checkpoint and release a held lease, read any lease.
+pub(crate) trait LeaseAccess: Send + Sync + std::fmt::Debug {
+    fn checkpoint<'a>(
+        &'a self,
+        key: &'a str,
+        position: &'a ExtendedSequenceNumber,
+    ) -> futures_util::future::BoxFuture<'a, Result<Lease>>;
+
+    fn release<'a>(&'a self, key: &'a str) -> futures_util::future::BoxFuture<'a, Result<bool>>;
+
+    fn read<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Result<Option<Lease>>>;
+
+    fn held(&self) -> Vec<Lease>;
+}
+
+impl<S: LeaseStore + std::fmt::Debug + 'static> LeaseAccess for LeaseCoordinator<S> {
+    fn checkpoint<'a>(
+        &'a self,
+        key: &'a str,
+        position: &'a ExtendedSequenceNumber,
+    ) -> futures_util::future::BoxFuture<'a, Result<Lease>> {
+        Box::pin(LeaseCoordinator::checkpoint(self, key, position))
+    }
+
+    fn release<'a>(&'a self, key: &'a str) -> futures_util::future::BoxFuture<'a, Result<bool>> {
+        Box::pin(LeaseCoordinator::release(self, key))
+    }
+
+    fn read<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Result<Option<Lease>>> {
+        Box::pin(self.shared.store.get(key))
+    }
+
+    fn held(&self) -> Vec<Lease> {
+        LeaseCoordinator::held(self)
+    }
 }

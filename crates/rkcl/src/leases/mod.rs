@@ -18,6 +18,7 @@ mod coordinator;
 mod memory;
 pub(crate) mod taker;
 
+pub(crate) use coordinator::LeaseAccess;
 pub use coordinator::{LeaseCoordinator, LeaseCoordinatorConfig, LeaseEvent};
 pub use memory::InMemoryLeaseStore;
 
