@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod aws;
+mod consume;
 mod demo;
 mod kpl;
 mod leases;
@@ -31,6 +32,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Be one worker of a consumer group: records to stdout as JSON lines,
+    /// checkpoints of what was written.
+    Consume(consume::ConsumeArgs),
     /// Produce records into an embedded Kinesis, read them back, and report.
     Demo(demo::DemoArgs),
     /// Show an application's lease table, or reset a shard's checkpoint.
@@ -64,6 +68,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
+            Command::Consume(args) => consume::run(&cli.aws, args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Leases(args) => leases::run(&cli.aws, args).await,
             Command::Local(args) => local::run(args).await,

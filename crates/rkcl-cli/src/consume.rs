@@ -1,0 +1,235 @@
+//! `rkcl consume`: one worker of a consumer group, writing every user record
+//! of the shards it holds to stdout as JSON lines (the lines of `rkcl tail`)
+//! and checkpointing only what has been written and flushed.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, bail};
+use rkcl::{
+    Checkpointer, ExtendedSequenceNumber, InitialPosition, PollingConfig, ProcessRecordsInput,
+    ProcessorError, RecordProcessor, Scheduler, SchedulerConfig, ShardId, ShardInfo,
+};
+use tokio::sync::Notify;
+
+use crate::aws::{AwsArgs, stream_ref};
+use crate::output::{flush, write_json_line};
+use crate::tail::{DataFormat, RecordLine};
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ConsumeArgs {
+    /// The application name: the lease table shared by the group's workers
+    /// (created if missing).
+    #[arg(long)]
+    app: String,
+    /// The stream's name or ARN.
+    #[arg(long)]
+    stream: String,
+    /// This worker's id. Default: the host name and a random suffix.
+    #[arg(long)]
+    worker_id: Option<String>,
+    /// Where shards without a checkpoint start: `trim-horizon`, `latest` or
+    /// `at-timestamp:RFC3339`.
+    #[arg(long, default_value = "trim-horizon")]
+    from: String,
+    /// Checkpoint every N records written (a number) or every DURATION
+    /// (such as `5s`), and always at shutdown.
+    #[arg(long, default_value = "10s")]
+    checkpoint_every: String,
+    /// How to write each record's data.
+    #[arg(long, value_enum, default_value_t = DataFormat::Utf8)]
+    data: DataFormat,
+    /// The lease duration (the lease loops' intervals follow from it).
+    #[arg(long, default_value = "10s")]
+    lease_duration: humantime::Duration,
+    /// How long processors may take to finish at shutdown.
+    #[arg(long, default_value = "10s")]
+    shutdown_timeout: humantime::Duration,
+    /// The pause between GetRecords calls on a caught-up shard, in
+    /// milliseconds (at least 200).
+    #[arg(long, default_value_t = 500)]
+    idle_interval_ms: u64,
+}
+
+/// When to checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Every {
+    Records(u64),
+    Time(Duration),
+}
+
+fn parse_every(text: &str) -> anyhow::Result<Every> {
+    if let Ok(records) = text.parse::<u64>() {
+        if records == 0 {
+            bail!("--checkpoint-every must be at least 1 record");
+        }
+        return Ok(Every::Records(records));
+    }
+    let every: Duration = humantime::parse_duration(text).with_context(|| {
+        format!("--checkpoint-every takes a number or a duration, got {text:?}")
+    })?;
+    if every.is_zero() {
+        bail!("--checkpoint-every must be positive");
+    }
+    Ok(Every::Time(every))
+}
+
+fn parse_initial(text: &str) -> anyhow::Result<InitialPosition> {
+    Ok(match text {
+        "trim-horizon" => InitialPosition::TrimHorizon,
+        "latest" => InitialPosition::Latest,
+        other => match other.strip_prefix("at-timestamp:") {
+            Some(time) => {
+                let at: SystemTime = humantime::parse_rfc3339_weak(time)
+                    .with_context(|| format!("not an RFC 3339 time: {time:?}"))?;
+                InitialPosition::AtTimestamp(at)
+            }
+            None => {
+                bail!("--from takes trim-horizon, latest or at-timestamp:RFC3339, got {other:?}")
+            }
+        },
+    })
+}
+
+/// Writes one shard's records to stdout and checkpoints what was written.
+struct StdoutWriter {
+    stream: String,
+    shard_id: ShardId,
+    format: DataFormat,
+    every: Every,
+    /// The last record written and flushed.
+    written: Option<ExtendedSequenceNumber>,
+    since_checkpoint: u64,
+    last_checkpoint: Instant,
+    closed: Arc<Notify>,
+}
+
+impl StdoutWriter {
+    /// Writes and flushes the batch; `false` when stdout was closed.
+    fn write(&self, input: &ProcessRecordsInput) -> anyhow::Result<bool> {
+        let mut out = std::io::stdout().lock();
+        for record in &input.records {
+            let line = RecordLine::new(&self.stream, &self.shard_id, record, self.format);
+            if !write_json_line(&mut out, &line)? {
+                return Ok(false);
+            }
+        }
+        flush(&mut out)
+    }
+
+    async fn checkpoint_written(&mut self, checkpointer: &Checkpointer) -> rkcl::Result<()> {
+        if let Some(ExtendedSequenceNumber::Sequence {
+            sequence_number,
+            sub_sequence_number,
+        }) = &self.written
+        {
+            checkpointer
+                .checkpoint_at(sequence_number, *sub_sequence_number)
+                .await?;
+        }
+        self.since_checkpoint = 0;
+        self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+}
+
+impl RecordProcessor for StdoutWriter {
+    async fn process_records(
+        &mut self,
+        input: &ProcessRecordsInput,
+        checkpointer: &Checkpointer,
+    ) -> Result<(), ProcessorError> {
+        if !self.write(input)? {
+            self.closed.notify_one();
+            return Err("stdout was closed".into());
+        }
+        self.written = input.records.last().map(|r| r.extended_sequence_number());
+        self.since_checkpoint += input.records.len() as u64;
+        let due = match self.every {
+            Every::Records(n) => self.since_checkpoint >= n,
+            Every::Time(every) => self.last_checkpoint.elapsed() >= every,
+        };
+        if due {
+            self.checkpoint_written(checkpointer).await?;
+        }
+        Ok(())
+    }
+
+    async fn shutdown_requested(
+        &mut self,
+        checkpointer: &Checkpointer,
+    ) -> Result<(), ProcessorError> {
+        Ok(self.checkpoint_written(checkpointer).await?)
+    }
+}
+
+pub(crate) async fn run(aws: &AwsArgs, args: ConsumeArgs) -> anyhow::Result<ExitCode> {
+    let stream = stream_ref(&args.stream)?;
+    let every = parse_every(&args.checkpoint_every)?;
+    let mut builder = SchedulerConfig::builder(&args.app, &args.stream)
+        .initial_position(parse_initial(&args.from)?)
+        .lease_duration(args.lease_duration.into())
+        .polling(PollingConfig {
+            idle_interval: Duration::from_millis(args.idle_interval_ms),
+            ..PollingConfig::default()
+        });
+    if let Some(id) = &args.worker_id {
+        builder = builder.worker_id(id);
+    }
+    let config = builder.build()?;
+    let kinesis = aws.kinesis().await?;
+    let store = aws.lease_store(&args.app).await?;
+    store
+        .ensure_table(Duration::from_secs(60))
+        .await
+        .context("could not prepare the lease table")?;
+    let closed = Arc::new(Notify::new());
+    let (stream_name, format, stdout_closed) =
+        (stream.name().to_owned(), args.data, closed.clone());
+    let scheduler = Scheduler::start(config, kinesis, store, move |shard: &ShardInfo| {
+        StdoutWriter {
+            stream: stream_name.clone(),
+            shard_id: shard.shard_id.clone(),
+            format,
+            every,
+            written: None,
+            since_checkpoint: 0,
+            last_checkpoint: Instant::now(),
+            closed: stdout_closed.clone(),
+        }
+    })
+    .await
+    .with_context(|| format!("could not start consuming {}", args.stream))?;
+    tracing::info!(worker_id = scheduler.worker_id(), "consuming");
+    tokio::select! {
+        () = rkcl::wait_for_signal() => tracing::info!("signal received; shutting down"),
+        () = closed.notified() => tracing::info!("stdout was closed; shutting down"),
+    }
+    let report = scheduler.shutdown(args.shutdown_timeout.into()).await;
+    tracing::info!(
+        finished = report.finished_shards.len(),
+        unfinished = ?report.unfinished_shards,
+        unreleased = ?report.unreleased_leases,
+        "stopped"
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoint_every_takes_records_or_a_duration() {
+        assert_eq!(parse_every("500").unwrap(), Every::Records(500));
+        assert_eq!(
+            parse_every("5s").unwrap(),
+            Every::Time(Duration::from_secs(5))
+        );
+        assert!(parse_every("0").is_err());
+        assert!(parse_every("soon").is_err());
+        assert!(parse_initial("latest").is_ok());
+        assert!(parse_initial("yesterday").is_err());
+    }
+}

@@ -1,0 +1,164 @@
+//! `rkcl consume`: two processes of one group share the shards, write every
+//! record, stop cleanly on SIGTERM with final checkpoints and released
+//! leases, and a restart resumes after what was written.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rkcl::{
+    DynamoDbLeaseStore, ExtendedSequenceNumber, Kinesis, LeaseStore, Producer, ProducerConfig,
+    ProducerRecord, StreamRef,
+};
+use rkcl_local::Local;
+
+fn consume(local: &Local, worker: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_rkcl"));
+    command
+        .args(["consume", "--app", "cli-group", "--stream", "orders"])
+        .args(["--worker-id", worker, "--checkpoint-every", "100"])
+        .args(["--lease-duration", "2s", "--idle-interval-ms", "200"])
+        .env("AWS_ENDPOINT_URL_KINESIS", local.kinesis_endpoint())
+        .env("AWS_ENDPOINT_URL_DYNAMODB", local.dynamodb_endpoint())
+        .env("AWS_REGION", rkcl_local::REGION)
+        .env("AWS_ACCESS_KEY_ID", rkcl_local::ACCESS_KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", rkcl_local::SECRET_ACCESS_KEY)
+        .env_remove("AWS_PROFILE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    command
+}
+
+/// Starts a consumer whose stdout lines land in `lines`.
+fn spawn(mut command: Command, lines: &Arc<Mutex<Vec<serde_json::Value>>>) -> Child {
+    let mut child = command.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let lines = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            lines
+                .lock()
+                .unwrap()
+                .push(serde_json::from_str(&line).unwrap());
+        }
+    });
+    child
+}
+
+fn terminate(child: &mut Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "did not stop after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn unique(lines: &Mutex<Vec<serde_json::Value>>) -> BTreeSet<String> {
+    lines
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|l| l["data"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_consumers_share_the_shards_and_stop_cleanly_on_sigterm() {
+    let local = Local::start().await.unwrap();
+    let kinesis = Kinesis::new(local.kinesis_client());
+    kinesis.create_stream("orders", 2).await.unwrap();
+    let stream = StreamRef::parse("orders");
+    kinesis
+        .wait_until_active(&stream, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let mut producer = Producer::new(
+        kinesis.clone(),
+        stream.clone(),
+        ProducerConfig {
+            aggregate: true,
+            ..ProducerConfig::default()
+        },
+    )
+    .unwrap();
+    let records: Vec<ProducerRecord> = (0..2000)
+        .map(|i| ProducerRecord::new(format!("key-{}", i % 50), format!("record-{i}")))
+        .collect();
+    producer.put(records).await.unwrap();
+
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let mut first = spawn(consume(&local, "w1"), &lines);
+    let mut second = spawn(consume(&local, "w2"), &lines);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while unique(&lines).len() < 2000 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} records",
+            unique(&lines).len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let store = DynamoDbLeaseStore::new(local.dynamodb_client(), "cli-group");
+    let owners: BTreeSet<Option<String>> = store
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.owner)
+        .collect();
+    assert_eq!(owners.len(), 2, "both workers hold a shard: {owners:?}");
+    tokio::task::spawn_blocking(move || {
+        terminate(&mut first);
+        terminate(&mut second);
+    })
+    .await
+    .unwrap();
+
+    // Final checkpoints at the last record written per shard; leases free.
+    let written = lines.lock().unwrap().clone();
+    for lease in store.list().await.unwrap() {
+        assert_eq!(lease.owner, None, "{lease:?}");
+        let last = written
+            .iter()
+            .filter(|l| l["shard_id"] == lease.key.as_str())
+            .map(|l| {
+                ExtendedSequenceNumber::new(
+                    l["sequence_number"].as_str().unwrap().parse().unwrap(),
+                    l["sub_sequence_number"].as_u64().unwrap_or(0),
+                )
+            })
+            .max()
+            .unwrap();
+        assert_eq!(lease.checkpoint, last);
+    }
+
+    // A restart resumes after what was written: only new records follow.
+    producer
+        .put(vec![ProducerRecord::new("key-1", "after-restart")])
+        .await
+        .unwrap();
+    let again = Arc::new(Mutex::new(Vec::new()));
+    let mut third = spawn(consume(&local, "w3"), &again);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while again.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "nothing after the restart");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::task::spawn_blocking(move || terminate(&mut third))
+        .await
+        .unwrap();
+    assert_eq!(unique(&again), BTreeSet::from(["after-restart".to_owned()]));
+}
