@@ -96,8 +96,11 @@ fn report(err: &anyhow::Error) {
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RKCL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,aws_config=error"));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RKCL_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(
+            "warn,aws_config=error,dynoxide=error,ferrokinesis=error",
+        )
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

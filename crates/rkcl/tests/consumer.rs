@@ -136,6 +136,42 @@ async fn start(
     .unwrap()
 }
 
+/// A stream of `shards` shards and a group of three workers `a`, `b`, `c`
+/// consuming it into one journal.
+struct Group {
+    /// Keeps the servers running.
+    _local: Local,
+    kinesis: Kinesis,
+    stream: StreamRef,
+    store: DynamoDbLeaseStore,
+    journal: Arc<Journal>,
+}
+
+impl Group {
+    async fn start(name: &str, shards: u32) -> (Self, [Scheduler; 3]) {
+        let local = Local::start().await.unwrap();
+        let kinesis = Kinesis::new(local.kinesis_client());
+        let stream = create_stream(&kinesis, name, shards).await;
+        let store = lease_table(&local, &format!("{name}-app")).await;
+        let journal = Arc::new(Journal::default());
+        let mut workers = Vec::new();
+        for id in ["a", "b", "c"] {
+            workers.push(start(&local, &store, name, id, &journal).await);
+        }
+        let Ok(workers) = <[Scheduler; 3]>::try_from(workers) else {
+            unreachable!()
+        };
+        let group = Self {
+            _local: local,
+            kinesis,
+            stream,
+            store,
+            journal,
+        };
+        (group, workers)
+    }
+}
+
 async fn produce(
     kinesis: &Kinesis,
     stream: &StreamRef,
@@ -186,16 +222,16 @@ fn held_counts(workers: &[&Scheduler]) -> Vec<usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_workers_consume_every_record_in_shard_order_with_balanced_leases() {
-    let local = Local::start().await.unwrap();
-    let kinesis = Kinesis::new(local.kinesis_client());
-    let stream = create_stream(&kinesis, "group", 4).await;
-    let store = lease_table(&local, "group-app").await;
-    let journal = Arc::new(Journal::default());
-    let a = start(&local, &store, "group", "a", &journal).await;
-    let b = start(&local, &store, "group", "b", &journal).await;
-    let c = start(&local, &store, "group", "c", &journal).await;
-    produce(&kinesis, &stream, keyed_records(100, 500, 0), false).await;
-    produce(&kinesis, &stream, keyed_records(100, 500, 500), true).await;
+    let (group, [a, b, c]) = Group::start("group", 4).await;
+    let Group {
+        kinesis,
+        stream,
+        store,
+        journal,
+        ..
+    } = &group;
+    produce(kinesis, stream, keyed_records(100, 500, 0), false).await;
+    produce(kinesis, stream, keyed_records(100, 500, 500), true).await;
     until("100,000 records consumed", Duration::from_secs(120), || {
         journal.unique() == 100_000
     })
@@ -223,15 +259,15 @@ async fn three_workers_consume_every_record_in_shard_order_with_balanced_leases(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_worker_is_replaced_after_expiry_and_duplicates_come_only_after_its_checkpoint() {
-    let local = Local::start().await.unwrap();
-    let kinesis = Kinesis::new(local.kinesis_client());
-    let stream = create_stream(&kinesis, "kill", 4).await;
-    let store = lease_table(&local, "kill-app").await;
-    let journal = Arc::new(Journal::default());
-    let a = start(&local, &store, "kill", "a", &journal).await;
-    let b = start(&local, &store, "kill", "b", &journal).await;
-    let c = start(&local, &store, "kill", "c", &journal).await;
-    produce(&kinesis, &stream, keyed_records(40, 250, 0), true).await;
+    let (group, [a, b, c]) = Group::start("kill", 4).await;
+    let Group {
+        kinesis,
+        stream,
+        store,
+        journal,
+        ..
+    } = &group;
+    produce(kinesis, stream, keyed_records(40, 250, 0), true).await;
     until("first 10,000", Duration::from_secs(60), || {
         journal.unique() == 10_000
     })
@@ -252,7 +288,7 @@ async fn a_killed_worker_is_replaced_after_expiry_and_duplicates_come_only_after
         .map(|l| (l.key, l.checkpoint))
         .collect();
     let deliveries_before = journal.snapshot().len();
-    produce(&kinesis, &stream, keyed_records(40, 250, 250), true).await;
+    produce(kinesis, stream, keyed_records(40, 250, 250), true).await;
     until("all 20,000", Duration::from_secs(60), || {
         journal.unique() == 20_000
     })
@@ -282,15 +318,14 @@ async fn a_killed_worker_is_replaced_after_expiry_and_duplicates_come_only_after
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_shutdown_hands_shards_over_within_a_cycle_without_duplicates() {
-    let local = Local::start().await.unwrap();
-    let kinesis = Kinesis::new(local.kinesis_client());
-    let stream = create_stream(&kinesis, "leave", 4).await;
-    let store = lease_table(&local, "leave-app").await;
-    let journal = Arc::new(Journal::default());
-    let a = start(&local, &store, "leave", "a", &journal).await;
-    let b = start(&local, &store, "leave", "b", &journal).await;
-    let c = start(&local, &store, "leave", "c", &journal).await;
-    produce(&kinesis, &stream, keyed_records(40, 250, 0), false).await;
+    let (group, [a, b, c]) = Group::start("leave", 4).await;
+    let Group {
+        kinesis,
+        stream,
+        journal,
+        ..
+    } = &group;
+    produce(kinesis, stream, keyed_records(40, 250, 0), false).await;
     until("first 10,000", Duration::from_secs(60), || {
         journal.unique() == 10_000
     })
@@ -314,7 +349,7 @@ async fn a_graceful_shutdown_hands_shards_over_within_a_cycle_without_duplicates
         handoff <= LEASE / 2 + Duration::from_millis(700),
         "{handoff:?}"
     );
-    produce(&kinesis, &stream, keyed_records(40, 250, 250), false).await;
+    produce(kinesis, stream, keyed_records(40, 250, 250), false).await;
     until("all 20,000", Duration::from_secs(60), || {
         journal.unique() == 20_000
     })
