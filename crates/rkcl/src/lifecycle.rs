@@ -132,14 +132,12 @@ impl ShardConsumer {
         }
     }
 
+    /// Releases the lease; if that fails it expires instead.
     async fn let_go(&self) -> Outcome {
-        match self.context.leases.release(&self.info.lease_key).await {
-            Ok(_) => Outcome::Released,
-            Err(err) => {
-                tracing::warn!(error = %err, "could not release the lease; it will expire");
-                Outcome::Released
-            }
+        if let Err(err) = self.context.leases.release(&self.info.lease_key).await {
+            tracing::warn!(error = %err, "could not release the lease; it will expire");
         }
+        Outcome::Released
     }
 
     /// A stop before the processor exists: nothing to tell it.
@@ -154,10 +152,8 @@ impl ShardConsumer {
         if lease.checkpoint == ExtendedSequenceNumber::ShardEnd {
             // Finished before: nothing to read, nobody needs to hold it.
             self.context.sync_now.notify_one();
-            return match self.let_go().await {
-                Outcome::Released => Outcome::Ended,
-                other => other,
-            };
+            self.let_go().await;
+            return Outcome::Ended;
         }
         if let Flow::Stopped(stop) = self.wait_for_parents(lease).await {
             return self.stopped_early(stop).await;
@@ -435,10 +431,8 @@ impl ShardConsumer {
         }
         tracing::info!("the shard is finished");
         self.context.sync_now.notify_one();
-        match self.let_go().await {
-            Outcome::Released => Outcome::Ended,
-            other => other,
-        }
+        self.let_go().await;
+        Outcome::Ended
     }
 }
 
@@ -449,7 +443,7 @@ fn shard_from_lease(lease: &Lease, range: HashKeyRange) -> Shard {
         parent_shard_id: parents.next(),
         adjacent_parent_shard_id: parents.next(),
         hash_key_range: range,
-        starting_sequence_number: crate::model::SequenceNumber::zero(),
+        starting_sequence_number: crate::model::SequenceNumber::from_u128(0),
         ending_sequence_number: None,
     }
 }

@@ -78,13 +78,6 @@ impl Ord for SequenceNumber {
     }
 }
 
-impl SequenceNumber {
-    /// The sequence number 0, below every real one.
-    pub(crate) fn zero() -> Self {
-        Self(Arc::from("0"))
-    }
-}
-
 impl PartialOrd for SequenceNumber {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))

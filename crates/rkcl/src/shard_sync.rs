@@ -181,7 +181,7 @@ mod tests {
             adjacent_parent_shard_id: parents.get(1).map(|p| ShardId::from(*p)),
             hash_key_range: HashKeyRange::new(HashKey::from_u128(0), HashKey::from_u128(u128::MAX))
                 .unwrap(),
-            starting_sequence_number: SequenceNumber::zero(),
+            starting_sequence_number: SequenceNumber::from_u128(0),
             ending_sequence_number: (!open).then(|| "99".parse().unwrap()),
         }
     }

@@ -374,35 +374,10 @@ async fn splits_and_merges_while_consuming_keep_key_order_and_children_wait_for_
     let a = start(&local, &store, "reshard", "a", &journal).await;
     let b = start(&local, &store, "reshard", "b", &journal).await;
     produce(&kinesis, &stream, keyed_records(30, 100, 0), true).await;
-    let client = local.kinesis_client();
     let shards = kinesis.list_shards(&stream).await.unwrap();
-    let middle = shards[0].hash_key_range.start().as_u128() / 2
-        + shards[0].hash_key_range.end().as_u128() / 2;
-    client
-        .split_shard()
-        .stream_name("reshard")
-        .shard_to_split(shards[0].id.as_str())
-        .new_starting_hash_key(middle.to_string())
-        .send()
-        .await
-        .unwrap();
-    kinesis
-        .wait_until_active(&stream, Duration::from_secs(10))
-        .await
-        .unwrap();
+    common::split(&local, &kinesis, &stream, &shards[0], None).await;
     produce(&kinesis, &stream, keyed_records(30, 100, 100), false).await;
-    client
-        .merge_shards()
-        .stream_name("reshard")
-        .shard_to_merge(shards[1].id.as_str())
-        .adjacent_shard_to_merge(shards[2].id.as_str())
-        .send()
-        .await
-        .unwrap();
-    kinesis
-        .wait_until_active(&stream, Duration::from_secs(10))
-        .await
-        .unwrap();
+    common::merge(&local, &kinesis, &stream, &shards[1], &shards[2]).await;
     produce(&kinesis, &stream, keyed_records(30, 100, 200), true).await;
     until("all 9,000", Duration::from_secs(90), || {
         journal.unique() == 9_000

@@ -4,7 +4,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use common::{create_stream, read_all_raw};
 use rkcl::{Kinesis, Producer, ProducerConfig, ProducerRecord, StreamRef, UserRecord};
@@ -100,19 +99,7 @@ async fn aggregates_that_land_in_a_new_shard_are_sent_again() {
     producer.put(records(30, 1)).await.unwrap();
     // The stream is split behind the producer's back.
     let parent = kinesis.list_shards(&stream).await.unwrap().remove(0);
-    local
-        .kinesis_client()
-        .split_shard()
-        .stream_name("resharded")
-        .shard_to_split(parent.id.as_str())
-        .new_starting_hash_key((u128::MAX / 2).to_string())
-        .send()
-        .await
-        .unwrap();
-    kinesis
-        .wait_until_active(&stream, Duration::from_secs(10))
-        .await
-        .unwrap();
+    common::split(&local, &kinesis, &stream, &parent, Some(u128::MAX / 2)).await;
     let more: Vec<ProducerRecord> = records(30, 20).into_iter().skip(30).collect();
     let summary = producer.put(more).await.unwrap();
     assert!(summary.resent_after_reshard > 0, "{summary:?}");

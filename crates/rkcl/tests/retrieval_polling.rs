@@ -429,34 +429,9 @@ async fn splits_and_merges_while_writing_keep_every_record_and_key_order() {
     // Split shard 0, then merge shards 1 and 2, while both tasks run.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let shards = kinesis.list_shards(&stream).await.unwrap();
-    let client = local.kinesis_client();
-    let middle = (shards[0].hash_key_range.start().as_u128() / 2)
-        + (shards[0].hash_key_range.end().as_u128() / 2);
-    client
-        .split_shard()
-        .stream_name("reshard")
-        .shard_to_split(shards[0].id.as_str())
-        .new_starting_hash_key(middle.to_string())
-        .send()
-        .await
-        .unwrap();
-    kinesis
-        .wait_until_active(&stream, Duration::from_secs(10))
-        .await
-        .unwrap();
+    common::split(&local, &kinesis, &stream, &shards[0], None).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    client
-        .merge_shards()
-        .stream_name("reshard")
-        .shard_to_merge(shards[1].id.as_str())
-        .adjacent_shard_to_merge(shards[2].id.as_str())
-        .send()
-        .await
-        .unwrap();
-    kinesis
-        .wait_until_active(&stream, Duration::from_secs(10))
-        .await
-        .unwrap();
+    common::merge(&local, &kinesis, &stream, &shards[1], &shards[2]).await;
 
     producer.await.unwrap();
     let (log, unique) = reader_task.await.unwrap();

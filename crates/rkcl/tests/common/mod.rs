@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use aws_sdk_kinesis::types::ShardIteratorType;
 use rkcl::{
-    Deaggregator, HashRangePolicy, Kinesis, KinesisRecord, PollingConfig, StreamRef, UserRecord,
+    Deaggregator, HashRangePolicy, Kinesis, KinesisRecord, PollingConfig, Shard, StreamRef,
+    UserRecord,
 };
 use rkcl_local::Local;
 
@@ -18,6 +19,50 @@ pub async fn create_stream(kinesis: &Kinesis, name: &str, shards: u32) -> Stream
         .await
         .unwrap();
     stream
+}
+
+/// Splits `shard` of `stream` in the middle of its hash-key range (or at
+/// `at`) and waits until the stream is active again.
+pub async fn split(
+    local: &Local,
+    kinesis: &Kinesis,
+    stream: &StreamRef,
+    shard: &Shard,
+    at: Option<u128>,
+) {
+    let middle = at.unwrap_or(
+        shard.hash_key_range.start().as_u128() / 2 + shard.hash_key_range.end().as_u128() / 2,
+    );
+    local
+        .kinesis_client()
+        .split_shard()
+        .stream_name(stream.name())
+        .shard_to_split(shard.id.as_str())
+        .new_starting_hash_key(middle.to_string())
+        .send()
+        .await
+        .unwrap();
+    kinesis
+        .wait_until_active(stream, Duration::from_secs(10))
+        .await
+        .unwrap();
+}
+
+/// Merges two adjacent shards and waits until the stream is active again.
+pub async fn merge(local: &Local, kinesis: &Kinesis, stream: &StreamRef, a: &Shard, b: &Shard) {
+    local
+        .kinesis_client()
+        .merge_shards()
+        .stream_name(stream.name())
+        .shard_to_merge(a.id.as_str())
+        .adjacent_shard_to_merge(b.id.as_str())
+        .send()
+        .await
+        .unwrap();
+    kinesis
+        .wait_until_active(stream, Duration::from_secs(10))
+        .await
+        .unwrap();
 }
 
 /// Polling settings that keep tests quick: the shortest allowed pauses.
