@@ -110,15 +110,18 @@ async fn two_consumers_share_the_shards_and_stop_cleanly_on_sigterm() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Both workers settle on one shard each, no handoff still in flight.
     let store = DynamoDbLeaseStore::new(local.dynamodb_client(), "cli-group");
-    let owners: BTreeSet<Option<String>> = store
-        .list()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|l| l.owner)
-        .collect();
-    assert_eq!(owners.len(), 2, "both workers hold a shard: {owners:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let leases = store.list().await.unwrap();
+        let owners: BTreeSet<Option<String>> = leases.iter().map(|l| l.owner.clone()).collect();
+        if owners.len() == 2 && leases.iter().all(|l| l.checkpoint_owner.is_none()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never settled: {leases:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     tokio::task::spawn_blocking(move || {
         terminate(&mut first);
         terminate(&mut second);
