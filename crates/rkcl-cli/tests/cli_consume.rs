@@ -115,8 +115,10 @@ async fn two_consumers_share_the_shards_and_stop_cleanly_on_sigterm() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let leases = store.list().await.unwrap();
-        let owners: BTreeSet<Option<String>> = leases.iter().map(|l| l.owner.clone()).collect();
-        if owners.len() == 2 && leases.iter().all(|l| l.checkpoint_owner.is_none()) {
+        let owners: BTreeSet<Option<&str>> = leases.iter().map(|l| l.owner.as_deref()).collect();
+        let settled = owners == BTreeSet::from([Some("w1"), Some("w2")])
+            && leases.iter().all(|l| l.checkpoint_owner.is_none());
+        if settled {
             break;
         }
         assert!(Instant::now() < deadline, "never settled: {leases:?}");

@@ -734,6 +734,9 @@ impl LeaseStore for Forbidden {
     async fn hand_off(&self, lease: &Lease, owner: &str) -> rkcl::Result<Option<Lease>> {
         self.0.hand_off(lease, owner).await
     }
+    async fn withdraw_handoff(&self, lease: &Lease) -> rkcl::Result<Option<Lease>> {
+        self.0.withdraw_handoff(lease).await
+    }
     async fn release(&self, lease: &Lease) -> rkcl::Result<Option<Lease>> {
         self.0.release(lease).await
     }

@@ -289,6 +289,39 @@ async fn an_owner_that_never_answers_a_handoff_loses_the_lease_after_the_timeout
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_next_owner_that_shuts_down_withdraws_its_handoff_and_the_owner_keeps_the_lease() {
+    let store = table(2).await;
+    let mut a = worker_with(
+        store.clone(),
+        LeaseCoordinatorConfig::with_lease_duration("a", DURATION),
+        OnHandoff::Ignore,
+    );
+    acquisitions(&mut a, 2).await;
+    let b = worker(store.clone(), "b", DURATION);
+    let key = loop {
+        if let Some(LeaseEvent::HandoffRequested { key, next_owner }) = a.events.recv().await {
+            assert_eq!(next_owner, "b");
+            break key;
+        }
+    };
+    assert!(b.coordinator.held().is_empty());
+    assert_eq!(b.coordinator.shutdown().await, Vec::<String>::new());
+    let stored = store.get(&key).await.unwrap().unwrap();
+    assert_eq!(
+        (stored.owner.as_deref(), stored.checkpoint_owner.as_deref()),
+        (Some("a"), None)
+    );
+    // a keeps both leases well past the handoff timeout, and can still
+    // checkpoint the one that was asked for.
+    tokio::time::sleep(DURATION * 6).await;
+    assert!(a.events.try_recv().is_err(), "a heard more");
+    assert_eq!(keys(&a).len(), 2);
+    let position = ExtendedSequenceNumber::new("77".parse().unwrap(), 0);
+    let written = a.coordinator.checkpoint(&key, &position).await.unwrap();
+    assert_eq!(written.owner.as_deref(), Some("a"));
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_lease_taken_by_another_is_reported_lost_at_the_next_renewal() {
     let store = table(1).await;
     let (a, mut events) = LeaseCoordinator::start(

@@ -243,8 +243,51 @@ async fn handoff_conformance(store: &impl LeaseStore) {
         .expect("new owner renews");
     assert_eq!(new.checkpoint, position);
 
+    // The next owner withdraws a handoff it no longer wants: the holder owns
+    // the lease again, and its copy from during the handoff still renews.
+    let asked = store.hand_off(&new, "leaving").await.unwrap().unwrap();
+    let during = store.renew(&asked).await.unwrap().unwrap();
+    assert!(
+        store.withdraw_handoff(&new).await.unwrap().is_none(),
+        "withdrew with a stale copy"
+    );
+    let withdrawn = store
+        .withdraw_handoff(&during)
+        .await
+        .unwrap()
+        .expect("handoff withdrawn");
+    assert_eq!(
+        (
+            withdrawn.owner.as_deref(),
+            withdrawn.checkpoint_owner.as_deref(),
+            withdrawn.counter
+        ),
+        (Some("new"), None, during.counter + 1)
+    );
+    assert!(
+        store.withdraw_handoff(&withdrawn).await.unwrap().is_none(),
+        "withdrew without a handoff"
+    );
+    let kept = store
+        .renew(&during)
+        .await
+        .unwrap()
+        .expect("the holder keeps the lease after a withdrawn handoff");
+    assert_eq!(
+        (kept.owner.as_deref(), kept.checkpoint_owner.as_deref()),
+        (Some("new"), None)
+    );
+    let leaving = Lease {
+        checkpoint_owner: None,
+        ..during.clone()
+    };
+    assert!(
+        store.renew(&leaving).await.unwrap().is_none(),
+        "the withdrawn next owner renewed"
+    );
+
     // An operator's evict ends a handoff too.
-    let again = store.hand_off(&new, "other").await.unwrap().unwrap();
+    let again = store.hand_off(&kept, "other").await.unwrap().unwrap();
     let evicted = store.evict(&again).await.unwrap().unwrap();
     assert_eq!((&evicted.owner, &evicted.checkpoint_owner), (&None, &None));
     assert!(store.delete(&evicted).await.unwrap());

@@ -343,35 +343,25 @@ impl LeaseStore for DynamoDbLeaseStore {
         if renewed.is_some() {
             return Ok(renewed);
         }
+        // The counter moved: still ours if the holder is unchanged (a handoff
+        // began or was withdrawn, or an earlier attempt landed and its
+        // answer was lost); renew the stored copy.
         let Some(stored) = self.get(&lease.key).await? else {
             return Ok(None);
         };
-        // An earlier attempt may have landed before its answer was lost: the
-        // lease is then ours at the next counter.
-        if stored.owner == lease.owner
-            && stored.checkpoint_owner == lease.checkpoint_owner
-            && stored.counter == lease.counter + 1
-        {
-            return Ok(Some(stored));
+        if stored.holder().is_none() || stored.holder() != lease.holder() {
+            return Ok(None);
         }
-        // A handoff began: still ours to hold until we release it.
-        if !lease.is_handing_off()
-            && stored.checkpoint_owner.is_some()
-            && stored.checkpoint_owner == lease.owner
-        {
-            let Some(values) = seen_values(&stored, true) else {
-                return Ok(None);
-            };
-            return self
-                .update(
-                    &lease.key,
-                    "SET leaseCounter = :next",
-                    SAME_COUNTER_AND_HOLDER,
-                    values,
-                )
-                .await;
-        }
-        Ok(None)
+        let Some(values) = seen_values(&stored, true) else {
+            return Ok(None);
+        };
+        self.update(
+            &lease.key,
+            "SET leaseCounter = :next",
+            SAME_COUNTER_AND_HOLDER,
+            values,
+        )
+        .await
     }
 
     async fn take(&self, lease: &Lease, new_owner: &str) -> Result<Option<Lease>> {
@@ -405,6 +395,23 @@ impl LeaseStore for DynamoDbLeaseStore {
              ADD ownerSwitchesSinceCheckpoint :one",
             "leaseCounter = :counter AND leaseOwner = :owner \
              AND attribute_not_exists(checkpointOwner)",
+            values,
+        )
+        .await
+    }
+
+    async fn withdraw_handoff(&self, lease: &Lease) -> Result<Option<Lease>> {
+        let (Some(owner), Some(holder)) = (lease.owner.clone(), lease.checkpoint_owner.clone())
+        else {
+            return Ok(None);
+        };
+        let mut values = seen_values(lease, false).unwrap_or_default();
+        values.push((":owner", AttributeValue::S(owner)));
+        values.push((":holder", AttributeValue::S(holder)));
+        self.update(
+            &lease.key,
+            "SET leaseOwner = :holder, leaseCounter = :next REMOVE checkpointOwner",
+            "leaseCounter = :counter AND leaseOwner = :owner AND checkpointOwner = :holder",
             values,
         )
         .await

@@ -308,12 +308,7 @@ impl<S: LeaseStore + 'static> LeaseCoordinator<S> {
         for looped in [Loop::Renewer, Loop::Taker] {
             let (shared, cancel) = (shared.clone(), cancel.clone());
             tasks.spawn(tracing::Instrument::instrument(
-                async move {
-                    tokio::select! {
-                        () = cancel.cancelled() => {}
-                        () = looped.run(&shared) => {}
-                    }
-                },
+                async move { looped.run(&shared, &cancel).await },
                 span.clone(),
             ));
         }
@@ -427,8 +422,11 @@ impl<S: LeaseStore + 'static> LeaseCoordinator<S> {
     }
 
     /// Stops the loops (of every clone) and releases every held lease for
-    /// immediate pick-up. Returns the keys that could not be released (they
-    /// expire instead).
+    /// immediate pick-up. Leases this worker claimed but had not started
+    /// (handoffs to it still pending, leases stolen and waiting for the old
+    /// owner to notice) are given back too: a pending handoff is withdrawn,
+    /// so the old owner keeps the lease. Returns the keys that could not be
+    /// let go (they expire instead).
     pub async fn shutdown(&self) -> Vec<String> {
         self.running.cancel.cancel();
         let tasks = self.running.tasks.lock().ok().and_then(|mut t| t.take());
@@ -451,8 +449,33 @@ impl<S: LeaseStore + 'static> LeaseCoordinator<S> {
                 }
             })
             .await;
-        failed.into_inner().unwrap_or_default()
+        let mut failed = failed.into_inner().unwrap_or_default();
+        if let Err(err) = give_back_claims(shared, &failed).await {
+            tracing::warn!(error = %err, "could not give back the leases claimed but not started");
+        }
+        failed.sort();
+        failed
     }
+}
+
+/// Lets go of every lease the table names this worker for that it does not
+/// hold, except `skip`: withdraws handoffs to it, releases the rest.
+async fn give_back_claims<S: LeaseStore>(shared: &Shared<S>, skip: &[String]) -> Result<()> {
+    let me = Some(shared.config.worker_id.as_str());
+    for lease in shared.store.list().await? {
+        if skip.contains(&lease.key) {
+            continue;
+        }
+        let given_back = if lease.is_handing_off() && lease.owner.as_deref() == me {
+            shared.store.withdraw_handoff(&lease).await?
+        } else if lease.holder() == me {
+            shared.store.release(&lease).await?
+        } else {
+            continue;
+        };
+        tracing::info!(lease_key = %lease.key, done = given_back.is_some(), "gave back a lease claimed but not started");
+    }
+    Ok(())
 }
 
 async fn release_one<S: LeaseStore>(shared: &Shared<S>, key: &str) -> Result<bool> {
@@ -491,17 +514,27 @@ enum Loop {
 }
 
 impl Loop {
-    async fn run<S: LeaseStore>(self, shared: &Shared<S>) {
+    /// Runs the loop until `cancel`. Cancellation is seen only between
+    /// rounds, never inside a write, so a take or renewal that reached the
+    /// store is always known to the coordinator.
+    async fn run<S: LeaseStore>(self, shared: &Shared<S>, cancel: &CancellationToken) {
         match self {
-            Loop::Renewer => renew_loop(shared).await,
-            Loop::Taker => take_loop(shared).await,
+            Loop::Renewer => renew_loop(shared, cancel).await,
+            Loop::Taker => take_loop(shared, cancel).await,
         }
     }
 }
 
-async fn renew_loop<S: LeaseStore>(shared: &Shared<S>) {
-    loop {
-        tokio::time::sleep(shared.config.renew_interval).await;
+/// Sleeps until `deadline`; `false` when cancelled first.
+async fn pause(cancel: &CancellationToken, deadline: Instant) -> bool {
+    tokio::select! {
+        () = cancel.cancelled() => false,
+        () = tokio::time::sleep_until(deadline) => true,
+    }
+}
+
+async fn renew_loop<S: LeaseStore>(shared: &Shared<S>, cancel: &CancellationToken) {
+    while pause(cancel, Instant::now() + shared.config.renew_interval).await {
         futures_util::stream::iter(shared.held_keys())
             .for_each_concurrent(WRITE_CONCURRENCY, |key| renew_one(shared, key))
             .await;
@@ -533,16 +566,17 @@ async fn renew_one<S: LeaseStore>(shared: &Shared<S>, key: String) {
     }
     match shared.store.renew(&held.lease).await {
         Ok(Some(renewed)) => {
-            let handoff = held.handoff_since.is_none()
-                && renewed.checkpoint_owner.as_deref() == Some(config.worker_id.as_str());
+            let handing_off = renewed.is_handing_off();
+            let handoff = held.handoff_since.is_none() && handing_off;
             let next_owner = renewed.owner.clone().unwrap_or_default();
             shared.refresh(renewed, now);
+            if let Ok(mut all) = shared.held.lock()
+                && let Some(entry) = all.get_mut(&key)
+            {
+                // A handoff the next owner withdrew no longer runs out.
+                entry.handoff_since = handing_off.then(|| entry.handoff_since.unwrap_or(now));
+            }
             if handoff {
-                if let Ok(mut all) = shared.held.lock()
-                    && let Some(entry) = all.get_mut(&key)
-                {
-                    entry.handoff_since = Some(now);
-                }
                 tracing::info!(lease_key = %key, next_owner = %next_owner, "asked to hand the lease over");
                 let _ = shared
                     .events
@@ -647,7 +681,7 @@ impl TakerState {
 /// the check lands after the expiry, not on it.
 const EXPIRY_SLACK: Duration = Duration::from_millis(10);
 
-async fn take_loop<S: LeaseStore>(shared: &Shared<S>) {
+async fn take_loop<S: LeaseStore>(shared: &Shared<S>, cancel: &CancellationToken) {
     let config = &shared.config;
     let mut rng = config
         .rng_seed
@@ -670,7 +704,9 @@ async fn take_loop<S: LeaseStore>(shared: &Shared<S>) {
         }
         // Up to a tenth of jitter so workers do not stampede.
         let jitter = rng.random_range(0.0..0.1);
-        tokio::time::sleep_until(state.next_cycle(Instant::now(), config, jitter)).await;
+        if !pause(cancel, state.next_cycle(Instant::now(), config, jitter)).await {
+            return;
+        }
     }
 }
 

@@ -73,12 +73,7 @@ impl LeaseStore for InMemoryLeaseStore {
     async fn renew(&self, lease: &Lease) -> Result<Option<Lease>> {
         self.update(
             &lease.key,
-            |stored| {
-                unchanged(stored, lease, true)
-                    || (!lease.is_handing_off()
-                        && stored.checkpoint_owner.is_some()
-                        && stored.checkpoint_owner == lease.owner)
-            },
+            |stored| stored.holder().is_some() && stored.holder() == lease.holder(),
             |stored| stored.counter += 1,
         )
     }
@@ -111,6 +106,22 @@ impl LeaseStore for InMemoryLeaseStore {
             |stored| {
                 stored.checkpoint_owner = stored.owner.replace(new_owner.to_owned());
                 stored.owner_switches_since_checkpoint += 1;
+                stored.counter += 1;
+            },
+        )
+    }
+
+    async fn withdraw_handoff(&self, lease: &Lease) -> Result<Option<Lease>> {
+        self.update(
+            &lease.key,
+            |stored| {
+                unchanged(stored, lease, false)
+                    && stored.is_handing_off()
+                    && stored.owner.is_some()
+                    && stored.owner == lease.owner
+            },
+            |stored| {
+                stored.owner = stored.checkpoint_owner.take();
                 stored.counter += 1;
             },
         )

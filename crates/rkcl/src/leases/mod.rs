@@ -129,10 +129,11 @@ pub trait LeaseStore: Send + Sync {
     /// The lease with this key.
     fn get(&self, key: &str) -> impl Future<Output = Result<Option<Lease>>> + Send;
 
-    /// Bumps the counter if `lease` is still held by its holder at its
-    /// counter. When the counter moved because a handoff began, the holder
-    /// still holds the lease: the stored copy is renewed and returned (with
-    /// `checkpoint_owner` set), so the holder learns of the handoff here.
+    /// Bumps the counter if the lease is still held by `lease`'s holder.
+    /// When the counter moved but the holder did not (a handoff began or
+    /// was withdrawn, or an earlier renewal landed and its answer was lost),
+    /// the stored copy is renewed and returned, so the holder learns of the
+    /// handoff here.
     fn renew(&self, lease: &Lease) -> impl Future<Output = Result<Option<Lease>>> + Send;
 
     /// Makes `new_owner` the owner if the counter is unchanged: bumps the
@@ -154,6 +155,13 @@ pub trait LeaseStore: Send + Sync {
         lease: &Lease,
         new_owner: &str,
     ) -> impl Future<Output = Result<Option<Lease>>> + Send;
+
+    /// Withdraws a handoff the next owner no longer wants (it is shutting
+    /// down): if the counter is unchanged and `lease.owner` is the next
+    /// owner of a handoff in progress, the holder becomes the owner again
+    /// and keeps the lease. Bumps the counter.
+    fn withdraw_handoff(&self, lease: &Lease)
+    -> impl Future<Output = Result<Option<Lease>>> + Send;
 
     /// Lets go of a lease if `lease` is still held by its holder at its
     /// counter; bumps the counter. Without a handoff the owner is cleared, so
@@ -211,6 +219,13 @@ impl<S: LeaseStore> LeaseStore for std::sync::Arc<S> {
         new_owner: &str,
     ) -> impl Future<Output = Result<Option<Lease>>> + Send {
         (**self).hand_off(lease, new_owner)
+    }
+
+    fn withdraw_handoff(
+        &self,
+        lease: &Lease,
+    ) -> impl Future<Output = Result<Option<Lease>>> + Send {
+        (**self).withdraw_handoff(lease)
     }
 
     fn release(&self, lease: &Lease) -> impl Future<Output = Result<Option<Lease>>> + Send {
