@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::leases::{FencingToken, LeaseAccess};
+use crate::lifecycle::Stop;
 use crate::model::{ExtendedSequenceNumber, SequenceNumber, ShardId};
 use crate::record::UserRecord;
 
@@ -30,6 +31,8 @@ struct Inner {
     lease_key: String,
     token: FencingToken,
     leases: Arc<dyn LeaseAccess>,
+    /// What the shard's consumer was asked to do.
+    stop: tokio::sync::watch::Receiver<Stop>,
     state: Mutex<State>,
     /// Serializes writes, so two concurrent checkpoints cannot land out of
     /// order.
@@ -50,6 +53,7 @@ impl Checkpointer {
         token: FencingToken,
         stored: ExtendedSequenceNumber,
         leases: Arc<dyn LeaseAccess>,
+        stop: tokio::sync::watch::Receiver<Stop>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -57,6 +61,7 @@ impl Checkpointer {
                 lease_key,
                 token,
                 leases,
+                stop,
                 state: Mutex::new(State {
                     delivered: None,
                     at_shard_end: false,
@@ -72,6 +77,14 @@ impl Checkpointer {
         if let Ok(mut state) = self.inner.state.lock() {
             state.delivered = Some(position);
         }
+    }
+
+    /// Resolves once the shard's consumer is asked to stop (shutdown,
+    /// handoff or a lost lease), so code waiting inside a processor call can
+    /// return.
+    pub(crate) async fn stop_requested(&self) {
+        let mut stop = self.inner.stop.clone();
+        let _ = stop.wait_for(|stop| *stop != Stop::Running).await;
     }
 
     /// Records that the shard has been delivered to its end.

@@ -69,6 +69,7 @@ mod retrieval;
 mod scheduler;
 mod shard_sync;
 mod shards;
+mod stream;
 
 pub use aws::{
     ChildShard, DynamoDbLeaseStore, GetRecordsOutput, Kinesis, LeaseTableRequests, ShardFilter,
@@ -102,3 +103,8 @@ pub use scheduler::{
     Scheduler, SchedulerConfig, SchedulerConfigBuilder, ShutdownReport, wait_for_signal,
 };
 pub use shards::{Shard, ShardMap};
+pub use stream::{
+    Batch, BatchError, BatchFailure, BatchFailureHandler, BatchOptions, Chunks, CommitHandle,
+    CommittableBatch, CommittableRecord, Consumer, ConsumerConfig, FailureReason, Records,
+    ShardChunks, ShardRecords, ShardStreams, ShutdownHandle,
+};

@@ -196,6 +196,7 @@ impl ShardConsumer {
             self.info.fencing_token.clone(),
             lease.checkpoint.clone(),
             self.context.leases.clone(),
+            self.stop.clone(),
         );
         let start = match self.starting_position(&lease.checkpoint) {
             Ok(start) => start,
@@ -460,7 +461,7 @@ where
     }
 }
 
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(text) = payload.downcast_ref::<&str>() {
         (*text).to_owned()
     } else if let Some(text) = payload.downcast_ref::<String>() {

@@ -242,6 +242,22 @@ impl Scheduler {
         S: LeaseStore + std::fmt::Debug + 'static,
         F: RecordProcessorFactory,
     {
+        Self::start_reporting(config, kinesis, store, factory, None).await
+    }
+
+    /// As [`start`](Self::start); errors that made a shard's consumer let
+    /// its lease go are also sent to `failures`.
+    pub(crate) async fn start_reporting<S, F>(
+        config: SchedulerConfig,
+        kinesis: Kinesis,
+        store: S,
+        factory: F,
+        failures: Option<mpsc::UnboundedSender<Error>>,
+    ) -> Result<Self>
+    where
+        S: LeaseStore + std::fmt::Debug + 'static,
+        F: RecordProcessorFactory,
+    {
         config.validate()?;
         kinesis.describe_stream_summary(&config.stream).await?;
         store.list().await?;
@@ -273,6 +289,7 @@ impl Scheduler {
             factory: Arc::new(factory),
             consumers: HashMap::new(),
             tasks: JoinSet::new(),
+            failures,
         };
         let span = tracing::info_span!("worker", worker_id = %worker_id);
         let task = tokio::spawn(tracing::Instrument::instrument(
@@ -358,6 +375,7 @@ struct Worker<S, F> {
     factory: Arc<F>,
     consumers: HashMap<String, watch::Sender<Stop>>,
     tasks: JoinSet<(String, Outcome)>,
+    failures: Option<mpsc::UnboundedSender<Error>>,
 }
 
 impl<S, F> Worker<S, F>
@@ -436,6 +454,9 @@ where
             Ok((key, outcome)) => {
                 tracing::info!(lease_key = %key, ?outcome, "the shard's consumer ended");
                 self.consumers.remove(&key);
+                if let (Outcome::Failed(err), Some(failures)) = (outcome, &self.failures) {
+                    let _ = failures.send(err);
+                }
             }
             Err(err) => tracing::error!(error = %err, "a shard's consumer task failed"),
         }
