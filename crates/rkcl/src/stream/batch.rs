@@ -9,9 +9,9 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use futures_util::FutureExt;
 use tokio::sync::mpsc;
 
 use super::{CommittableRecord, Consumer, ShardRecords};
@@ -290,7 +290,11 @@ async fn give_up(
     reason: FailureReason,
     options: &BatchOptions,
 ) {
-    tracing::warn!(records = records.len(), ?reason, "giving records up to the failure callback");
+    tracing::warn!(
+        records = records.len(),
+        ?reason,
+        "giving records up to the failure callback"
+    );
     if let Some(on_failure) = &options.on_failure {
         let failure = BatchFailure {
             shard: info.clone(),

@@ -71,11 +71,9 @@ impl ShardState {
             .budget
             .cost(record.data.len() + record.partition_key.len());
         self.budget.acquire(cost).await;
-        let index = self.watermark().deliver(
-            record.extended_sequence_number(),
-            cost,
-            Instant::now(),
-        );
+        let index =
+            self.watermark()
+                .deliver(record.extended_sequence_number(), cost, Instant::now());
         CommittableRecord {
             record,
             handle: CommitHandle {

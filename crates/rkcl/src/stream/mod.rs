@@ -25,11 +25,11 @@ pub use batch::{
 };
 pub use committable::{CommitHandle, CommittableBatch, CommittableRecord};
 
+use crate::Kinesis;
 use crate::error::{Error, Result};
 use crate::leases::{Lease, LeaseStore};
 use crate::processor::ShardInfo;
 use crate::scheduler::{Scheduler, SchedulerConfig, ShutdownReport};
-use crate::Kinesis;
 use budget::Budget;
 use feeder::{FeedSettings, FeedShared, Feeder};
 
@@ -229,10 +229,13 @@ impl ShutdownHandle {
     }
 
     /// Shuts down on SIGTERM or Ctrl-C, in the background.
+    ///
+    /// The handlers are installed before this returns.
     pub fn shutdown_on_signal(&self) -> tokio::task::JoinHandle<()> {
         let handle = self.clone();
+        let signals = crate::scheduler::Signals::register();
         tokio::spawn(async move {
-            crate::scheduler::wait_for_signal().await;
+            signals.recv().await;
             tracing::info!("signal received; shutting the consumer down");
             handle.trigger();
         })
@@ -415,12 +418,7 @@ pub struct ShardChunks {
 }
 
 impl ShardChunks {
-    fn new(
-        info: ShardInfo,
-        records: ShardRecords,
-        max_records: usize,
-        max_wait: Duration,
-    ) -> Self {
+    fn new(info: ShardInfo, records: ShardRecords, max_records: usize, max_wait: Duration) -> Self {
         Self {
             info,
             records,

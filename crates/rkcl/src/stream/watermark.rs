@@ -181,7 +181,13 @@ mod tests {
             .collect();
         assert_eq!(marks.commit(indexes[1]), Passed::default());
         assert_eq!(marks.mark(), None);
-        assert_eq!(marks.commit(indexes[0]), Passed { records: 2, bytes: 20 });
+        assert_eq!(
+            marks.commit(indexes[0]),
+            Passed {
+                records: 2,
+                bytes: 20
+            }
+        );
         // Inside the aggregate: after sub-record 1, not beyond.
         assert_eq!(marks.mark(), Some(&at(1, 1)));
         marks.abandon(indexes[2]);
@@ -193,7 +199,13 @@ mod tests {
         // A commit after the drop does not move it either.
         assert_eq!(marks.commit(indexes[2]), Passed::default());
         assert!(!marks.is_drained());
-        assert_eq!(marks.in_flight(), Passed { records: 2, bytes: 20 });
+        assert_eq!(
+            marks.in_flight(),
+            Passed {
+                records: 2,
+                bytes: 20
+            }
+        );
     }
 
     proptest! {
