@@ -51,6 +51,11 @@ use tokio_util::sync::CancellationToken;
 
 /// The region the local clients are configured for.
 pub const REGION: &str = "us-east-1";
+
+/// The largest Kinesis request body served: a PutRecords call carries up
+/// to 5 MiB of data and keys, about 6.7 MiB once base64-encoded in JSON
+/// (the HTTP framework's default limit of 2 MB would refuse it).
+const KINESIS_BODY_LIMIT: usize = 8 << 20;
 /// The static access key id of the local clients.
 pub const ACCESS_KEY_ID: &str = "rkcl-local";
 /// The static secret key of the local clients.
@@ -183,6 +188,7 @@ impl LocalBuilder {
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let (router, _store) = ferrokinesis::create_app(store_options);
+        let router = router.layer(axum::extract::DefaultBodyLimit::max(KINESIS_BODY_LIMIT));
         let token = shutdown.clone();
         tasks.spawn(async move {
             let served = axum::serve(kinesis_listener, router)

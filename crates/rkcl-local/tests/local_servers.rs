@@ -188,3 +188,35 @@ async fn a_data_directory_survives_a_restart() {
     local.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_put_records_call_of_five_mebibytes_is_accepted() {
+    let local = Local::start().await.unwrap();
+    let kinesis = local.kinesis_client();
+    kinesis
+        .create_stream()
+        .stream_name("big")
+        .shard_count(1)
+        .send()
+        .await
+        .unwrap();
+    wait_active(&kinesis, "big").await;
+    // 5 entries of 1000 KiB: 5 MiB of data, 6.7 MiB on the wire.
+    let entries = (0..5)
+        .map(|i| {
+            aws_sdk_kinesis::types::PutRecordsRequestEntry::builder()
+                .partition_key(format!("k{i}"))
+                .data(Blob::new(vec![b'z'; 1000 * 1024]))
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let out = kinesis
+        .put_records()
+        .stream_name("big")
+        .set_records(Some(entries))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.failed_record_count(), Some(0));
+}

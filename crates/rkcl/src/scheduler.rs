@@ -552,6 +552,8 @@ where
             }
         }
         report.unreleased_leases = self.coordinator.shutdown().await;
+        metrics::gauge!("rkcl_leases_held", "worker" => self.coordinator.worker_id().to_owned())
+            .set(0.0);
         report.finished_shards.sort();
         report.unfinished_shards.sort();
         report

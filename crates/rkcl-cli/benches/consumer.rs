@@ -1,0 +1,499 @@
+//! A whole consumer on the local Kinesis and DynamoDB: throughput, failover,
+//! handoff and the memory of one worker holding many leases.
+//!
+//! (1) Throughput: 100,000 records of 100 bytes on 4 shards, half of them
+//!     KPL-aggregated, read (a) by a plain loop of SDK GetRecords calls that
+//!     keeps Kinesis' budget of five calls per second per shard (200 ms
+//!     between calls on a shard, as in the reading bench) and does not
+//!     de-aggregate, and (b) by a full rkcl worker: `Scheduler` with a
+//!     `DynamoDbLeaseStore`, default settings, a processor that counts
+//!     records and checkpoints every second. Both rates are user records
+//!     over the time from the first call (for the worker: from
+//!     `Scheduler::start`, so lease taking counts) to the last record;
+//!     the worker's rate from its first delivery is shown too. Goal: the
+//!     worker at 0.9x the plain loop or better. Median of 3 interleaved runs.
+//! (2) Failover: two workers share a 4-shard stream; one is dropped without
+//!     a word (no shutdown, nothing released). Measured: the time until the
+//!     survivor holds every lease and has initialized a processor for each.
+//! (3) Handoff: the same, but one worker shuts down gracefully; measured
+//!     from the call to `shutdown` until the other holds every lease with
+//!     its processors initialized.
+//!     Both run at a 2 s lease duration and are scaled x5 to the default
+//!     10 s, as in the leases bench (every lease interval is a fixed
+//!     fraction of the lease duration). Median of 3 runs.
+//! (4) Memory: one `rkcl consume` process (the release binary) holding
+//!     1,000 leases of an idle 1,000-shard stream (the local Kinesis' default
+//!     shard limit, and the most one ListShards page of rkcl holds). After it
+//!     holds all of them and has idled for 20 s: VmRSS and VmHWM from
+//!     `/proc/<pid>/status`, and its CPU use while idle. Goal: 50 MB or less.
+//!
+//! Run with `cargo bench -p rkcl-cli --bench consumer`. It prints its
+//! figures.
+#![allow(clippy::print_stdout)]
+
+use std::collections::BTreeSet;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use aws_sdk_kinesis::types::ShardIteratorType;
+use rkcl::{
+    Checkpointer, DynamoDbLeaseStore, InitializationInput, Kinesis, LeaseStore,
+    ProcessRecordsInput, ProcessorError, Producer, ProducerConfig, ProducerRecord, RecordProcessor,
+    Scheduler, SchedulerConfig, ShardInfo, StreamRef,
+};
+use rkcl_local::Local;
+
+const SHARDS: u32 = 4;
+const RECORDS: usize = 100_000;
+const RECORD_SIZE: usize = 100;
+const RUNS: usize = 3;
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// The lease duration of the failover and handoff runs.
+const LEASE_DURATION: Duration = Duration::from_secs(2);
+/// From the run's lease duration to the default 10 s.
+const SCALE: f64 = 5.0;
+const IDLE_SHARDS: u32 = 1_000;
+/// The pause between GetRecords calls on each idle shard of the memory run.
+const IDLE_INTERVAL_MS: u64 = 500;
+const IDLE_WINDOW: Duration = Duration::from_secs(20);
+
+async fn create_stream(kinesis: &Kinesis, name: &str, shards: u32) -> StreamRef {
+    kinesis.create_stream(name, shards).await.unwrap();
+    let stream = StreamRef::parse(name);
+    kinesis
+        .wait_until_active(&stream, Duration::from_secs(60))
+        .await
+        .unwrap();
+    stream
+}
+
+async fn lease_table(local: &Local, app: &str) -> DynamoDbLeaseStore {
+    let store = DynamoDbLeaseStore::new(local.dynamodb_client(), app);
+    store.ensure_table(Duration::from_secs(10)).await.unwrap();
+    store
+}
+
+/// Half the records plain, half in KPL aggregates.
+async fn fill(kinesis: &Kinesis, stream: &StreamRef) {
+    for (aggregate, first) in [(false, 0), (true, RECORDS / 2)] {
+        let mut producer = Producer::new(
+            kinesis.clone(),
+            stream.clone(),
+            ProducerConfig {
+                aggregate,
+                ..ProducerConfig::default()
+            },
+        )
+        .unwrap();
+        let records: Vec<ProducerRecord> = (first..first + RECORDS / 2)
+            .map(|i| ProducerRecord::new(format!("key-{i}"), vec![b'x'; RECORD_SIZE]))
+            .collect();
+        // Small puts: rkcl-local's Kinesis takes request bodies up to axum's
+        // default 2 MB, below the 5 MiB of data (base64 in JSON) a PutRecords
+        // call of aggregates may carry.
+        for chunk in records.chunks(5_000) {
+            producer.put(chunk.to_vec()).await.unwrap();
+        }
+    }
+}
+
+/// GetRecords on every shard at once, 200 ms apart per shard, until each is
+/// at its tip. Returns the Kinesis records read.
+async fn plain_loop(local: &Local, kinesis: &Kinesis, stream: &StreamRef) -> usize {
+    let client = local.kinesis_client();
+    let mut tasks = Vec::new();
+    for shard in kinesis.list_shards(stream).await.unwrap() {
+        let client = client.clone();
+        let name = stream.name().to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut iterator = client
+                .get_shard_iterator()
+                .stream_name(name)
+                .shard_id(shard.id.as_str())
+                .shard_iterator_type(ShardIteratorType::TrimHorizon)
+                .send()
+                .await
+                .unwrap()
+                .shard_iterator()
+                .map(str::to_owned);
+            let mut count = 0;
+            while let Some(it) = iterator {
+                let started = Instant::now();
+                let out = client
+                    .get_records()
+                    .shard_iterator(it)
+                    .limit(10_000)
+                    .send()
+                    .await
+                    .unwrap();
+                count += out.records().len();
+                if out.millis_behind_latest() == Some(0) && out.records().len() < 10_000 {
+                    break;
+                }
+                iterator = out.next_shard_iterator().map(str::to_owned);
+                tokio::time::sleep_until((started + Duration::from_millis(200)).into()).await;
+            }
+            count
+        }));
+    }
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.unwrap();
+    }
+    total
+}
+
+/// What the counting processors have seen.
+#[derive(Debug, Default)]
+struct Progress {
+    records: AtomicUsize,
+    first_delivery: OnceLock<Instant>,
+}
+
+/// Counts records and checkpoints every [`CHECKPOINT_EVERY`].
+struct Counting {
+    progress: Arc<Progress>,
+    last_checkpoint: Instant,
+}
+
+impl RecordProcessor for Counting {
+    async fn process_records(
+        &mut self,
+        input: &ProcessRecordsInput,
+        checkpointer: &Checkpointer,
+    ) -> Result<(), ProcessorError> {
+        self.progress.first_delivery.get_or_init(Instant::now);
+        if self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+            checkpointer.checkpoint().await?;
+            self.last_checkpoint = Instant::now();
+        }
+        self.progress
+            .records
+            .fetch_add(input.records.len(), Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// One rkcl worker from start to the last record: the records per second
+/// from `Scheduler::start` and from the first delivery.
+async fn rkcl_worker(local: &Local, kinesis: &Kinesis, app: &str, stream: &str) -> (f64, f64) {
+    let store = lease_table(local, app).await;
+    let config = SchedulerConfig::builder(app, stream)
+        .worker_id("counting")
+        .build()
+        .unwrap();
+    let progress = Arc::new(Progress::default());
+    let shared = progress.clone();
+    let started = Instant::now();
+    let worker = Scheduler::start(config, kinesis.clone(), store, move |_: &ShardInfo| {
+        Counting {
+            progress: shared.clone(),
+            last_checkpoint: Instant::now(),
+        }
+    })
+    .await
+    .unwrap();
+    while progress.records.load(Ordering::SeqCst) < RECORDS {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the worker did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let done = Instant::now();
+    assert_eq!(progress.records.load(Ordering::SeqCst), RECORDS);
+    let report = worker.shutdown(Duration::from_secs(10)).await;
+    assert!(report.unfinished_shards.is_empty(), "{report:?}");
+    let first = *progress.first_delivery.get().unwrap();
+    (
+        RECORDS as f64 / (done - started).as_secs_f64(),
+        RECORDS as f64 / (done - first).as_secs_f64(),
+    )
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+async fn throughput(local: &Local) {
+    let kinesis = Kinesis::new(local.kinesis_client());
+    let stream = create_stream(&kinesis, "throughput", SHARDS).await;
+    fill(&kinesis, &stream).await;
+    let mut plain = Vec::new();
+    let mut worker = Vec::new();
+    let mut from_first = Vec::new();
+    let mut kinesis_records = 0;
+    // Interleaved runs, as the local servers share the machine's cores with
+    // the readers.
+    for run in 0..RUNS {
+        let started = Instant::now();
+        kinesis_records = plain_loop(local, &kinesis, &stream).await;
+        plain.push(RECORDS as f64 / started.elapsed().as_secs_f64());
+        let (total, first) =
+            rkcl_worker(local, &kinesis, &format!("throughput-{run}"), "throughput").await;
+        worker.push(total);
+        from_first.push(first);
+    }
+    let (plain, worker, from_first) = (median(plain), median(worker), median(from_first));
+    println!(
+        "throughput, {SHARDS} shards, {RECORDS} user records ({} Kinesis records, half the user \
+         records aggregated), median of {RUNS}:",
+        kinesis_records
+    );
+    println!("  plain SDK GetRecords loop (5 calls/s/shard) {plain:>9.0} records/s");
+    println!(
+        "  rkcl worker (Scheduler, DynamoDB leases)     {worker:>9.0} records/s -> {:.2}x \
+         (goal >= 0.90x); from its first delivery {from_first:.0} records/s",
+        worker / plain
+    );
+}
+
+/// The shards whose processors are initialized and not yet stopped.
+type Active = Arc<Mutex<BTreeSet<String>>>;
+
+/// Tracks its shard in [`Active`] from `initialize` until it stops.
+struct Tracked {
+    shard: String,
+    active: Active,
+}
+
+impl RecordProcessor for Tracked {
+    async fn initialize(&mut self, _: &InitializationInput) -> Result<(), ProcessorError> {
+        self.active.lock().unwrap().insert(self.shard.clone());
+        Ok(())
+    }
+
+    async fn process_records(
+        &mut self,
+        _: &ProcessRecordsInput,
+        checkpointer: &Checkpointer,
+    ) -> Result<(), ProcessorError> {
+        Ok(checkpointer.checkpoint().await?)
+    }
+
+    async fn lease_lost(&mut self) {
+        self.active.lock().unwrap().remove(&self.shard);
+    }
+
+    async fn shutdown_requested(
+        &mut self,
+        checkpointer: &Checkpointer,
+    ) -> Result<(), ProcessorError> {
+        let checkpointed = checkpointer.checkpoint().await;
+        self.active.lock().unwrap().remove(&self.shard);
+        Ok(checkpointed?)
+    }
+}
+
+async fn tracked_worker(
+    kinesis: &Kinesis,
+    store: &DynamoDbLeaseStore,
+    stream: &str,
+    id: &str,
+) -> (Scheduler, Active) {
+    let config = SchedulerConfig::builder(store.table(), stream)
+        .worker_id(id)
+        .lease_duration(LEASE_DURATION)
+        .build()
+        .unwrap();
+    let active = Active::default();
+    let shared = active.clone();
+    let worker = Scheduler::start(
+        config,
+        kinesis.clone(),
+        store.clone(),
+        move |s: &ShardInfo| Tracked {
+            shard: s.shard_id.as_str().to_owned(),
+            active: shared.clone(),
+        },
+    )
+    .await
+    .unwrap();
+    (worker, active)
+}
+
+/// Whether `worker` holds `leases` leases with as many processors running.
+fn holds(worker: &Scheduler, active: &Active, leases: usize) -> bool {
+    worker.held_leases().len() == leases && active.lock().unwrap().len() == leases
+}
+
+async fn until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < timeout, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    started.elapsed()
+}
+
+/// Two workers settle on two leases each; one leaves (dropped, or shut down
+/// gracefully) and the time until the other runs all four is returned.
+async fn leave(local: &Local, kinesis: &Kinesis, app: &str, graceful: bool) -> Duration {
+    let store = lease_table(local, app).await;
+    let (a, a_active) = tracked_worker(kinesis, &store, "failover", "a").await;
+    let (b, b_active) = tracked_worker(kinesis, &store, "failover", "b").await;
+    until("two leases each", Duration::from_secs(60), || {
+        holds(&a, &a_active, 2) && holds(&b, &b_active, 2)
+    })
+    .await;
+    // No handoff in flight when one leaves.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while store
+        .list()
+        .await
+        .unwrap()
+        .iter()
+        .any(|l| l.checkpoint_owner.is_some())
+    {
+        assert!(Instant::now() < deadline, "handoffs never settled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let started = Instant::now();
+    if graceful {
+        let report = a.shutdown(Duration::from_secs(10)).await;
+        assert!(report.unfinished_shards.is_empty(), "{report:?}");
+    } else {
+        drop(a);
+    }
+    until(
+        "the survivor runs every shard",
+        Duration::from_secs(60),
+        || holds(&b, &b_active, SHARDS as usize),
+    )
+    .await;
+    let taken = started.elapsed();
+    b.shutdown(Duration::from_secs(10)).await;
+    taken
+}
+
+async fn failover(local: &Local) {
+    let kinesis = Kinesis::new(local.kinesis_client());
+    create_stream(&kinesis, "failover", SHARDS).await;
+    let mut dropped = Vec::new();
+    let mut graceful = Vec::new();
+    for run in 0..RUNS {
+        dropped.push(leave(local, &kinesis, &format!("dropped-{run}"), false).await);
+        graceful.push(leave(local, &kinesis, &format!("graceful-{run}"), true).await);
+    }
+    let show = |times: &[Duration]| {
+        let seconds = median(times.iter().map(Duration::as_secs_f64).collect());
+        let all: Vec<String> = times
+            .iter()
+            .map(|t| format!("{:.2}", t.as_secs_f64()))
+            .collect();
+        format!(
+            "{seconds:.2} s at 2 s leases, {:.1} s scaled to 10 s (runs: {} s)",
+            seconds * SCALE,
+            all.join(", ")
+        )
+    };
+    println!(
+        "2 workers x {SHARDS} shards, one leaves; until the other runs every shard, median of {RUNS}:"
+    );
+    println!(
+        "  failover (worker dropped, no shutdown): {}",
+        show(&dropped)
+    );
+    println!(
+        "  handoff (graceful shutdown):            {}",
+        show(&graceful)
+    );
+}
+
+/// A value in kB from `/proc/<pid>/status`.
+fn status_kb(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// User plus system CPU time of a process so far, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command name, which ends with the last ')'.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+        .split_whitespace()
+        .collect();
+    // utime and stime are fields 14 and 15 of the whole line.
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+async fn memory() {
+    let local = Local::start().await.unwrap();
+    let kinesis = Kinesis::new(local.kinesis_client());
+    create_stream(&kinesis, "idle", IDLE_SHARDS).await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rkcl"))
+        .args(["consume", "--app", "idle-app", "--stream", "idle"])
+        .args(["--worker-id", "idle-worker"])
+        .args(["--idle-interval-ms", &IDLE_INTERVAL_MS.to_string()])
+        .env("AWS_ENDPOINT_URL_KINESIS", local.kinesis_endpoint())
+        .env("AWS_ENDPOINT_URL_DYNAMODB", local.dynamodb_endpoint())
+        .env("AWS_REGION", rkcl_local::REGION)
+        .env("AWS_ACCESS_KEY_ID", rkcl_local::ACCESS_KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", rkcl_local::SECRET_ACCESS_KEY)
+        .env_remove("AWS_PROFILE")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let started = Instant::now();
+    let store = DynamoDbLeaseStore::new(local.dynamodb_client(), "idle-app");
+    loop {
+        assert!(child.try_wait().unwrap().is_none(), "rkcl consume exited");
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "never held every lease"
+        );
+        // The table appears once the process has created it.
+        if let Ok(leases) = store.list().await
+            && leases.len() == IDLE_SHARDS as usize
+            && leases
+                .iter()
+                .all(|l| l.owner.as_deref() == Some("idle-worker"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let all_held = started.elapsed();
+    let ticks = cpu_ticks(pid);
+    tokio::time::sleep(IDLE_WINDOW).await;
+    // USER_HZ is 100 on Linux.
+    let cpu = (cpu_ticks(pid) - ticks) as f64 / 100.0 / IDLE_WINDOW.as_secs_f64() * 100.0;
+    let rss = status_kb(pid, "VmRSS:");
+    let hwm = status_kb(pid, "VmHWM:");
+    let threads = status_kb(pid, "Threads:");
+    assert!(child.try_wait().unwrap().is_none(), "rkcl consume exited");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    println!(
+        "memory, one `rkcl consume` process holding {IDLE_SHARDS} leases of an idle \
+         {IDLE_SHARDS}-shard stream (idle interval {IDLE_INTERVAL_MS} ms, default 10 s leases):"
+    );
+    println!(
+        "  all leases held after {:.1} s; after {} s idle: VmRSS {:.1} MiB, VmHWM {:.1} MiB \
+         (goal <= 50 MB), {threads} threads, CPU {cpu:.0}% of one core while idle",
+        all_held.as_secs_f64(),
+        IDLE_WINDOW.as_secs(),
+        rss as f64 / 1024.0,
+        hwm as f64 / 1024.0,
+    );
+    local.shutdown().await;
+}
+
+#[tokio::main]
+async fn main() {
+    let local = Local::start().await.unwrap();
+    throughput(&local).await;
+    failover(&local).await;
+    local.shutdown().await;
+    memory().await;
+}

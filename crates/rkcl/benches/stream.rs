@@ -1,0 +1,254 @@
+//! The Stream API against the record-processor API, and its memory bound.
+//!
+//! (a) Records per second through `Consumer::records()` with a commit per
+//!     record (automatic checkpoints at the defaults) against a
+//!     `RecordProcessor` that counts and checkpoints every second, over the
+//!     same data (4 shards, 100,000 user records, half of them in KPL
+//!     aggregates) in the same run, each with its own lease table, both
+//!     from TRIM_HORIZON to the last record. Median of three alternating
+//!     runs. Goal: the stream at least 0.9x the processor.
+//! (b) A user that commits nothing under a 64 MiB in-flight limit (16 MiB
+//!     per shard, 4 shards, about 120 MiB of 1 KiB records waiting): the
+//!     records and bytes delivered before the shards stop, and the growth
+//!     of this process' resident memory while the consumer runs (sampled
+//!     every 50 ms; the local Kinesis lives in the same process and already
+//!     holds the data before the consumer starts).
+//!
+//! Run with `cargo bench -p rkcl --bench stream`. It prints its figures.
+#![allow(clippy::print_stdout)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use rkcl::{
+    Checkpointer, Consumer, ConsumerConfig, DynamoDbLeaseStore, Kinesis, ProcessRecordsInput,
+    ProcessorError, Producer, ProducerConfig, ProducerRecord, RecordProcessor, Scheduler,
+    SchedulerConfig, ShardInfo, StreamRef,
+};
+use rkcl_local::Local;
+
+const RECORDS: usize = 100_000;
+
+async fn fill(local: &Local) -> (Kinesis, StreamRef) {
+    let kinesis = Kinesis::new(local.kinesis_client());
+    kinesis.create_stream("bench", 4).await.unwrap();
+    let stream = StreamRef::parse("bench");
+    kinesis
+        .wait_until_active(&stream, Duration::from_secs(30))
+        .await
+        .unwrap();
+    for aggregate in [false, true] {
+        let mut producer = Producer::new(
+            kinesis.clone(),
+            stream.clone(),
+            ProducerConfig {
+                aggregate,
+                ..ProducerConfig::default()
+            },
+        )
+        .unwrap();
+        let records: Vec<ProducerRecord> = (0..RECORDS / 2)
+            .map(|i| ProducerRecord::new(format!("key-{}", i % 1000), vec![b'x'; 100]))
+            .collect();
+        for chunk in records.chunks(20_000) {
+            producer.put(chunk.to_vec()).await.unwrap();
+        }
+    }
+    (kinesis, stream)
+}
+
+fn scheduler_config(app: &str) -> SchedulerConfig {
+    SchedulerConfig::builder(app, "bench")
+        .worker_id("bench")
+        .build()
+        .unwrap()
+}
+
+async fn table(local: &Local, app: &str) -> DynamoDbLeaseStore {
+    let store = DynamoDbLeaseStore::new(local.dynamodb_client(), app);
+    store.ensure_table(Duration::from_secs(10)).await.unwrap();
+    store
+}
+
+struct Counting {
+    count: Arc<AtomicUsize>,
+    last_checkpoint: Instant,
+}
+
+impl RecordProcessor for Counting {
+    async fn process_records(
+        &mut self,
+        input: &ProcessRecordsInput,
+        checkpointer: &Checkpointer,
+    ) -> Result<(), ProcessorError> {
+        self.count.fetch_add(input.records.len(), Ordering::Relaxed);
+        if self.last_checkpoint.elapsed() >= Duration::from_secs(1) {
+            checkpointer.checkpoint().await?;
+            self.last_checkpoint = Instant::now();
+        }
+        Ok(())
+    }
+}
+
+/// Seconds until the processor API has seen every record.
+async fn processor_run(local: &Local, kinesis: &Kinesis, run: usize) -> f64 {
+    let app = format!("bench-processor-{run}");
+    let store = table(local, &app).await;
+    let count = Arc::new(AtomicUsize::new(0));
+    let factory = {
+        let count = count.clone();
+        move |_: &ShardInfo| Counting {
+            count: count.clone(),
+            last_checkpoint: Instant::now(),
+        }
+    };
+    let started = Instant::now();
+    let scheduler = Scheduler::start(scheduler_config(&app), kinesis.clone(), store, factory)
+        .await
+        .unwrap();
+    while count.load(Ordering::Relaxed) < RECORDS {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    scheduler.shutdown(Duration::from_secs(10)).await;
+    seconds
+}
+
+/// Seconds until `records()` has yielded (and the user committed) every
+/// record.
+async fn stream_run(local: &Local, kinesis: &Kinesis, run: usize) -> f64 {
+    let app = format!("bench-stream-{run}");
+    let store = table(local, &app).await;
+    let started = Instant::now();
+    let consumer = Consumer::start(
+        ConsumerConfig::new(scheduler_config(&app)),
+        kinesis.clone(),
+        store,
+    )
+    .await
+    .unwrap();
+    let handle = consumer.shutdown_handle();
+    let mut records = consumer.records();
+    let mut count = 0;
+    while count < RECORDS {
+        let record = records.next().await.unwrap().unwrap();
+        record.commit();
+        count += 1;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    handle.trigger();
+    while records.next().await.is_some() {}
+    seconds
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+async fn throughput() {
+    let local = Local::start().await.unwrap();
+    let (kinesis, _) = fill(&local).await;
+    let (mut processor, mut stream) = (Vec::new(), Vec::new());
+    for run in 0..3 {
+        processor.push(processor_run(&local, &kinesis, run).await);
+        stream.push(stream_run(&local, &kinesis, run).await);
+    }
+    let rate = |seconds: f64| RECORDS as f64 / seconds;
+    println!("(a) {RECORDS} user records over 4 shards (half aggregated), median of 3");
+    println!("    processor runs (s): {processor:.2?}");
+    println!("    stream runs (s):    {stream:.2?}");
+    let (p, s) = (median(processor), median(stream));
+    println!("    RecordProcessor, checkpoint every 1 s: {:>9.0} records/s", rate(p));
+    println!("    records() + commit per record:         {:>9.0} records/s", rate(s));
+    println!("    ratio stream / processor: {:.2}x (goal >= 0.9x)", p / s);
+    local.shutdown().await;
+}
+
+async fn bounded_memory() {
+    const RECORD: usize = 1024;
+    const PER_SHARD: usize = 30_000;
+    let local = Local::start().await.unwrap();
+    let kinesis = Kinesis::new(local.kinesis_client());
+    kinesis.create_stream("bench", 4).await.unwrap();
+    let stream = StreamRef::parse("bench");
+    kinesis
+        .wait_until_active(&stream, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let mut producer =
+        Producer::new(kinesis.clone(), stream.clone(), ProducerConfig::default()).unwrap();
+    for part in 0..12 {
+        let records: Vec<ProducerRecord> = (0..PER_SHARD * 4 / 12)
+            .map(|i| ProducerRecord::new(format!("key-{part}-{i}"), vec![b'y'; RECORD]))
+            .collect();
+        producer.put(records).await.unwrap();
+    }
+    let baseline = resident_bytes();
+    let store = table(&local, "bench-memory").await;
+    let config = ConsumerConfig::new(scheduler_config("bench-memory"))
+        .max_in_flight(1_000_000, 64 << 20)
+        .max_in_flight_per_shard(1_000_000, 16 << 20);
+    let consumer = Consumer::start(config, kinesis.clone(), store)
+        .await
+        .unwrap();
+    let handle = consumer.shutdown_handle();
+    let mut records = consumer.records();
+    let mut kept = Vec::new();
+    let mut peak = baseline;
+    let mut last_growth = Instant::now();
+    let started = Instant::now();
+    // Keep every record, commit none, until nothing arrives for 3 s.
+    while last_growth.elapsed() < Duration::from_secs(3) {
+        if let Ok(Some(record)) =
+            tokio::time::timeout(Duration::from_millis(50), records.next()).await
+        {
+            kept.push(record.unwrap());
+            last_growth = Instant::now();
+        }
+        peak = peak.max(resident_bytes());
+    }
+    let bytes: usize = kept.iter().map(|r| r.data().len() + r.partition_key().len()).sum();
+    println!(
+        "(b) commit nothing, 64 MiB in flight allowed, {} MiB waiting in the stream",
+        (PER_SHARD * 4 * RECORD) >> 20
+    );
+    println!(
+        "    delivered {} records, {:.1} MiB, in {:.1} s; then the shards stopped",
+        kept.len(),
+        bytes as f64 / (1 << 20) as f64,
+        started.elapsed().as_secs_f64() - 3.0
+    );
+    println!(
+        "    resident memory: {:.0} MiB before the consumer, peak {:.0} MiB (+{:.0} MiB)",
+        baseline as f64 / (1 << 20) as f64,
+        peak as f64 / (1 << 20) as f64,
+        peak.saturating_sub(baseline) as f64 / (1 << 20) as f64
+    );
+    drop(kept);
+    drop(records);
+    handle.shutdown().await;
+    local.shutdown().await;
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        throughput().await;
+        bounded_memory().await;
+    });
+}
