@@ -70,6 +70,29 @@ impl ShardBudget {
         }
     }
 
+    /// Takes room for `records` records costing `cost` in all at once, if
+    /// there is room now.
+    pub(crate) fn try_acquire(&self, records: usize, cost: usize) -> bool {
+        let (Ok(records), Ok(cost)) = (u32::try_from(records), u32::try_from(cost)) else {
+            return false;
+        };
+        let permits = (
+            self.shard.records.try_acquire_many(records),
+            self.shard.bytes.try_acquire_many(cost),
+            self.total.records.try_acquire_many(records),
+            self.total.bytes.try_acquire_many(cost),
+        );
+        if let (Ok(a), Ok(b), Ok(c), Ok(d)) = permits {
+            a.forget();
+            b.forget();
+            c.forget();
+            d.forget();
+            true
+        } else {
+            false
+        }
+    }
+
     /// Gives back what passed below the watermark (costs as acquired).
     pub(crate) fn release(&self, records: usize, cost: usize) {
         self.shard.release(records, cost);
@@ -122,6 +145,10 @@ mod tests {
             .await
             .expect("a record over the limit passes when nothing is in flight");
         shard.release(1, huge);
+        // A batch at once only when all of it fits; nothing taken otherwise.
+        assert!(!shard.try_acquire(2, 101));
+        assert!(shard.try_acquire(2, 100));
+        shard.release(2, 100);
         // Nothing leaked: the whole limit is free again.
         tokio::time::timeout(Duration::from_millis(50), shard.acquire(100))
             .await

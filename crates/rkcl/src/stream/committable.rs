@@ -84,6 +84,40 @@ impl ShardState {
         }
     }
 
+    /// Registers every record of a batch at once when the whole batch fits
+    /// the budget now (the common case); `None` leaves it to [`admit`](Self::admit).
+    pub(crate) fn try_admit_all(
+        self: &Arc<Self>,
+        records: &[UserRecord],
+    ) -> Option<Vec<CommittableRecord>> {
+        let costs: Vec<usize> = records
+            .iter()
+            .map(|r| self.budget.cost(r.data.len() + r.partition_key.len()))
+            .collect();
+        if !self.budget.try_acquire(records.len(), costs.iter().sum()) {
+            return None;
+        }
+        let now = Instant::now();
+        let mut watermark = self.watermark();
+        Some(
+            records
+                .iter()
+                .zip(costs)
+                .map(|(record, cost)| {
+                    let index = watermark.deliver(record.extended_sequence_number(), cost, now);
+                    CommittableRecord {
+                        record: record.clone(),
+                        handle: CommitHandle {
+                            shard: self.clone(),
+                            index,
+                            settled: false,
+                        },
+                    }
+                })
+                .collect(),
+        )
+    }
+
     fn commit(&self, index: u64) {
         // Read `closed` under the lock that `close` takes, so every record
         // is given back once: here or there.

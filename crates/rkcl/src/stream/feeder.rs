@@ -229,6 +229,14 @@ impl RecordProcessor for Feeder {
         let Some(sender) = &self.sender else {
             return Err("the shard's stream has ended".into());
         };
+        if let Some(admitted) = state.try_admit_all(&input.records) {
+            for record in admitted {
+                if sender.send(record).is_err() {
+                    return Err("the shard's stream was dropped".into());
+                }
+            }
+            return Ok(());
+        }
         for record in &input.records {
             let admitted = tokio::select! {
                 biased;
