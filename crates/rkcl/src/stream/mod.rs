@@ -378,6 +378,10 @@ impl Stream for ShardStreams {
 }
 
 /// One shard's records, in shard order, while this worker holds its lease.
+///
+/// Keep polling it until it ends: dropped early, the shard's reading stops
+/// and its batches are retried with backoff until the lease is handed over
+/// or the consumer shuts down (nothing is skipped).
 #[derive(Debug)]
 pub struct ShardRecords {
     info: ShardInfo,
