@@ -146,7 +146,22 @@ async fn take(records: &mut Records, count: usize) -> Vec<CommittableRecord> {
 }
 
 fn data(record: &CommittableRecord) -> String {
-    String::from_utf8(record.data().to_vec()).unwrap()
+    text(record.record())
+}
+
+fn text(record: &rkcl::UserRecord) -> String {
+    String::from_utf8(record.data.to_vec()).unwrap()
+}
+
+/// A failure callback that keeps what it is given.
+fn keep_failures(options: BatchOptions) -> (BatchOptions, Arc<Mutex<Vec<rkcl::BatchFailure>>>) {
+    let failed = Arc::new(Mutex::new(Vec::new()));
+    let kept = failed.clone();
+    let options = options.on_failure(move |failure| {
+        let kept = kept.clone();
+        async move { kept.lock().unwrap().push(failure) }
+    });
+    (options, failed)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -494,21 +509,13 @@ async fn bisect_isolates_one_poison_record_among_a_thousand() {
     setup.produce(records, true).await;
     let handled = Arc::new(Mutex::new(BTreeSet::new()));
     let calls = Arc::new(AtomicUsize::new(0));
-    let failed = Arc::new(Mutex::new(Vec::new()));
-    let options = BatchOptions {
+    let (options, failed) = keep_failures(BatchOptions {
         batch_size: 1000,
         max_batching_window: Duration::from_secs(1),
         bisect_on_error: true,
         max_retries: Some(2),
         retry_backoff: (Duration::from_millis(10), Duration::from_millis(50)),
         ..BatchOptions::default()
-    }
-    .on_failure({
-        let failed = failed.clone();
-        move |failure| {
-            let failed = failed.clone();
-            async move { failed.lock().unwrap().push(failure) }
-        }
     });
     let handler = {
         let (handled, calls) = (handled.clone(), calls.clone());
@@ -583,11 +590,7 @@ async fn a_partial_batch_failure_resumes_at_the_failed_record() {
             let (calls, last) = (calls.clone(), last.clone());
             async move {
                 *last.lock().unwrap() = batch.records.last().map(|r| r.extended_sequence_number());
-                let texts: Vec<String> = batch
-                    .records
-                    .iter()
-                    .map(|r| String::from_utf8(r.data.to_vec()).unwrap())
-                    .collect();
+                let texts: Vec<String> = batch.records.iter().map(text).collect();
                 let first_time = calls.lock().unwrap().is_empty();
                 calls.lock().unwrap().push(texts.clone());
                 match texts.iter().position(|t| t == "40") {
@@ -636,30 +639,20 @@ async fn only_records_older_than_the_max_age_are_skipped_and_reported() {
         )
         .await;
     let handled = Arc::new(Mutex::new(Vec::new()));
-    let failed = Arc::new(Mutex::new(Vec::new()));
-    let options = BatchOptions {
+    let (options, failed) = keep_failures(BatchOptions {
         batch_size: 25,
         max_record_age: Some(Duration::from_secs(3)),
         ..BatchOptions::default()
-    }
-    .on_failure({
-        let failed = failed.clone();
-        move |failure| {
-            let failed = failed.clone();
-            async move { failed.lock().unwrap().push(failure) }
-        }
     });
     let handler = {
         let handled = handled.clone();
         move |batch: rkcl::Batch| {
             let handled = handled.clone();
             async move {
-                handled.lock().unwrap().extend(
-                    batch
-                        .records
-                        .iter()
-                        .map(|r| String::from_utf8(r.data.to_vec()).unwrap()),
-                );
+                handled
+                    .lock()
+                    .unwrap()
+                    .extend(batch.records.iter().map(text));
                 Ok(())
             }
         }
@@ -690,11 +683,7 @@ async fn only_records_older_than_the_max_age_are_skipped_and_reported() {
                 }
             )
         })
-        .flat_map(|f| {
-            f.records
-                .iter()
-                .map(|r| String::from_utf8(r.data.to_vec()).unwrap())
-        })
+        .flat_map(|f| f.records.iter().map(text))
         .collect();
     let expected: Vec<String> = (0..50).map(|i| format!("old-{i}")).collect();
     assert_eq!(old, expected);

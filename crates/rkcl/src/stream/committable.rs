@@ -74,6 +74,10 @@ impl ShardState {
         let index =
             self.watermark()
                 .deliver(record.extended_sequence_number(), cost, Instant::now());
+        self.committable(record, index)
+    }
+
+    fn committable(self: &Arc<Self>, record: UserRecord, index: u64) -> CommittableRecord {
         CommittableRecord {
             record,
             handle: CommitHandle {
@@ -105,14 +109,7 @@ impl ShardState {
                 .zip(costs)
                 .map(|(record, cost)| {
                     let index = watermark.deliver(record.extended_sequence_number(), cost, now);
-                    CommittableRecord {
-                        record: record.clone(),
-                        handle: CommitHandle {
-                            shard: self.clone(),
-                            index,
-                            settled: false,
-                        },
-                    }
+                    self.committable(record.clone(), index)
                 })
                 .collect(),
         )
