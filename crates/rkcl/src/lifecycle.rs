@@ -450,11 +450,14 @@ fn shard_from_lease(lease: &Lease, range: HashKeyRange) -> Shard {
 }
 
 /// Runs user code, turning an error or a panic into a message.
+///
+/// The call is awaited from the heap, so a shard's task does not carry the
+/// size of the user's largest future while it idles between batches.
 async fn guarded<F>(call: F) -> std::result::Result<(), String>
 where
     F: std::future::Future<Output = std::result::Result<(), crate::processor::ProcessorError>>,
 {
-    match AssertUnwindSafe(call).catch_unwind().await {
+    match AssertUnwindSafe(Box::pin(call)).catch_unwind().await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(err)) => Err(err.to_string()),
         Err(panic) => Err(format!("panicked: {}", panic_message(panic.as_ref()))),

@@ -12,6 +12,8 @@ use aws_sdk_dynamodb::types::{
     ScalarAttributeType, TableStatus,
 };
 
+use futures_util::FutureExt;
+
 use super::error::from_sdk;
 use crate::error::{Error, Result, Service};
 use crate::leases::{Lease, LeaseStore};
@@ -138,6 +140,7 @@ impl DynamoDbLeaseStore {
                 .describe_table()
                 .table_name(&self.table)
                 .send()
+                .boxed()
                 .await;
             match described {
                 Ok(out) => {
@@ -184,6 +187,7 @@ impl DynamoDbLeaseStore {
             .key_schema(key)
             .billing_mode(BillingMode::PayPerRequest)
             .send()
+            .boxed()
             .await;
         match result {
             Ok(_) => {
@@ -216,7 +220,7 @@ impl DynamoDbLeaseStore {
         for (name, value) in values {
             request = request.expression_attribute_values(name, value);
         }
-        match request.send().await {
+        match request.send().boxed().await {
             Ok(out) => out
                 .attributes()
                 .map(lease_from_item)
@@ -277,6 +281,7 @@ impl LeaseStore for DynamoDbLeaseStore {
             .set_item(Some(lease_to_item(lease)))
             .condition_expression("attribute_not_exists(leaseKey)")
             .send()
+            .boxed()
             .await;
         match result {
             Ok(_) => Ok(true),
@@ -297,6 +302,7 @@ impl LeaseStore for DynamoDbLeaseStore {
                 .consistent_read(true)
                 .set_exclusive_start_key(start.take())
                 .send()
+                .boxed()
                 .await
                 .map_err(|e| from_sdk(Service::DynamoDb, e))?;
             for item in page.items() {
@@ -320,6 +326,7 @@ impl LeaseStore for DynamoDbLeaseStore {
             .key(attr::LEASE_KEY, AttributeValue::S(key.to_owned()))
             .consistent_read(true)
             .send()
+            .boxed()
             .await
             .map_err(|e| from_sdk(Service::DynamoDb, e))?;
         out.item()
@@ -478,6 +485,7 @@ impl LeaseStore for DynamoDbLeaseStore {
             .condition_expression(SAME_COUNTER)
             .expression_attribute_values(":counter", number(lease.counter))
             .send()
+            .boxed()
             .await;
         match result {
             Ok(_) => Ok(true),

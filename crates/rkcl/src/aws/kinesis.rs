@@ -8,6 +8,8 @@ use aws_sdk_kinesis::primitives::DateTime;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ShardIteratorType, StreamStatus};
 use bytes::Bytes;
 
+use futures_util::FutureExt;
+
 use super::error::from_sdk;
 use crate::error::{Error, Result, Service};
 use crate::model::{HashKey, HashKeyRange, SequenceNumber, ShardId, StartingPosition};
@@ -247,6 +249,7 @@ impl Kinesis {
                 let page = request
                     .max_results(1000)
                     .send()
+                    .boxed()
                     .await
                     .map_err(|e| from_sdk(Service::Kinesis, e))?;
                 let shards = page
@@ -282,6 +285,7 @@ impl Kinesis {
             .stream_name(name)
             .shard_count(count)
             .send()
+            .boxed()
             .await
             .map_err(|e| from_sdk(Service::Kinesis, e))?;
         Ok(())
@@ -300,6 +304,7 @@ impl Kinesis {
             .set_stream_name(name)
             .set_stream_arn(arn)
             .send()
+            .boxed()
             .await
             .map_err(|e| from_sdk(Service::Kinesis, e))?;
         let summary = out
@@ -364,6 +369,7 @@ impl Kinesis {
                 .list_streams()
                 .set_next_token(next_token.take())
                 .send()
+                .boxed()
                 .await
                 .map_err(|e| from_sdk(Service::Kinesis, e))?;
             names.extend(page.stream_names().iter().cloned());
@@ -415,6 +421,7 @@ impl Kinesis {
         };
         let out = request
             .send()
+            .boxed()
             .await
             .map_err(|e| from_sdk(Service::Kinesis, e))?;
         Ok(out.shard_iterator().map(str::to_owned))
@@ -436,6 +443,7 @@ impl Kinesis {
             .shard_iterator(shard_iterator)
             .limit(limit)
             .send()
+            .boxed()
             .await
             .map_err(|e| from_sdk(Service::Kinesis, e))?;
         let mut out = out;
@@ -523,6 +531,7 @@ impl Kinesis {
             .set_stream_arn(arn)
             .set_records(Some(records))
             .send()
+            .boxed()
             .await
             .map_err(|e| from_sdk(Service::Kinesis, e))?;
         if out.records().len() != entries.len() {

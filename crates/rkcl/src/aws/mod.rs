@@ -5,6 +5,10 @@
 //! layer turns SDK calls, shapes and errors into those. Retries of single
 //! calls (throttling, 5xx, connection errors) are the SDK's standard retry
 //! strategy, configured by the caller's `SdkConfig`.
+//!
+//! Every SDK call is awaited from the heap (`.send().boxed()`): an SDK
+//! request future is several KiB, and a long-lived task that awaited one
+//! inline would carry that size for its whole life, once per shard.
 
 mod dynamodb;
 mod error;

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use rand::Rng;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -27,7 +28,10 @@ pub struct PollingConfig {
     /// Default: [`DEFAULT_MAX_RECORDS`](Self::DEFAULT_MAX_RECORDS).
     pub max_records: u32,
     /// The pause between calls while caught up. Default:
-    /// [`DEFAULT_IDLE_INTERVAL`](Self::DEFAULT_IDLE_INTERVAL).
+    /// [`DEFAULT_IDLE_INTERVAL`](Self::DEFAULT_IDLE_INTERVAL). Each pause
+    /// is 90 to 100 % of it, and a reader's first pause at the tip a random
+    /// share of it, so that shards do not call in step; it is never less
+    /// than [`min_call_interval`](Self::min_call_interval).
     pub idle_interval: Duration,
     /// The shortest time between two calls on a shard; Kinesis allows five
     /// calls per second per shard. Default: 200 ms.
@@ -106,16 +110,20 @@ impl PollingConfig {
         }
     }
 
-    /// The pause from the start of one call to the start of the next, after
-    /// a call that returned `records` Kinesis records (the byte budget is
-    /// kept apart, by [`ReadBudget`]).
-    pub(crate) fn pause_after(&self, records: usize, millis_behind: Option<u64>) -> Duration {
-        let behind = millis_behind.is_some_and(|m| m > 0) || records >= self.max_records as usize;
-        if behind {
-            self.min_call_interval
-        } else {
-            self.idle_interval
-        }
+    /// Whether a call that returned `records` Kinesis records found the
+    /// reader caught up: the next call may wait the idle interval.
+    pub(crate) fn caught_up(&self, records: usize, millis_behind: Option<u64>) -> bool {
+        millis_behind.is_none_or(|m| m == 0) && records < self.max_records as usize
+    }
+
+    /// The pause from the start of one call to the start of the next while
+    /// caught up: `share` (0 to 1) of the idle interval, never below the
+    /// shortest call interval. (Behind, the pause is the shortest call
+    /// interval; the byte budget is kept apart, by [`ReadBudget`].)
+    pub(crate) fn idle_pause(&self, share: f64) -> Duration {
+        self.idle_interval
+            .mul_f64(share.clamp(0.0, 1.0))
+            .max(self.min_call_interval)
     }
 }
 
@@ -171,6 +179,10 @@ impl ReadBudget {
 
 /// An event fetched ahead, holding its share of the prefetch budget until
 /// the consumer takes it.
+///
+/// It crosses the channel boxed: a bounded channel allocates its slots in
+/// blocks of 32 whatever its capacity, and an idle shard should not keep
+/// 32 events' worth of memory.
 #[derive(Debug)]
 struct Prefetched {
     event: Result<ShardEvent>,
@@ -189,7 +201,7 @@ struct Prefetched {
 #[derive(Debug)]
 pub struct PollingSource {
     shard_id: ShardId,
-    receiver: mpsc::Receiver<Prefetched>,
+    receiver: mpsc::Receiver<Box<Prefetched>>,
     cancel: CancellationToken,
     finished: bool,
 }
@@ -230,6 +242,7 @@ impl PollingSource {
             start,
             opened_latest_at: None,
             last_sequence_number: None,
+            idled: false,
             config,
         };
         let token = cancel.clone();
@@ -295,28 +308,30 @@ struct Fetcher {
     /// When a LATEST iterator was opened, to reopen without a gap.
     opened_latest_at: Option<SystemTime>,
     last_sequence_number: Option<SequenceNumber>,
+    /// Whether the reader has paused at the tip before.
+    idled: bool,
 }
 
 /// The consumer dropped the source.
 struct Gone;
 
 impl Fetcher {
-    async fn run(mut self, sender: mpsc::Sender<Prefetched>) {
+    async fn run(mut self, sender: mpsc::Sender<Box<Prefetched>>) {
         if let Err(err) = self.read(&sender).await {
             tracing::warn!(error = %err, "stopped reading the shard");
             let _ = sender
-                .send(Prefetched {
+                .send(Box::new(Prefetched {
                     event: Err(err),
                     _records: None,
                     _bytes: None,
-                })
+                }))
                 .await;
         }
     }
 
     /// Reads until the shard ends, the consumer goes, or an error that
     /// retrying cannot fix.
-    async fn read(&mut self, sender: &mpsc::Sender<Prefetched>) -> Result<()> {
+    async fn read(&mut self, sender: &mpsc::Sender<Box<Prefetched>>) -> Result<()> {
         let first = self.start.clone();
         let Some(mut iterator) = self.open_iterator(&first).await? else {
             return self.end(sender, Vec::new(), ShardEndReason::NotFound).await;
@@ -361,10 +376,16 @@ impl Fetcher {
             let at_tip = response.millis_behind_latest == Some(0)
                 && response.records.len() < self.config.max_records as usize;
             let bytes: usize = response.records.iter().map(|r| r.data.len()).sum();
-            let paced = call_started
-                + self
-                    .config
-                    .pause_after(response.records.len(), response.millis_behind_latest);
+            let pause = if self
+                .config
+                .caught_up(response.records.len(), response.millis_behind_latest)
+            {
+                let share = self.idle_share();
+                self.config.idle_pause(share)
+            } else {
+                self.config.min_call_interval
+            };
+            let paced = call_started + pause;
             next_call = paced.max(budget.spend(bytes, Instant::now()));
             if let Some(last) = response.records.last() {
                 self.last_sequence_number = Some(last.sequence_number.clone());
@@ -393,13 +414,26 @@ impl Fetcher {
                 Some(next) => iterator = next,
                 None => {
                     let children = if response.child_shards.is_empty() {
-                        self.children_from_list_shards().await?
+                        Box::pin(self.children_from_list_shards()).await?
                     } else {
                         response.child_shards.into_iter().map(|c| c.id).collect()
                     };
                     return self.end(sender, children, ShardEndReason::Closed).await;
                 }
             }
+        }
+    }
+
+    /// The share of the idle interval the next pause at the tip takes: a
+    /// random share the first time, so that shards taken at one moment do
+    /// not go on calling at one moment (a burst of calls is a burst of
+    /// connections and buffers), then 90 to 100 %, so they stay apart.
+    fn idle_share(&mut self) -> f64 {
+        let rng = &mut rand::rng();
+        if std::mem::replace(&mut self.idled, true) {
+            rng.random_range(0.9..=1.0)
+        } else {
+            rng.random_range(0.0..=1.0)
         }
     }
 
@@ -466,7 +500,7 @@ impl Fetcher {
 
     async fn end(
         &self,
-        sender: &mpsc::Sender<Prefetched>,
+        sender: &mpsc::Sender<Box<Prefetched>>,
         children: Vec<ShardId>,
         reason: ShardEndReason,
     ) -> Result<()> {
@@ -481,7 +515,11 @@ impl Fetcher {
     }
 
     /// Sends an event once the prefetch budget has room for it.
-    async fn send(&self, sender: &mpsc::Sender<Prefetched>, event: ShardEvent) -> Result<(), Gone> {
+    async fn send(
+        &self,
+        sender: &mpsc::Sender<Box<Prefetched>>,
+        event: ShardEvent,
+    ) -> Result<(), Gone> {
         let (records, bytes) = match &event {
             ShardEvent::Records(batch) => (batch.records.len(), batch.bytes),
             ShardEvent::End(_) => (0, 0),
@@ -493,11 +531,11 @@ impl Fetcher {
             .acquire(&self.byte_budget, bytes, self.config.prefetch_bytes)
             .await?;
         sender
-            .send(Prefetched {
+            .send(Box::new(Prefetched {
                 event: Ok(event),
                 _records: records,
                 _bytes: bytes,
-            })
+            }))
             .await
             .map_err(|_| Gone)
     }
@@ -530,16 +568,16 @@ mod tests {
     #[test]
     fn reads_at_once_while_behind_and_idles_when_caught_up() {
         let config = PollingConfig::default();
-        assert_eq!(
-            config.pause_after(10, Some(5_000)),
-            Duration::from_millis(200)
-        );
-        assert_eq!(
-            config.pause_after(10_000, Some(0)),
-            Duration::from_millis(200)
-        );
-        assert_eq!(config.pause_after(3, Some(0)), Duration::from_millis(500));
-        assert_eq!(config.pause_after(0, None), Duration::from_millis(500));
+        assert!(!config.caught_up(10, Some(5_000)));
+        assert!(!config.caught_up(10_000, Some(0)));
+        assert!(config.caught_up(3, Some(0)));
+        assert!(config.caught_up(0, None));
+        assert_eq!(config.idle_pause(1.0), Duration::from_millis(500));
+        assert_eq!(config.idle_pause(0.9), Duration::from_millis(450));
+        // Never more than the idle interval, never less than the shortest
+        // call interval.
+        assert_eq!(config.idle_pause(1.5), Duration::from_millis(500));
+        assert_eq!(config.idle_pause(0.1), Duration::from_millis(200));
     }
 
     #[test]
