@@ -476,9 +476,19 @@ impl Kinesis {
                     .and_then(|r| r.ending_hash_key().parse::<HashKey>().ok())
                     .ok_or(()),
             ) else {
+                tracing::warn!(
+                    child = child.shard_id(),
+                    "GetRecords named a child shard without a valid hash-key range; \
+                     the child is left to the next shard sync"
+                );
                 continue;
             };
             let Ok(hash_key_range) = HashKeyRange::new(start, end) else {
+                tracing::warn!(
+                    child = child.shard_id(),
+                    "GetRecords named a child shard with an empty hash-key range; \
+                     the child is left to the next shard sync"
+                );
                 continue;
             };
             child_shards.push(ChildShard {
@@ -606,6 +616,30 @@ fn shard_from_sdk(shard: &aws_sdk_kinesis::types::Shard) -> Result<Shard> {
 mod tests {
     use super::*;
     use std::collections::VecDeque;
+
+    #[test]
+    fn a_pending_call_keeps_the_sdk_future_on_the_heap() {
+        let config = aws_sdk_kinesis::Config::builder()
+            .behavior_version(aws_sdk_kinesis::config::BehaviorVersion::latest())
+            .region(aws_sdk_kinesis::config::Region::new("us-east-1"))
+            .build();
+        let kinesis = Kinesis::new(Client::from_conf(config));
+        let (stream, shard) = (StreamRef::parse("s"), ShardId::from("shardId-0"));
+        // A shard's reader awaits these all its life; inline, an SDK request
+        // future would add several KiB to every idle shard.
+        let records = kinesis.get_records("iterator", 1);
+        assert!(
+            std::mem::size_of_val(&records) <= 256,
+            "{}",
+            std::mem::size_of_val(&records)
+        );
+        let iterator = kinesis.get_shard_iterator(&stream, &shard, &StartingPosition::TrimHorizon);
+        assert!(
+            std::mem::size_of_val(&iterator) <= 256,
+            "{}",
+            std::mem::size_of_val(&iterator)
+        );
+    }
 
     #[test]
     fn streams_are_named_by_name_or_arn() {
