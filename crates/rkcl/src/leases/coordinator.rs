@@ -26,6 +26,12 @@ use crate::model::ExtendedSequenceNumber;
 /// How many renewals (or releases) are in flight at once.
 const WRITE_CONCURRENCY: usize = 32;
 
+/// How many calls of shard consumers (checkpoint, release, read) are in
+/// flight at once. At a shutdown every shard checkpoints and releases at the
+/// same moment; unbounded, a worker of 1,000 shards would open a connection
+/// (a socket and its buffers) for each call.
+const SHARD_CALL_CONCURRENCY: usize = 64;
+
 /// How a worker's [`LeaseCoordinator`] behaves.
 #[derive(Clone, Debug)]
 pub struct LeaseCoordinatorConfig {
@@ -185,6 +191,8 @@ struct Shared<S> {
     config: LeaseCoordinatorConfig,
     held: Mutex<BTreeMap<String, Held>>,
     events: mpsc::UnboundedSender<LeaseEvent>,
+    /// Permits for the calls of shard consumers ([`LeaseAccess`]).
+    shard_calls: tokio::sync::Semaphore,
 }
 
 impl<S> Shared<S> {
@@ -301,6 +309,7 @@ impl<S: LeaseStore + 'static> LeaseCoordinator<S> {
             config,
             held: Mutex::new(BTreeMap::new()),
             events,
+            shard_calls: tokio::sync::Semaphore::new(SHARD_CALL_CONCURRENCY),
         });
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
@@ -918,21 +927,62 @@ impl<S: LeaseStore + std::fmt::Debug + 'static> LeaseAccess for LeaseCoordinator
         key: &'a str,
         position: &'a ExtendedSequenceNumber,
     ) -> futures_util::future::BoxFuture<'a, Result<Lease>> {
-        Box::pin(LeaseCoordinator::checkpoint(self, key, position))
+        Box::pin(async move {
+            let _permit = self.shared.shard_calls.acquire().await;
+            LeaseCoordinator::checkpoint(self, key, position).await
+        })
     }
 
     fn release<'a>(&'a self, key: &'a str) -> futures_util::future::BoxFuture<'a, Result<bool>> {
-        Box::pin(LeaseCoordinator::release(self, key))
+        Box::pin(async move {
+            let _permit = self.shared.shard_calls.acquire().await;
+            LeaseCoordinator::release(self, key).await
+        })
     }
 
     fn read<'a>(
         &'a self,
         key: &'a str,
     ) -> futures_util::future::BoxFuture<'a, Result<Option<Lease>>> {
-        Box::pin(self.shared.store.get(key))
+        Box::pin(async move {
+            let _permit = self.shared.shard_calls.acquire().await;
+            self.shared.store.get(key).await
+        })
     }
 
     fn held(&self) -> Vec<Lease> {
         LeaseCoordinator::held(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::leases::InMemoryLeaseStore;
+
+    #[tokio::test(start_paused = true)]
+    async fn shard_consumer_calls_wait_for_a_permit() {
+        let (coordinator, _events) = LeaseCoordinator::start(
+            InMemoryLeaseStore::new(),
+            LeaseCoordinatorConfig::new("worker"),
+        )
+        .unwrap();
+        let access: &dyn LeaseAccess = &coordinator;
+        let all = coordinator
+            .shared
+            .shard_calls
+            .acquire_many(SHARD_CALL_CONCURRENCY as u32)
+            .await
+            .unwrap();
+        let mut read = access.read("shardId-0");
+        assert!(
+            tokio::time::timeout(Duration::from_secs(60), &mut read)
+                .await
+                .is_err(),
+            "a read ran without a permit"
+        );
+        drop(all);
+        assert!(read.await.unwrap().is_none());
+        coordinator.shutdown().await;
     }
 }
