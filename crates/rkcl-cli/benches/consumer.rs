@@ -31,6 +31,8 @@
 //!     shard limit, and the most one ListShards page of rkcl holds). After it
 //!     holds all of them and has idled for 20 s: VmRSS and VmHWM from
 //!     `/proc/<pid>/status`, and its CPU use while idle. Goal: 50 MB or less.
+//!     Then SIGTERM: the time until it exits, the leases it released, and
+//!     its VmHWM by then (every shard checkpoints and releases at once).
 //!
 //! Run with `cargo bench -p rkcl-cli --bench consumer`. It prints its
 //! figures.
@@ -441,14 +443,13 @@ async fn failover(local: &Local) {
     );
 }
 
-/// A value in kB from `/proc/<pid>/status`.
-fn status_kb(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+/// A value in kB from `/proc/<pid>/status`, while the process exists.
+fn status_kb(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
         .find_map(|line| line.strip_prefix(field))
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
 }
 
 /// User plus system CPU time of a process so far, in clock ticks.
@@ -506,12 +507,37 @@ async fn memory() {
     tokio::time::sleep(IDLE_WINDOW).await;
     // USER_HZ is 100 on Linux.
     let cpu = (cpu_ticks(pid) - ticks) as f64 / 100.0 / IDLE_WINDOW.as_secs_f64() * 100.0;
-    let rss = status_kb(pid, "VmRSS:");
-    let hwm = status_kb(pid, "VmHWM:");
-    let threads = status_kb(pid, "Threads:");
+    let rss = status_kb(pid, "VmRSS:").unwrap();
+    let hwm = status_kb(pid, "VmHWM:").unwrap();
+    let threads = status_kb(pid, "Threads:").unwrap();
     assert!(child.try_wait().unwrap().is_none(), "rkcl consume exited");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    // A graceful stop: every shard checkpoints and releases at once.
+    let stopping = Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut shutdown_hwm = hwm;
+    while child.try_wait().unwrap().is_none() {
+        // The process may be gone between the check and the read.
+        if let Some(kb) = status_kb(pid, "VmHWM:") {
+            shutdown_hwm = kb;
+        }
+        assert!(
+            stopping.elapsed() < Duration::from_secs(60),
+            "rkcl consume did not stop"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stopped = stopping.elapsed();
+    let released = store
+        .list()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|l| l.owner.is_none())
+        .count();
     println!(
         "memory, one `rkcl consume` process holding {IDLE_SHARDS} leases of an idle \
          {IDLE_SHARDS}-shard stream (idle interval {IDLE_INTERVAL_MS} ms, default 10 s leases):"
@@ -523,6 +549,12 @@ async fn memory() {
         IDLE_WINDOW.as_secs(),
         rss as f64 / 1024.0,
         hwm as f64 / 1024.0,
+    );
+    println!(
+        "  SIGTERM: exited after {:.1} s with {released} of {IDLE_SHARDS} leases released; \
+         VmHWM by then {:.1} MiB",
+        stopped.as_secs_f64(),
+        shutdown_hwm as f64 / 1024.0,
     );
     local.shutdown().await;
 }
