@@ -11,14 +11,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use aws_sdk_kinesis::types::ShardIteratorType;
-use common::{create_stream, keyed_records, quick_polling};
+use common::{create_stream, keyed_records, quick_polling, read_shard_raw};
 use metrics::{Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName};
 use metrics::{Metadata, SharedString, Unit};
 use rkcl::{
     Checkpointer, Deaggregator, DynamoDbLeaseStore, ExtendedSequenceNumber, HashRangePolicy,
-    Kinesis, KinesisRecord, LeaseStore, PollingConfig, ProcessRecordsInput, ProcessorError,
-    Producer, ProducerConfig, ProducerRecord, RecordProcessor, Scheduler, SchedulerConfig, ShardId,
+    Kinesis, LeaseStore, PollingConfig, ProcessRecordsInput, ProcessorError, Producer,
+    ProducerConfig, ProducerRecord, RecordProcessor, Scheduler, SchedulerConfig, ShardId,
     ShardInfo, StreamRef,
 };
 use rkcl_local::Local;
@@ -266,7 +265,6 @@ async fn read_raw(
     kinesis: &Kinesis,
     stream: &StreamRef,
 ) -> BTreeMap<String, RawShard> {
-    let client = local.kinesis_client();
     let mut shards = BTreeMap::new();
     for shard in kinesis.list_shards(stream).await.unwrap() {
         let mut deaggregator = Deaggregator::for_shard(
@@ -275,50 +273,17 @@ async fn read_raw(
             HashRangePolicy::DropAggregate,
         );
         let mut raw = RawShard::default();
-        let mut iterator = client
-            .get_shard_iterator()
-            .stream_name(stream.name())
-            .shard_id(shard.id.as_str())
-            .shard_iterator_type(ShardIteratorType::TrimHorizon)
-            .send()
-            .await
-            .unwrap()
-            .shard_iterator()
-            .map(str::to_owned);
-        while let Some(it) = iterator {
-            let out = client
-                .get_records()
-                .shard_iterator(it)
-                .send()
-                .await
-                .unwrap();
-            for record in out.records() {
-                let data = record.data().as_ref();
-                raw.kinesis_bytes += data.len();
-                if !rkcl::has_magic(data) {
-                    raw.plain_bytes += data.len();
-                }
-                let mut users = Vec::new();
-                deaggregator.deaggregate_into(
-                    KinesisRecord {
-                        sequence_number: record.sequence_number().parse().unwrap(),
-                        partition_key: record.partition_key().to_owned(),
-                        data: data.to_vec().into(),
-                        approximate_arrival_timestamp: None,
-                    },
-                    &mut users,
-                );
-                raw.user_records += users.len();
-                if let Some(last) = users.last() {
-                    raw.last = Some(last.extended_sequence_number());
-                }
+        for record in read_shard_raw(local, stream, &shard).await {
+            raw.kinesis_bytes += record.data.len();
+            if !rkcl::has_magic(&record.data) {
+                raw.plain_bytes += record.data.len();
             }
-            let at_tip = out.records().is_empty() && out.millis_behind_latest() == Some(0);
-            iterator = if at_tip {
-                None
-            } else {
-                out.next_shard_iterator().map(str::to_owned)
-            };
+            let mut users = Vec::new();
+            deaggregator.deaggregate_into(record, &mut users);
+            raw.user_records += users.len();
+            if let Some(last) = users.last() {
+                raw.last = Some(last.extended_sequence_number());
+            }
         }
         assert_eq!(deaggregator.stats().sub_records_dropped, 0);
         shards.insert(shard.id.as_str().to_owned(), raw);

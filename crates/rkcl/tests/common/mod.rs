@@ -92,6 +92,48 @@ pub fn key_and_number(data: &[u8]) -> (usize, usize) {
     (k.parse().unwrap(), n.parse().unwrap())
 }
 
+/// The Kinesis records of one shard, from TRIM_HORIZON to its end or tip,
+/// read with plain SDK calls.
+pub async fn read_shard_raw(
+    local: &Local,
+    stream: &StreamRef,
+    shard: &Shard,
+) -> Vec<KinesisRecord> {
+    let client = local.kinesis_client();
+    let mut records = Vec::new();
+    let mut iterator = client
+        .get_shard_iterator()
+        .stream_name(stream.name())
+        .shard_id(shard.id.as_str())
+        .shard_iterator_type(ShardIteratorType::TrimHorizon)
+        .send()
+        .await
+        .unwrap()
+        .shard_iterator()
+        .map(str::to_owned);
+    while let Some(it) = iterator {
+        let out = client
+            .get_records()
+            .shard_iterator(it)
+            .send()
+            .await
+            .unwrap();
+        records.extend(out.records().iter().map(|record| KinesisRecord {
+            sequence_number: record.sequence_number().parse().unwrap(),
+            partition_key: record.partition_key().to_owned(),
+            data: record.data().as_ref().to_vec().into(),
+            approximate_arrival_timestamp: None,
+        }));
+        let at_tip = out.records().is_empty() && out.millis_behind_latest() == Some(0);
+        iterator = if at_tip {
+            None
+        } else {
+            out.next_shard_iterator().map(str::to_owned)
+        };
+    }
+    records
+}
+
 /// Reads every shard, open and closed, from TRIM_HORIZON to its end or tip,
 /// de-aggregating with each shard's own range under the KCL's policy.
 pub async fn read_all_raw(
@@ -99,7 +141,6 @@ pub async fn read_all_raw(
     kinesis: &Kinesis,
     stream: &StreamRef,
 ) -> (Vec<UserRecord>, u64) {
-    let client = local.kinesis_client();
     let mut users = Vec::new();
     let mut dropped = 0;
     for shard in kinesis.list_shards(stream).await.unwrap() {
@@ -108,40 +149,8 @@ pub async fn read_all_raw(
             shard.hash_key_range,
             HashRangePolicy::DropAggregate,
         );
-        let mut iterator = client
-            .get_shard_iterator()
-            .stream_name(stream.name())
-            .shard_id(shard.id.as_str())
-            .shard_iterator_type(ShardIteratorType::TrimHorizon)
-            .send()
-            .await
-            .unwrap()
-            .shard_iterator()
-            .map(str::to_owned);
-        while let Some(it) = iterator {
-            let out = client
-                .get_records()
-                .shard_iterator(it)
-                .send()
-                .await
-                .unwrap();
-            for record in out.records() {
-                deaggregator.deaggregate_into(
-                    KinesisRecord {
-                        sequence_number: record.sequence_number().parse().unwrap(),
-                        partition_key: record.partition_key().to_owned(),
-                        data: record.data().as_ref().to_vec().into(),
-                        approximate_arrival_timestamp: None,
-                    },
-                    &mut users,
-                );
-            }
-            let at_tip = out.records().is_empty() && out.millis_behind_latest() == Some(0);
-            iterator = if at_tip {
-                None
-            } else {
-                out.next_shard_iterator().map(str::to_owned)
-            };
+        for record in read_shard_raw(local, stream, &shard).await {
+            deaggregator.deaggregate_into(record, &mut users);
         }
         dropped += deaggregator.stats().sub_records_dropped;
     }
