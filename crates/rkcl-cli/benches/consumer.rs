@@ -38,13 +38,16 @@
 //! figures.
 #![allow(clippy::print_stdout)]
 
+#[path = "../../rkcl/benches/support/plain_reader.rs"]
+mod plain_reader;
+
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use aws_sdk_kinesis::types::ShardIteratorType;
+use plain_reader::{Limits, plain_loop};
 use rkcl::{
     Checkpointer, DynamoDbLeaseStore, InitializationInput, Kinesis, LeaseStore,
     ProcessRecordsInput, ProcessorError, Producer, ProducerConfig, ProducerRecord, RecordProcessor,
@@ -101,79 +104,6 @@ async fn fill(kinesis: &Kinesis, stream: &StreamRef) {
             producer.put(chunk.to_vec()).await.unwrap();
         }
     }
-}
-
-/// Kinesis' read limit per shard, in bytes per second.
-const SHARD_READ_BYTES_PER_SECOND: f64 = 2.0 * 1024.0 * 1024.0;
-
-/// GetRecords on every shard at once, 200 ms apart per shard, until each is
-/// at its tip; with `byte_limit`, also at most 2 MiB/s per shard after a
-/// burst of one second's worth (the local Kinesis does not throttle reads;
-/// AWS does). Returns the Kinesis records read.
-async fn plain_loop(
-    local: &Local,
-    kinesis: &Kinesis,
-    stream: &StreamRef,
-    byte_limit: bool,
-) -> usize {
-    let client = local.kinesis_client();
-    let mut tasks = Vec::new();
-    for shard in kinesis.list_shards(stream).await.unwrap() {
-        let client = client.clone();
-        let name = stream.name().to_owned();
-        tasks.push(tokio::spawn(async move {
-            let mut iterator = client
-                .get_shard_iterator()
-                .stream_name(name)
-                .shard_id(shard.id.as_str())
-                .shard_iterator_type(ShardIteratorType::TrimHorizon)
-                .send()
-                .await
-                .unwrap()
-                .shard_iterator()
-                .map(str::to_owned);
-            let mut count = 0;
-            // A token bucket holding one second of the read limit.
-            let (mut tokens, mut refilled) = (SHARD_READ_BYTES_PER_SECOND, Instant::now());
-            while let Some(it) = iterator {
-                let started = Instant::now();
-                let out = client
-                    .get_records()
-                    .shard_iterator(it)
-                    .limit(10_000)
-                    .send()
-                    .await
-                    .unwrap();
-                count += out.records().len();
-                if out.millis_behind_latest() == Some(0) && out.records().len() < 10_000 {
-                    break;
-                }
-                iterator = out.next_shard_iterator().map(str::to_owned);
-                let mut next = started + Duration::from_millis(200);
-                if byte_limit {
-                    let bytes: usize = out.records().iter().map(|r| r.data().as_ref().len()).sum();
-                    let now = Instant::now();
-                    tokens = (tokens
-                        + (now - refilled).as_secs_f64() * SHARD_READ_BYTES_PER_SECOND)
-                        .min(SHARD_READ_BYTES_PER_SECOND)
-                        - bytes as f64;
-                    refilled = now;
-                    if tokens < 0.0 {
-                        next = next.max(
-                            now + Duration::from_secs_f64(-tokens / SHARD_READ_BYTES_PER_SECOND),
-                        );
-                    }
-                }
-                tokio::time::sleep_until(next.into()).await;
-            }
-            count
-        }));
-    }
-    let mut total = 0;
-    for task in tasks {
-        total += task.await.unwrap();
-    }
-    total
 }
 
 /// What the counting processors have seen.
@@ -262,10 +192,10 @@ async fn throughput(local: &Local) {
     // the readers.
     for run in 0..RUNS {
         let started = Instant::now();
-        kinesis_records = plain_loop(local, &kinesis, &stream, true).await;
+        kinesis_records = plain_loop(local, &kinesis, &stream, Limits::CallsAndBytes).await;
         plain.push(RECORDS as f64 / started.elapsed().as_secs_f64());
         let started = Instant::now();
-        plain_loop(local, &kinesis, &stream, false).await;
+        plain_loop(local, &kinesis, &stream, Limits::Calls).await;
         calls_only.push(RECORDS as f64 / started.elapsed().as_secs_f64());
         let (total, first) =
             rkcl_worker(local, &kinesis, &format!("throughput-{run}"), "throughput").await;

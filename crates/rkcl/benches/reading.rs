@@ -12,10 +12,13 @@
 //! Run with `cargo bench -p rkcl --bench reading`. It prints its figures.
 #![allow(clippy::print_stdout)]
 
+#[path = "support/plain_reader.rs"]
+mod plain_reader;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_sdk_kinesis::types::ShardIteratorType;
+use plain_reader::{Limits, plain_loop};
 use rkcl::{
     Kinesis, PollingConfig, Producer, ProducerConfig, ProducerRecord, StartingPosition,
     StreamEvent, StreamReader, StreamRef,
@@ -42,53 +45,6 @@ async fn fill(local: &Local, name: &str, shards: u32) -> (Kinesis, StreamRef, us
         producer.put(chunk.to_vec()).await.unwrap();
     }
     (kinesis, stream, total)
-}
-
-/// GetRecords on every shard at once until each is at its tip.
-async fn plain_loop(local: &Local, kinesis: &Kinesis, stream: &StreamRef, paced: bool) -> usize {
-    let client = local.kinesis_client();
-    let mut tasks = Vec::new();
-    for shard in kinesis.list_shards(stream).await.unwrap() {
-        let client = client.clone();
-        let name = stream.name().to_owned();
-        tasks.push(tokio::spawn(async move {
-            let mut iterator = client
-                .get_shard_iterator()
-                .stream_name(name)
-                .shard_id(shard.id.as_str())
-                .shard_iterator_type(ShardIteratorType::TrimHorizon)
-                .send()
-                .await
-                .unwrap()
-                .shard_iterator()
-                .map(str::to_owned);
-            let mut count = 0;
-            while let Some(it) = iterator {
-                let started = Instant::now();
-                let out = client
-                    .get_records()
-                    .shard_iterator(it)
-                    .limit(10_000)
-                    .send()
-                    .await
-                    .unwrap();
-                count += out.records().len();
-                if out.millis_behind_latest() == Some(0) && out.records().len() < 10_000 {
-                    break;
-                }
-                iterator = out.next_shard_iterator().map(str::to_owned);
-                if paced {
-                    tokio::time::sleep_until((started + Duration::from_millis(200)).into()).await;
-                }
-            }
-            count
-        }));
-    }
-    let mut total = 0;
-    for task in tasks {
-        total += task.await.unwrap();
-    }
-    total
 }
 
 async fn rkcl_reader(kinesis: &Kinesis, stream: &StreamRef, total: usize) -> usize {
@@ -118,10 +74,16 @@ async fn throughput(local: &Local, shards: u32) {
     let mut ours = Vec::new();
     for _ in 0..3 {
         let started = Instant::now();
-        assert_eq!(plain_loop(local, &kinesis, &stream, false).await, total);
+        assert_eq!(
+            plain_loop(local, &kinesis, &stream, Limits::None).await,
+            total
+        );
         unpaced.push(total as f64 / started.elapsed().as_secs_f64());
         let started = Instant::now();
-        assert_eq!(plain_loop(local, &kinesis, &stream, true).await, total);
+        assert_eq!(
+            plain_loop(local, &kinesis, &stream, Limits::Calls).await,
+            total
+        );
         paced.push(total as f64 / started.elapsed().as_secs_f64());
         let started = Instant::now();
         assert_eq!(rkcl_reader(&kinesis, &stream, total).await, total);
