@@ -39,7 +39,21 @@ pub(crate) const RETRY_ATTEMPTS: u32 = 20;
 /// Calls `op` until it succeeds, fails with an error that retrying cannot
 /// fix, or has failed [`RETRY_ATTEMPTS`] times, pausing with `backoff`
 /// between tries.
-pub(crate) async fn retry<T, F, Fut>(backoff: Backoff, what: &str, mut op: F) -> crate::Result<T>
+pub(crate) async fn retry<T, F, Fut>(backoff: Backoff, what: &str, op: F) -> crate::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = crate::Result<T>>,
+{
+    retry_up_to(RETRY_ATTEMPTS, backoff, what, op).await
+}
+
+/// As [`retry`], giving up after `attempts` tries (at least one).
+pub(crate) async fn retry_up_to<T, F, Fut>(
+    attempts: u32,
+    backoff: Backoff,
+    what: &str,
+    mut op: F,
+) -> crate::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = crate::Result<T>>,
@@ -48,7 +62,7 @@ where
     loop {
         match op().await {
             Ok(value) => return Ok(value),
-            Err(err) if err.is_retryable() && failures + 1 < RETRY_ATTEMPTS => {
+            Err(err) if err.is_retryable() && failures + 1 < attempts => {
                 failures += 1;
                 tracing::debug!(error = %err, failures, "{what} failed; backing off");
                 backoff.sleep(failures).await;

@@ -3,15 +3,20 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::backoff::Backoff;
+use crate::backoff::{Backoff, retry_up_to};
 use crate::error::{Error, Result};
 use crate::leases::{FencingToken, LeaseAccess};
-use crate::lifecycle::Stop;
 use crate::model::{ExtendedSequenceNumber, SequenceNumber, ShardId};
 use crate::record::UserRecord;
 
 /// How often a checkpoint write is tried when DynamoDB throttles or fails.
 const CHECKPOINT_ATTEMPTS: u32 = 8;
+
+/// The pauses between those tries.
+const CHECKPOINT_BACKOFF: Backoff = Backoff {
+    base: Duration::from_millis(100),
+    max: Duration::from_secs(5),
+};
 
 /// Stores how far one shard has been processed, in its lease.
 ///
@@ -20,6 +25,10 @@ const CHECKPOINT_ATTEMPTS: u32 = 8;
 /// the lease counter, so a worker that lost the lease gets
 /// [`Error::LeaseLost`] and writes nothing; throttling and server errors are
 /// retried with backoff before an error is returned. Cheap to clone.
+///
+/// The checkpointer checks what only it knows (what was delivered); the
+/// lease coordinator, through which every write to a held lease goes one at
+/// a time, checks that a checkpoint never moves backwards.
 #[derive(Clone, Debug)]
 pub struct Checkpointer {
     inner: Arc<Inner>,
@@ -31,12 +40,7 @@ struct Inner {
     lease_key: String,
     token: FencingToken,
     leases: Arc<dyn LeaseAccess>,
-    /// What the shard's consumer was asked to do.
-    stop: tokio::sync::watch::Receiver<Stop>,
     state: Mutex<State>,
-    /// Serializes writes, so two concurrent checkpoints cannot land out of
-    /// order.
-    write: tokio::sync::Mutex<()>,
 }
 
 #[derive(Debug)]
@@ -53,7 +57,6 @@ impl Checkpointer {
         token: FencingToken,
         stored: ExtendedSequenceNumber,
         leases: Arc<dyn LeaseAccess>,
-        stop: tokio::sync::watch::Receiver<Stop>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -61,13 +64,11 @@ impl Checkpointer {
                 lease_key,
                 token,
                 leases,
-                stop,
                 state: Mutex::new(State {
                     delivered: None,
                     at_shard_end: false,
                     stored,
                 }),
-                write: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -77,14 +78,6 @@ impl Checkpointer {
         if let Ok(mut state) = self.inner.state.lock() {
             state.delivered = Some(position);
         }
-    }
-
-    /// Resolves once the shard's consumer is asked to stop (shutdown,
-    /// handoff or a lost lease), so code waiting inside a processor call can
-    /// return.
-    pub(crate) async fn stop_requested(&self) {
-        let mut stop = self.inner.stop.clone();
-        let _ = stop.wait_for(|stop| *stop != Stop::Running).await;
     }
 
     /// Records that the shard has been delivered to its end.
@@ -187,41 +180,26 @@ impl Checkpointer {
     }
 
     async fn write(&self, target: ExtendedSequenceNumber) -> Result<()> {
-        let _one_at_a_time = self.inner.write.lock().await;
-        let stored = self.last_checkpoint();
-        if target == stored {
+        if target == self.last_checkpoint() {
             return Ok(());
         }
-        if target < stored {
-            return Err(self.invalid(format!("{target} is before the stored checkpoint {stored}")));
-        }
-        let backoff = Backoff {
-            base: Duration::from_millis(100),
-            max: Duration::from_secs(5),
-        };
         let started = Instant::now();
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self
-                .inner
-                .leases
-                .checkpoint(&self.inner.lease_key, &target)
-                .await
-            {
-                Ok(_) => break,
-                Err(err) if err.is_retryable() && attempt < CHECKPOINT_ATTEMPTS => {
-                    tracing::warn!(lease_key = %self.inner.lease_key, error = %err, attempt, "checkpoint failed; retrying");
-                    backoff.sleep(attempt).await;
-                }
-                Err(err) => return Err(err),
-            }
-        }
-        metrics::histogram!("rkcl_checkpoint_seconds", "shard" => self.inner.shard_id.as_str().to_owned())
+        let key = &self.inner.lease_key;
+        let stored = retry_up_to(
+            CHECKPOINT_ATTEMPTS,
+            CHECKPOINT_BACKOFF,
+            "checkpoint",
+            || self.inner.leases.checkpoint(key, &target),
+        )
+        .await?;
+        crate::metrics::CHECKPOINT_SECONDS
+            .histogram(&[self.inner.shard_id.as_str()])
             .record(started.elapsed().as_secs_f64());
-        tracing::debug!(lease_key = %self.inner.lease_key, checkpoint = %target, "checkpointed");
-        if let Ok(mut state) = self.inner.state.lock() {
-            state.stored = target;
+        tracing::debug!(lease_key = %key, checkpoint = %target, "checkpointed");
+        if let Ok(mut state) = self.inner.state.lock()
+            && stored.checkpoint > state.stored
+        {
+            state.stored = stored.checkpoint;
         }
         Ok(())
     }

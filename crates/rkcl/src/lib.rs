@@ -61,6 +61,7 @@ mod error;
 mod kpl;
 mod leases;
 mod lifecycle;
+pub mod metrics;
 mod model;
 mod processor;
 mod producer;
@@ -69,6 +70,7 @@ mod retrieval;
 mod scheduler;
 mod shard_sync;
 mod shards;
+mod stop;
 mod stream;
 
 pub use aws::{
@@ -96,13 +98,14 @@ pub use processor::{
 pub use producer::{Producer, ProducerConfig, PutSummary};
 pub use record::{KinesisRecord, ProducerRecord, UserRecord};
 pub use retrieval::{
-    PollingConfig, PollingSource, RecordSource, ShardBatch, ShardEnd, ShardEndReason, ShardEvent,
-    ShardGraph, StreamEvent, StreamReader,
+    PollingConfig, PollingSource, RecordSource, Retrieval, ShardBatch, ShardEnd, ShardEndReason,
+    ShardEvent, ShardGraph, StreamEvent, StreamReader,
 };
 pub use scheduler::{
     Scheduler, SchedulerConfig, SchedulerConfigBuilder, ShutdownReport, wait_for_signal,
 };
 pub use shards::{Shard, ShardMap};
+pub use stop::{StopReason, StopSignal};
 pub use stream::{
     Batch, BatchError, BatchFailure, BatchFailureHandler, BatchOptions, Chunks, CommitHandle,
     CommittableBatch, CommittableRecord, Consumer, ConsumerConfig, FailureReason, Records,

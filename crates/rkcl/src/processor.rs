@@ -12,6 +12,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 
 use crate::checkpoint::Checkpointer;
@@ -19,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::leases::FencingToken;
 use crate::model::{ExtendedSequenceNumber, ShardId};
 use crate::record::UserRecord;
+use crate::stop::StopSignal;
 
 /// An error returned by user code.
 pub type ProcessorError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -47,6 +49,10 @@ pub struct InitializationInput {
     pub checkpoint: ExtendedSequenceNumber,
     /// A prepared checkpoint not committed by the previous owner, if any.
     pub pending_checkpoint: Option<ExtendedSequenceNumber>,
+    /// The shard's stop signal: requested when the worker shuts down, the
+    /// lease is handed over or lost. Keep a clone to end long waits inside
+    /// a call early.
+    pub stop: StopSignal,
 }
 
 /// One batch for [`RecordProcessor::process_records`].
@@ -60,6 +66,8 @@ pub struct ProcessRecordsInput {
     /// 1 for the first delivery of this batch; more when it is retried
     /// after a failure.
     pub attempt: u32,
+    /// The shard's stop signal (the same as in [`InitializationInput`]).
+    pub stop: StopSignal,
 }
 
 /// User code that consumes one shard.
@@ -312,5 +320,49 @@ impl std::fmt::Debug for FailurePolicy {
                 .field("max_backoff", max_backoff)
                 .finish_non_exhaustive(),
         }
+    }
+}
+
+/// Runs user code, turning an error or a panic into a message.
+///
+/// The call is awaited from the heap, so a shard's task does not carry the
+/// size of the user's largest future while it idles between batches.
+pub(crate) async fn guarded<F>(call: F) -> std::result::Result<(), String>
+where
+    F: Future<Output = std::result::Result<(), ProcessorError>>,
+{
+    match std::panic::AssertUnwindSafe(Box::pin(call))
+        .catch_unwind()
+        .await
+    {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(panic) => Err(format!("panicked: {}", panic_message(panic.as_ref()))),
+    }
+}
+
+/// The message of a panic's payload.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "a panic without a message".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panic_becomes_an_error_message() {
+        let message = guarded(async { panic!("boom") }).await.unwrap_err();
+        assert_eq!(message, "panicked: boom");
+        let message = guarded(async { Err("bad record".into()) })
+            .await
+            .unwrap_err();
+        assert_eq!(message, "bad record");
     }
 }

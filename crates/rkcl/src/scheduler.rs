@@ -3,22 +3,24 @@
 //! runs one shard consumer task per held lease on the caller's runtime.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
 
-use crate::Kinesis;
-use crate::aws::StreamRef;
+use crate::aws::{Kinesis, StreamRef};
 use crate::error::{Error, Result};
 use crate::leases::{
     Lease, LeaseAccess, LeaseCoordinator, LeaseCoordinatorConfig, LeaseEvent, LeaseStore,
 };
-use crate::lifecycle::{self, Outcome, Stop, WorkerContext};
+use crate::lifecycle::{self, Outcome, WorkerContext};
+use crate::metrics;
 use crate::model::InitialPosition;
 use crate::processor::{FailurePolicy, RecordProcessorFactory};
-use crate::retrieval::PollingConfig;
+use crate::retrieval::{KinesisSources, PollingConfig, Retrieval};
+use crate::stop::{StopReason, StopSender};
 
 /// How a [`Scheduler`] runs. Made with [`SchedulerConfig::builder`].
 #[derive(Clone, Debug)]
@@ -32,8 +34,8 @@ pub struct SchedulerConfig {
     pub initial_position: InitialPosition,
     /// The lease loops' settings (its `worker_id` is this worker's id).
     pub leases: LeaseCoordinatorConfig,
-    /// How shards are read.
-    pub polling: PollingConfig,
+    /// How shards are read. Default: polling with GetRecords.
+    pub retrieval: Retrieval,
     /// How often the shard list is compared with the lease table (also
     /// done at once when a shard ends). Default: 60 s.
     pub shard_sync_interval: Duration,
@@ -57,7 +59,7 @@ impl SchedulerConfig {
                 stream: StreamRef::parse(&stream),
                 initial_position: InitialPosition::TrimHorizon,
                 leases: LeaseCoordinatorConfig::new(default_worker_id()),
-                polling: PollingConfig::default(),
+                retrieval: Retrieval::default(),
                 shard_sync_interval: Duration::from_secs(60),
                 failure_policy: FailurePolicy::default(),
                 parent_poll_interval: Duration::from_secs(1),
@@ -86,7 +88,7 @@ impl SchedulerConfig {
             return Err(Error::Config("the stream name is empty".into()));
         }
         self.leases.validate()?;
-        self.polling.validate()?;
+        self.retrieval.validate()?;
         self.failure_policy.validate()?;
         if self.shard_sync_interval < Duration::from_secs(1) {
             return Err(Error::Config(
@@ -133,17 +135,16 @@ impl SchedulerConfigBuilder {
     /// The lease duration; the lease loops' intervals follow from it.
     /// Default: 10 s.
     pub fn lease_duration(mut self, duration: Duration) -> Self {
-        let worker_id = std::mem::take(&mut self.config.leases.worker_id);
-        let LeaseCoordinatorConfig {
-            max_leases,
-            max_steals_per_cycle,
-            graceful_handoff,
-            ..
-        } = self.config.leases;
-        self.config.leases = LeaseCoordinatorConfig::with_lease_duration(worker_id, duration);
-        self.config.leases.max_leases = max_leases;
-        self.config.leases.max_steals_per_cycle = max_steals_per_cycle;
-        self.config.leases.graceful_handoff = graceful_handoff;
+        // Only the intervals derived from the lease duration change; every
+        // other lease setting (worker id, limits, seed) is kept.
+        let derived = LeaseCoordinatorConfig::with_lease_duration(String::new(), duration);
+        let leases = &mut self.config.leases;
+        leases.lease_duration = derived.lease_duration;
+        leases.renew_interval = derived.renew_interval;
+        leases.safety_margin = derived.safety_margin;
+        leases.taker_interval = derived.taker_interval;
+        leases.scan_interval = derived.scan_interval;
+        leases.handoff_timeout = derived.handoff_timeout;
         self
     }
 
@@ -159,10 +160,17 @@ impl SchedulerConfigBuilder {
         self
     }
 
-    /// How shards are read.
-    pub fn polling(mut self, polling: PollingConfig) -> Self {
-        self.config.polling = polling;
+    /// How shards are read. Default: polling with the default
+    /// [`PollingConfig`].
+    pub fn retrieval(mut self, retrieval: Retrieval) -> Self {
+        self.config.retrieval = retrieval;
         self
+    }
+
+    /// Reads shards by polling with these settings (shorthand for
+    /// [`retrieval`](Self::retrieval)).
+    pub fn polling(self, polling: PollingConfig) -> Self {
+        self.retrieval(Retrieval::Polling(polling))
     }
 
     /// How often shards and leases are compared. Default: 60 s.
@@ -212,13 +220,23 @@ pub struct ShutdownReport {
 /// and a processor factory; [`shutdown`](Self::shutdown) it to finish every
 /// shard cleanly. Dropping it without a shutdown stops everything at once:
 /// acknowledged checkpoints are already stored, the leases expire and other
-/// workers resume from those checkpoints.
+/// workers resume from those checkpoints. Dropping it after a shutdown was
+/// requested lets that shutdown finish.
 #[derive(Debug)]
 pub struct Scheduler {
     worker_id: String,
     leases: Arc<dyn LeaseAccess>,
-    shutdown: Option<oneshot::Sender<Duration>>,
-    task: Option<JoinHandle<ShutdownReport>>,
+    shutdown: Arc<ShutdownRequest>,
+    report: watch::Receiver<Option<ShutdownReport>>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// The root of the worker's cancellation tree, and the time its shutdown
+/// may take.
+#[derive(Debug, Default)]
+struct ShutdownRequest {
+    stop: CancellationToken,
+    timeout: OnceLock<Duration>,
 }
 
 impl Scheduler {
@@ -266,40 +284,46 @@ impl Scheduler {
                 .await?;
         let worker_id = config.leases.worker_id.clone();
         let (coordinator, events) = LeaseCoordinator::start(store, config.leases.clone())?;
+        let leases: Arc<dyn LeaseAccess> = Arc::new(coordinator.clone());
         let context = Arc::new(WorkerContext {
-            kinesis,
-            stream: config.stream.clone(),
-            polling: config.polling.clone(),
+            sources: Arc::new(KinesisSources {
+                kinesis: kinesis.clone(),
+                stream: config.stream.clone(),
+                retrieval: config.retrieval.clone(),
+            }),
             initial_timestamp: match config.initial_position {
                 InitialPosition::AtTimestamp(at) => Some(at),
                 _ => None,
             },
-            leases: Arc::new(coordinator.clone()),
+            leases: leases.clone(),
             failure: config.failure_policy.clone(),
             parent_poll_interval: config.parent_poll_interval,
             shards: Mutex::new(shards.into_iter().map(|s| (s.id.clone(), s)).collect()),
             sync_now: tokio::sync::Notify::new(),
         });
-        let leases: Arc<dyn LeaseAccess> = Arc::new(coordinator.clone());
-        let (shutdown, shutdown_requested) = oneshot::channel();
+        let shutdown = Arc::new(ShutdownRequest::default());
+        let (report, report_receiver) = watch::channel(None);
         let worker = Worker {
             config,
+            kinesis,
             coordinator,
             context,
             factory: Arc::new(factory),
+            stop: shutdown.stop.clone(),
             consumers: HashMap::new(),
             tasks: JoinSet::new(),
             failures,
         };
         let span = tracing::info_span!("worker", worker_id = %worker_id);
         let task = tokio::spawn(tracing::Instrument::instrument(
-            worker.run(events, shutdown_requested),
+            worker.run(events, shutdown.clone(), report),
             span,
         ));
         Ok(Self {
             worker_id,
             leases,
-            shutdown: Some(shutdown),
+            shutdown,
+            report: report_receiver,
             task: Some(task),
         })
     }
@@ -314,18 +338,37 @@ impl Scheduler {
         self.leases.held()
     }
 
+    /// Starts a graceful shutdown that may take `timeout`, and returns at
+    /// once. A second request changes nothing.
+    pub(crate) fn request_shutdown(&self, timeout: Duration) {
+        let _ = self.shutdown.timeout.set(timeout);
+        self.shutdown.stop.cancel();
+    }
+
+    /// Resolves with the report once a requested shutdown is done.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only waits.
+    pub(crate) fn shutdown_report(
+        &self,
+    ) -> impl std::future::Future<Output = ShutdownReport> + Send + 'static {
+        let mut report = self.report.clone();
+        async move {
+            match report.wait_for(Option::is_some).await {
+                Ok(done) => done.clone().unwrap_or_default(),
+                Err(_) => ShutdownReport::default(),
+            }
+        }
+    }
+
     /// Shuts down gracefully: every processor gets `shutdown_requested`
     /// (and checkpoints), leases are released for immediate pick-up by
     /// other workers, tasks are joined. Processors still running after
     /// `timeout` are stopped and reported.
-    pub async fn shutdown(mut self, timeout: Duration) -> ShutdownReport {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(timeout);
-        }
-        match self.task.take() {
-            Some(task) => task.await.unwrap_or_default(),
-            None => ShutdownReport::default(),
-        }
+    pub async fn shutdown(self, timeout: Duration) -> ShutdownReport {
+        self.request_shutdown(timeout);
+        self.shutdown_report().await
     }
 
     /// Runs until SIGTERM or Ctrl-C, then shuts down with `timeout`.
@@ -338,7 +381,9 @@ impl Scheduler {
 
 impl Drop for Scheduler {
     fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
+        if let Some(task) = self.task.take()
+            && !self.shutdown.stop.is_cancelled()
+        {
             task.abort();
         }
     }
@@ -407,10 +452,13 @@ impl Signals {
 /// The worker's task: lease events in, shard consumers out.
 struct Worker<S, F> {
     config: SchedulerConfig,
+    kinesis: Kinesis,
     coordinator: LeaseCoordinator<S>,
     context: Arc<WorkerContext>,
     factory: Arc<F>,
-    consumers: HashMap<String, watch::Sender<Stop>>,
+    /// The root of the cancellation tree: every shard's stop is a child.
+    stop: CancellationToken,
+    consumers: HashMap<String, StopSender>,
     tasks: JoinSet<(String, Outcome)>,
     failures: Option<mpsc::UnboundedSender<Error>>,
 }
@@ -423,63 +471,59 @@ where
     async fn run(
         mut self,
         mut events: mpsc::UnboundedReceiver<LeaseEvent>,
-        mut shutdown: oneshot::Receiver<Duration>,
-    ) -> ShutdownReport {
+        shutdown: Arc<ShutdownRequest>,
+        report: watch::Sender<Option<ShutdownReport>>,
+    ) {
         let mut sync = tokio::time::interval(self.config.shard_sync_interval);
         sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         sync.tick().await;
         let context = self.context.clone();
-        let timeout = loop {
+        loop {
             tokio::select! {
-                requested = &mut shutdown => break requested.unwrap_or(Duration::ZERO),
+                () = shutdown.stop.cancelled() => break,
                 Some(event) = events.recv() => self.on_lease_event(event),
                 Some(done) = self.tasks.join_next() => self.on_consumer_done(done),
                 _ = sync.tick() => self.sync().await,
                 () = context.sync_now.notified() => self.sync().await,
             }
-        };
-        self.shut_down(timeout).await
+        }
+        let timeout = shutdown.timeout.get().copied().unwrap_or(Duration::ZERO);
+        report.send_replace(Some(self.shut_down(timeout).await));
     }
 
     fn on_lease_event(&mut self, event: LeaseEvent) {
-        let worker = self.coordinator.worker_id().to_owned();
+        let worker = [self.coordinator.worker_id()];
         match event {
             LeaseEvent::Acquired { lease, token } => {
-                metrics::counter!("rkcl_leases_taken", "worker" => worker.clone()).increment(1);
+                metrics::LEASES_TAKEN.counter(&worker).increment(1);
                 let key = lease.key.clone();
-                let (stop, stopped) = watch::channel(Stop::Running);
+                let stop = StopSender::child_of(&self.stop);
+                let signal = stop.signal();
                 let (context, factory) = (self.context.clone(), self.factory.clone());
                 let span = tracing::info_span!("shard", shard_id = %lease.shard_id());
                 self.consumers.insert(key.clone(), stop);
                 self.tasks.spawn(tracing::Instrument::instrument(
                     async move {
-                        let outcome =
-                            lifecycle::run(context, factory, *lease, token, stopped).await;
+                        let outcome = lifecycle::run(context, factory, *lease, token, signal).await;
                         (key, outcome)
                     },
                     span,
                 ));
             }
-            LeaseEvent::HandoffRequested { key, .. } => self.signal(&key, Stop::Handoff),
+            LeaseEvent::HandoffRequested { key, .. } => self.signal(&key, StopReason::Handoff),
             LeaseEvent::Lost { key } => {
-                metrics::counter!("rkcl_leases_lost", "worker" => worker.clone()).increment(1);
-                self.signal(&key, Stop::LeaseLost);
+                metrics::LEASES_LOST.counter(&worker).increment(1);
+                self.signal(&key, StopReason::LeaseLost);
             }
         }
-        metrics::gauge!("rkcl_leases_held", "worker" => worker)
+        metrics::LEASES_HELD
+            .gauge(&worker)
             .set(self.coordinator.held().len() as f64);
     }
 
-    fn signal(&self, key: &str, stop: Stop) {
-        if let Some(sender) = self.consumers.get(key) {
-            // A lost lease overrides a request to finish.
-            sender.send_if_modified(|current| {
-                let change = *current == Stop::Running || stop == Stop::LeaseLost;
-                if change {
-                    *current = stop;
-                }
-                change
-            });
+    fn signal(&self, key: &str, reason: StopReason) {
+        if let Some(stop) = self.consumers.get(key) {
+            stop.request(reason);
         }
     }
 
@@ -501,7 +545,7 @@ where
 
     async fn sync(&mut self) {
         match crate::shard_sync::sync(
-            &self.context.kinesis,
+            &self.kinesis,
             &self.config.stream,
             self.coordinator.store(),
             &self.config.initial_position,
@@ -519,10 +563,8 @@ where
     }
 
     async fn shut_down(mut self, timeout: Duration) -> ShutdownReport {
+        // Every shard's stop is a child of the worker's, cancelled by now.
         let mut report = ShutdownReport::default();
-        for sender in self.consumers.values() {
-            let _ = sender.send(Stop::Shutdown);
-        }
         let deadline = tokio::time::Instant::now() + timeout;
         while !self.consumers.is_empty() {
             match tokio::time::timeout_at(deadline, self.tasks.join_next()).await {
@@ -552,7 +594,8 @@ where
             }
         }
         report.unreleased_leases = self.coordinator.shutdown().await;
-        metrics::gauge!("rkcl_leases_held", "worker" => self.coordinator.worker_id().to_owned())
+        metrics::LEASES_HELD
+            .gauge(&[self.coordinator.worker_id()])
             .set(0.0);
         report.finished_shards.sort();
         report.unfinished_shards.sort();

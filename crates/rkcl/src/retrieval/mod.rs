@@ -8,11 +8,14 @@
 //! only after all its parents are read to their end, without leases or
 //! checkpoints (what `rkcl tail` uses).
 
-use std::future::Future;
+use futures_util::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
 
+use crate::aws::{Kinesis, StreamRef};
 use crate::error::Result;
-use crate::model::ShardId;
+use crate::model::{ShardId, StartingPosition};
 use crate::record::UserRecord;
+use crate::shards::Shard;
 
 mod polling;
 mod reader;
@@ -77,6 +80,10 @@ pub enum ShardEvent {
 }
 
 /// A source of the records of one shard.
+///
+/// A shard consumer holds its source as a `Box<dyn RecordSource>`, so any
+/// way of reading a shard plugs in: write the type, and add its arm to
+/// [`Retrieval`]'s `open`.
 pub trait RecordSource: Send {
     /// The next event, or `None` once the source has ended (after an
     /// [`ShardEvent::End`] or an error).
@@ -85,5 +92,83 @@ pub trait RecordSource: Send {
     ///
     /// An error that retrying cannot fix (access denied, KMS, invalid
     /// request); nothing follows it.
-    fn next_event(&mut self) -> impl Future<Output = Option<Result<ShardEvent>>> + Send;
+    ///
+    /// # Cancel safety
+    ///
+    /// Implementations must be cancel safe: a shard consumer races this
+    /// future against its stop signal, and an event not yet returned must
+    /// stay queued for the next call.
+    fn next_event(&mut self) -> BoxFuture<'_, Option<Result<ShardEvent>>>;
+}
+
+/// How a worker reads its shards.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Retrieval {
+    /// GetRecords calls, paced within the shard's read limits
+    /// ([`PollingSource`]).
+    Polling(PollingConfig),
+}
+
+impl Default for Retrieval {
+    fn default() -> Self {
+        Retrieval::Polling(PollingConfig::default())
+    }
+}
+
+impl Retrieval {
+    /// Checks the settings.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`](crate::Error::Config) naming the first value out of
+    /// range.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            Retrieval::Polling(config) => config.validate(),
+        }
+    }
+}
+
+/// Opens a [`RecordSource`] for a shard: what a shard consumer needs of the
+/// retrieval layer. The worker's implementation reads from Kinesis as its
+/// [`Retrieval`] says; tests script one.
+pub(crate) trait OpenRecordSource: Send + Sync + std::fmt::Debug {
+    /// A source of `shard` from `start`, stopped when `stop` is cancelled
+    /// (or when dropped).
+    fn open(
+        &self,
+        shard: &Shard,
+        start: StartingPosition,
+        stop: CancellationToken,
+    ) -> Result<Box<dyn RecordSource>>;
+}
+
+/// The worker's sources: one stream of one Kinesis client, read as
+/// `retrieval` says.
+#[derive(Debug)]
+pub(crate) struct KinesisSources {
+    pub(crate) kinesis: Kinesis,
+    pub(crate) stream: StreamRef,
+    pub(crate) retrieval: Retrieval,
+}
+
+impl OpenRecordSource for KinesisSources {
+    fn open(
+        &self,
+        shard: &Shard,
+        start: StartingPosition,
+        stop: CancellationToken,
+    ) -> Result<Box<dyn RecordSource>> {
+        match &self.retrieval {
+            Retrieval::Polling(config) => Ok(Box::new(PollingSource::start_under(
+                self.kinesis.clone(),
+                self.stream.clone(),
+                shard,
+                start,
+                config.clone(),
+                stop,
+            )?)),
+        }
+    }
 }

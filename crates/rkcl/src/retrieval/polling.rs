@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use futures_util::future::BoxFuture;
 use rand::Rng;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
@@ -219,9 +220,28 @@ impl PollingSource {
         start: StartingPosition,
         config: PollingConfig,
     ) -> Result<Self> {
+        Self::start_under(
+            kinesis,
+            stream,
+            shard,
+            start,
+            config,
+            CancellationToken::new(),
+        )
+    }
+
+    /// As [`start`](Self::start); the background task also stops when
+    /// `cancel` is cancelled (a child of the shard consumer's stop signal).
+    pub(crate) fn start_under(
+        kinesis: Kinesis,
+        stream: StreamRef,
+        shard: &Shard,
+        start: StartingPosition,
+        config: PollingConfig,
+        cancel: CancellationToken,
+    ) -> Result<Self> {
         config.validate()?;
         let (sender, receiver) = mpsc::channel(config.prefetch_batches);
-        let cancel = CancellationToken::new();
         let fetcher = Fetcher {
             deaggregator: Deaggregator::for_shard(
                 shard.id.clone(),
@@ -274,15 +294,17 @@ impl RecordSource for PollingSource {
     /// # Cancel safety
     ///
     /// Cancel safe: an event not yet returned stays queued for the next call.
-    async fn next_event(&mut self) -> Option<Result<ShardEvent>> {
-        if self.finished {
-            return None;
-        }
-        let prefetched = self.receiver.recv().await?;
-        if matches!(prefetched.event, Ok(ShardEvent::End(_)) | Err(_)) {
-            self.finished = true;
-        }
-        Some(prefetched.event)
+    fn next_event(&mut self) -> BoxFuture<'_, Option<Result<ShardEvent>>> {
+        Box::pin(async move {
+            if self.finished {
+                return None;
+            }
+            let prefetched = self.receiver.recv().await?;
+            if matches!(prefetched.event, Ok(ShardEvent::End(_)) | Err(_)) {
+                self.finished = true;
+            }
+            Some(prefetched.event)
+        })
     }
 }
 

@@ -379,7 +379,7 @@ async fn handle_batch<H, Fut>(
                 Ok(Err(BatchError::Failed(error))) => error.to_string(),
                 Err(panic) => format!(
                     "panicked: {}",
-                    crate::lifecycle::panic_message(panic.as_ref())
+                    crate::processor::panic_message(panic.as_ref())
                 ),
             };
             tracing::warn!(error = %error, attempts, records = part.len(), "a batch failed");

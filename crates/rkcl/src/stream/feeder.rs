@@ -18,6 +18,7 @@ use crate::model::ExtendedSequenceNumber;
 use crate::processor::{
     InitializationInput, ProcessRecordsInput, ProcessorError, RecordProcessor, ShardInfo,
 };
+use crate::stop::StopSignal;
 
 /// What every shard's feeder shares.
 #[derive(Debug)]
@@ -46,6 +47,8 @@ pub(crate) struct FeedSettings {
 pub(crate) struct Feeder {
     shared: Arc<FeedShared>,
     state: Option<Arc<ShardState>>,
+    /// The shard's stop signal, from `initialize`.
+    stop: Option<StopSignal>,
     sender: Option<mpsc::UnboundedSender<CommittableRecord>>,
     checkpoints: Option<JoinHandle<()>>,
 }
@@ -55,6 +58,7 @@ impl Feeder {
         Self {
             shared,
             state: None,
+            stop: None,
             sender: None,
             checkpoints: None,
         }
@@ -83,7 +87,7 @@ impl Feeder {
         state: &ShardState,
         done: impl Fn(&ShardState) -> bool,
         deadline: Option<Instant>,
-        checkpointer: Option<&Checkpointer>,
+        stop: Option<&StopSignal>,
     ) -> bool {
         loop {
             let changed = state.changed.notified();
@@ -93,8 +97,10 @@ impl Feeder {
                 return true;
             }
             let stop = async {
-                match checkpointer {
-                    Some(checkpointer) => checkpointer.stop_requested().await,
+                match stop {
+                    Some(stop) => {
+                        stop.requested().await;
+                    }
                     None => std::future::pending().await,
                 }
             };
@@ -167,7 +173,8 @@ async fn checkpoint_loop(
             && warned != Some(oldest.index)
         {
             warned = Some(oldest.index);
-            metrics::counter!("rkcl_uncommitted_records_warned", "shard" => shard.clone())
+            crate::metrics::UNCOMMITTED_RECORDS_WARNED
+                .counter(&[shard.as_str()])
                 .increment(1);
             tracing::warn!(
                 shard_id = %shard,
@@ -208,6 +215,7 @@ impl RecordProcessor for Feeder {
             .send((input.shard.clone(), records))
             .map_err(|_| "the consumer's stream was dropped")?;
         self.end();
+        self.stop = Some(input.stop.clone());
         self.state = Some(state);
         self.sender = Some(sender);
         Ok(())
@@ -242,7 +250,7 @@ impl RecordProcessor for Feeder {
                 biased;
                 admitted = state.admit(record.clone()) => admitted,
                 // Stop fetching: what was admitted stays in the stream.
-                () = checkpointer.stop_requested() => return Ok(()),
+                _ = input.stop.requested() => return Ok(()),
             };
             if sender.send(admitted).is_err() {
                 return Err("the shard's stream was dropped".into());
@@ -260,7 +268,7 @@ impl RecordProcessor for Feeder {
         self.sender = None;
         let state = self.state()?.clone();
         // The children wait until every record of this shard is committed.
-        if !Self::wait_until(&state, ShardState::is_drained, None, Some(checkpointer)).await {
+        if !Self::wait_until(&state, ShardState::is_drained, None, self.stop.as_ref()).await {
             return Err("stopped before every record of the shard was committed".into());
         }
         self.end();

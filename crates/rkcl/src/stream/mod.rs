@@ -13,12 +13,12 @@ mod feeder;
 mod watermark;
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::stream::{SelectAll, Stream, StreamExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 pub use batch::{
     Batch, BatchError, BatchFailure, BatchFailureHandler, BatchOptions, FailureReason,
@@ -172,34 +172,14 @@ impl ConsumerConfig {
 /// shutdown handles.
 #[derive(Debug)]
 struct Control {
-    scheduler: Mutex<Option<Scheduler>>,
-    report: watch::Sender<Option<ShutdownReport>>,
+    scheduler: Scheduler,
     timeout: Duration,
 }
 
 impl Control {
-    /// Starts the shutdown once, in the background.
+    /// Starts the shutdown (once); the worker's own task carries it out.
     fn trigger(&self) {
-        let scheduler = self.scheduler.lock().ok().and_then(|mut s| s.take());
-        let Some(scheduler) = scheduler else {
-            return;
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                let (report, timeout) = (self.report.clone(), self.timeout);
-                runtime.spawn(async move {
-                    let done = scheduler.shutdown(timeout).await;
-                    report.send_replace(Some(done));
-                });
-            }
-            Err(_) => {
-                tracing::warn!(
-                    "the consumer was dropped outside a tokio runtime; its leases expire \
-                     and records after the last checkpoint are read again"
-                );
-                self.report.send_replace(Some(ShutdownReport::default()));
-            }
-        }
+        self.scheduler.request_shutdown(self.timeout);
     }
 }
 
@@ -221,11 +201,7 @@ impl ShutdownHandle {
     /// Starts the shutdown (if not started) and waits until it is done.
     pub async fn shutdown(&self) -> ShutdownReport {
         self.control.trigger();
-        let mut report = self.control.report.subscribe();
-        match report.wait_for(Option::is_some).await {
-            Ok(done) => done.clone().unwrap_or_default(),
-            Err(_) => ShutdownReport::default(),
-        }
+        self.control.scheduler.shutdown_report().await
     }
 
     /// Shuts down on SIGTERM or Ctrl-C, in the background.
@@ -300,8 +276,7 @@ impl Consumer {
         .await?;
         let worker_id = scheduler.worker_id().to_owned();
         let control = Arc::new(Control {
-            scheduler: Mutex::new(Some(scheduler)),
-            report: watch::Sender::new(None),
+            scheduler,
             timeout: config.shutdown_grace + Duration::from_secs(10),
         });
         Ok(Self {
@@ -319,13 +294,7 @@ impl Consumer {
 
     /// The leases this worker holds now (empty once shut down).
     pub fn held_leases(&self) -> Vec<Lease> {
-        self.guard
-            .0
-            .scheduler
-            .lock()
-            .ok()
-            .and_then(|s| s.as_ref().map(Scheduler::held_leases))
-            .unwrap_or_default()
+        self.guard.0.scheduler.held_leases()
     }
 
     /// A handle to shut the consumer down from elsewhere.

@@ -1,0 +1,521 @@
+//! One shard's consumer: an explicit state machine, like the Java KCL's
+//! `ShardConsumer`.
+//!
+//! ```text
+//!  WaitingOnParents ─▶ Initializing ─▶ Processing ─▶ ShardEnding ─▶ Complete(Ended)
+//!        │                  │              │              │
+//!        │ stop             │ stop         │ stop         │ stop
+//!        ▼                  ▼              ▼              ▼
+//!  Complete(Released | Lost)        ShuttingDown(reason) ─▶ Complete(Released | Lost)
+//! ```
+//!
+//! - *WaitingOnParents*: until every parent's lease is gone or at
+//!   `SHARD_END` (a lease already at `SHARD_END` completes at once).
+//! - *Initializing*: the processor is made and `initialize` is called until
+//!   it succeeds; the record source is opened at the checkpoint.
+//! - *Processing*: batches are handed over in order under the failure
+//!   policy, raced against the shard's stop signal.
+//! - *ShardEnding*: the shard was read to its end; `shard_ended` is called
+//!   until `SHARD_END` is stored, then the children may start.
+//! - *ShuttingDown*: a stop arrived with a processor in hand: `lease_lost`
+//!   (nothing is written) or `shutdown_requested` (it checkpoints), then the
+//!   lease is let go unless lost.
+//! - *Complete*: the [`Outcome`]. A stop before the processor exists goes
+//!   straight here; so does an error retrying cannot fix (the lease is then
+//!   let go).
+//!
+//! The consumer knows its surroundings only through [`WorkerContext`]: a way
+//! to open record sources, lease access, the shard list. It names no AWS
+//! type, so it is unit-tested with a scripted source and an in-memory lease
+//! store (`tests.rs`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::FutureExt;
+use tokio::sync::Notify;
+
+use crate::checkpoint::Checkpointer;
+use crate::error::{Error, Result};
+use crate::leases::{FencingToken, Lease, LeaseAccess};
+use crate::metrics;
+use crate::model::{ExtendedSequenceNumber, HashKeyRange, ShardId, StartingPosition};
+use crate::processor::{
+    DeadLetter, FailurePolicy, InitializationInput, ProcessRecordsInput, RecordProcessor,
+    RecordProcessorFactory, ShardInfo, guarded,
+};
+use crate::retrieval::{OpenRecordSource, RecordSource, ShardBatch, ShardEvent};
+use crate::shards::Shard;
+use crate::stop::{StopReason, StopSignal};
+
+#[cfg(test)]
+mod tests;
+
+/// How a shard's consumer ended.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// The shard was processed to its end and `SHARD_END` is stored.
+    Ended,
+    /// Let go after a shutdown or handoff request.
+    Released,
+    /// The lease was lost.
+    Lost,
+    /// An error retrying cannot fix (the lease was let go).
+    Failed(Error),
+}
+
+/// What every shard consumer of a worker shares.
+#[derive(Debug)]
+pub(crate) struct WorkerContext {
+    /// Opens each shard's record source, as the worker's retrieval setting
+    /// says.
+    pub(crate) sources: Arc<dyn OpenRecordSource>,
+    pub(crate) initial_timestamp: Option<SystemTime>,
+    pub(crate) leases: Arc<dyn LeaseAccess>,
+    pub(crate) failure: FailurePolicy,
+    pub(crate) parent_poll_interval: Duration,
+    /// The shards as the last shard sync listed them.
+    pub(crate) shards: Mutex<HashMap<ShardId, Shard>>,
+    /// Asks the scheduler for a shard sync now (after a shard ended).
+    pub(crate) sync_now: Notify,
+}
+
+/// The key of another shard's lease in the same key space as `key`.
+pub(crate) fn lease_key_of(key: &str, shard: &ShardId) -> String {
+    match key.rsplit_once(':') {
+        Some((prefix, _)) => format!("{prefix}:{shard}"),
+        None => shard.as_str().to_owned(),
+    }
+}
+
+/// The states of a shard's consumer (see the module docs).
+enum State<P> {
+    WaitingOnParents,
+    Initializing,
+    Processing(Box<dyn RecordSource>, Running<P>),
+    ShardEnding(Running<P>),
+    ShuttingDown(StopReason, Running<P>),
+    Complete(Outcome),
+}
+
+/// A state's name, for logs and tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StateName {
+    WaitingOnParents,
+    Initializing,
+    Processing,
+    ShardEnding,
+    ShuttingDown(StopReason),
+    Complete,
+}
+
+impl<P> State<P> {
+    fn name(&self) -> StateName {
+        match self {
+            State::WaitingOnParents => StateName::WaitingOnParents,
+            State::Initializing => StateName::Initializing,
+            State::Processing(..) => StateName::Processing,
+            State::ShardEnding(_) => StateName::ShardEnding,
+            State::ShuttingDown(reason, _) => StateName::ShuttingDown(*reason),
+            State::Complete(_) => StateName::Complete,
+        }
+    }
+}
+
+/// An initialized processor and its checkpointer.
+struct Running<P> {
+    processor: P,
+    checkpointer: Checkpointer,
+}
+
+/// Consumes the shard of `lease` until it ends or `stop` is requested.
+pub(crate) async fn run<F: RecordProcessorFactory>(
+    context: Arc<WorkerContext>,
+    factory: Arc<F>,
+    lease: Lease,
+    token: FencingToken,
+    stop: StopSignal,
+) -> Outcome {
+    ShardConsumer::new(context, lease, token, stop)
+        .run(&*factory, |_| ())
+        .await
+}
+
+struct ShardConsumer {
+    context: Arc<WorkerContext>,
+    info: ShardInfo,
+    lease: Lease,
+    stop: StopSignal,
+}
+
+impl ShardConsumer {
+    fn new(
+        context: Arc<WorkerContext>,
+        lease: Lease,
+        token: FencingToken,
+        stop: StopSignal,
+    ) -> Self {
+        let info = ShardInfo {
+            shard_id: lease.shard_id(),
+            lease_key: lease.key.clone(),
+            fencing_token: token,
+            parent_shard_ids: lease.parent_shard_ids.clone(),
+        };
+        Self {
+            context,
+            info,
+            lease,
+            stop,
+        }
+    }
+
+    /// Runs the state machine to completion, telling `entered` each state
+    /// it enters. A failure lets the lease go.
+    async fn run<F: RecordProcessorFactory>(
+        mut self,
+        factory: &F,
+        mut entered: impl FnMut(StateName),
+    ) -> Outcome {
+        let mut state = State::WaitingOnParents;
+        let outcome = loop {
+            entered(state.name());
+            tracing::debug!(state = ?state.name(), "shard consumer state");
+            state = match state {
+                State::WaitingOnParents => self.wait_for_parents().await,
+                State::Initializing => self.initialize(factory).await,
+                State::Processing(source, running) => self.process(source, running).await,
+                State::ShardEnding(running) => self.end_shard(running).await,
+                State::ShuttingDown(reason, running) => self.shut_down(reason, running).await,
+                State::Complete(outcome) => break outcome,
+            };
+        };
+        if let Outcome::Failed(err) = &outcome {
+            tracing::error!(error = %err, "the shard's consumer failed; letting the lease go");
+            let _ = self.context.leases.release(&self.info.lease_key).await;
+        }
+        outcome
+    }
+
+    /// Sleeps `pause`; the stop's reason if one arrives first.
+    async fn pause(&self, pause: Duration) -> Option<StopReason> {
+        tokio::select! {
+            () = tokio::time::sleep(pause) => self.stop.reason(),
+            reason = self.stop.requested() => Some(reason),
+        }
+    }
+
+    /// Releases the lease; if that fails it expires instead.
+    async fn let_go(&self) -> Outcome {
+        if let Err(err) = self.context.leases.release(&self.info.lease_key).await {
+            tracing::warn!(error = %err, "could not release the lease; it will expire");
+        }
+        Outcome::Released
+    }
+
+    /// A stop before the processor exists: nothing to tell it.
+    async fn stopped_early<P>(&self, reason: StopReason) -> State<P> {
+        State::Complete(match reason {
+            StopReason::LeaseLost => Outcome::Lost,
+            _ => self.let_go().await,
+        })
+    }
+
+    /// *WaitingOnParents*: until every parent's lease is gone or at
+    /// `SHARD_END`.
+    async fn wait_for_parents<P>(&mut self) -> State<P> {
+        if self.lease.checkpoint == ExtendedSequenceNumber::ShardEnd {
+            // Finished before: nothing to read, nobody needs to hold it.
+            self.context.sync_now.notify_one();
+            self.let_go().await;
+            return State::Complete(Outcome::Ended);
+        }
+        for parent in &self.lease.parent_shard_ids {
+            let key = lease_key_of(&self.lease.key, parent);
+            loop {
+                match self.context.leases.read(&key).await {
+                    Ok(None) => break,
+                    Ok(Some(parent)) if parent.checkpoint == ExtendedSequenceNumber::ShardEnd => {
+                        break;
+                    }
+                    Ok(Some(_)) => {
+                        tracing::debug!(parent = %key, "waiting for the parent shard to finish");
+                    }
+                    Err(err) => {
+                        tracing::warn!(parent = %key, error = %err, "could not read the parent's lease")
+                    }
+                }
+                if let Some(reason) = self.pause(self.context.parent_poll_interval).await {
+                    return self.stopped_early(reason).await;
+                }
+            }
+        }
+        State::Initializing
+    }
+
+    /// *Initializing*: makes the processor, initializes it, opens the
+    /// source at the checkpoint.
+    async fn initialize<F: RecordProcessorFactory>(&mut self, factory: &F) -> State<F::Processor> {
+        let shard = match self.shard().await {
+            Ok(Some(shard)) => shard,
+            Ok(None) => {
+                return State::Complete(Outcome::Failed(Error::InvalidInput(format!(
+                    "shard {} is not listed and its lease has no hash-key range",
+                    self.info.shard_id
+                ))));
+            }
+            Err(reason) => return self.stopped_early(reason).await,
+        };
+        let mut processor = factory.create(&self.info);
+        let input = InitializationInput {
+            shard: self.info.clone(),
+            checkpoint: self.lease.checkpoint.clone(),
+            pending_checkpoint: self.lease.pending_checkpoint.clone(),
+            stop: self.stop.clone(),
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match guarded(processor.initialize(&input)).await {
+                Ok(()) => break,
+                Err(message) => {
+                    tracing::warn!(error = %message, attempt, "initialize failed; trying again");
+                    let pause = self.context.failure.backoff().delay(attempt);
+                    if let Some(reason) = self.pause(pause).await {
+                        return self.stopped_early(reason).await;
+                    }
+                }
+            }
+        }
+        let checkpointer = Checkpointer::new(
+            self.info.shard_id.clone(),
+            self.info.lease_key.clone(),
+            self.info.fencing_token.clone(),
+            self.lease.checkpoint.clone(),
+            self.context.leases.clone(),
+        );
+        let start = match self.starting_position() {
+            Ok(start) => start,
+            Err(err) => return State::Complete(Outcome::Failed(err)),
+        };
+        let reader_stop = self.stop.child_token();
+        match self.context.sources.open(&shard, start, reader_stop) {
+            Ok(source) => State::Processing(
+                source,
+                Running {
+                    processor,
+                    checkpointer,
+                },
+            ),
+            Err(err) => State::Complete(Outcome::Failed(err)),
+        }
+    }
+
+    /// *Processing*: one event of the source, or the stop.
+    async fn process<P: RecordProcessor>(
+        &mut self,
+        mut source: Box<dyn RecordSource>,
+        mut running: Running<P>,
+    ) -> State<P> {
+        let event = tokio::select! {
+            biased;
+            reason = self.stop.requested() => {
+                return State::ShuttingDown(reason, running);
+            }
+            event = source.next_event() => event,
+        };
+        match event {
+            None => State::Complete(Outcome::Failed(Error::InvalidInput(format!(
+                "the reader of shard {} stopped",
+                self.info.shard_id
+            )))),
+            Some(Err(err)) => State::Complete(Outcome::Failed(err)),
+            Some(Ok(ShardEvent::Records(batch))) => match self.deliver(&mut running, batch).await {
+                None => State::Processing(source, running),
+                Some(reason) => State::ShuttingDown(reason, running),
+            },
+            Some(Ok(ShardEvent::End(_))) => State::ShardEnding(running),
+        }
+    }
+
+    /// *ShardEnding*: `shard_ended` until `SHARD_END` is stored, then
+    /// children may start.
+    async fn end_shard<P: RecordProcessor>(&mut self, mut running: Running<P>) -> State<P> {
+        let checkpointer = &running.checkpointer;
+        checkpointer.reached_shard_end();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match guarded(running.processor.shard_ended(checkpointer)).await {
+                Ok(()) if checkpointer.last_checkpoint() == ExtendedSequenceNumber::ShardEnd => {
+                    break;
+                }
+                Ok(()) => tracing::error!(
+                    "shard_ended returned without checkpointing SHARD_END; the children wait"
+                ),
+                Err(message) => tracing::warn!(error = %message, attempt, "shard_ended failed"),
+            }
+            let pause = self.context.failure.backoff().delay(attempt);
+            if let Some(reason) = self.pause(pause).await {
+                return self.stopped_early(reason).await;
+            }
+        }
+        tracing::info!("the shard is finished");
+        self.context.sync_now.notify_one();
+        self.let_go().await;
+        State::Complete(Outcome::Ended)
+    }
+
+    /// *ShuttingDown*: tells the processor, lets the lease go unless lost.
+    async fn shut_down<P: RecordProcessor>(
+        &mut self,
+        reason: StopReason,
+        mut running: Running<P>,
+    ) -> State<P> {
+        // A lost lease may have overridden the request meanwhile.
+        let reason = self.stop.reason().unwrap_or(reason);
+        State::Complete(match reason {
+            StopReason::LeaseLost => {
+                if let Err(message) = guarded(running.processor.lease_lost().map(Ok)).await {
+                    tracing::warn!(error = %message, "lease_lost failed");
+                }
+                Outcome::Lost
+            }
+            StopReason::Shutdown | StopReason::Handoff => {
+                let call = running.processor.shutdown_requested(&running.checkpointer);
+                if let Err(message) = guarded(call).await {
+                    tracing::warn!(error = %message, "shutdown_requested failed");
+                }
+                self.let_go().await
+            }
+        })
+    }
+
+    /// The shard as listed, or as far as its lease describes it; `None`
+    /// when neither knows it; the stop's reason if one arrives first.
+    async fn shard(&self) -> std::result::Result<Option<Shard>, StopReason> {
+        for attempt in 1..=3 {
+            if let Some(shard) = self
+                .context
+                .shards
+                .lock()
+                .ok()
+                .and_then(|shards| shards.get(&self.info.shard_id).cloned())
+            {
+                return Ok(Some(shard));
+            }
+            if let Some(range) = self.lease.hash_key_range {
+                return Ok(Some(shard_from_lease(&self.lease, range)));
+            }
+            self.context.sync_now.notify_one();
+            if let Some(reason) = self.pause(Duration::from_secs(attempt)).await {
+                return Err(reason);
+            }
+        }
+        Ok(None)
+    }
+
+    fn starting_position(&self) -> Result<StartingPosition> {
+        Ok(match &self.lease.checkpoint {
+            ExtendedSequenceNumber::TrimHorizon => StartingPosition::TrimHorizon,
+            ExtendedSequenceNumber::Latest => StartingPosition::Latest,
+            ExtendedSequenceNumber::AtTimestamp => match self.context.initial_timestamp {
+                Some(at) => StartingPosition::AtTimestamp(at),
+                None => {
+                    return Err(Error::Config(format!(
+                        "lease {} starts AT_TIMESTAMP but no timestamp is configured",
+                        self.info.lease_key
+                    )));
+                }
+            },
+            ExtendedSequenceNumber::Sequence {
+                sequence_number,
+                sub_sequence_number,
+            } => StartingPosition::AfterCheckpoint(sequence_number.clone(), *sub_sequence_number),
+            ExtendedSequenceNumber::ShardEnd => StartingPosition::TrimHorizon,
+        })
+    }
+
+    /// Hands one batch to the processor under the failure policy; the stop's
+    /// reason if one arrives while a failed batch waits to be retried.
+    async fn deliver<P: RecordProcessor>(
+        &mut self,
+        running: &mut Running<P>,
+        batch: ShardBatch,
+    ) -> Option<StopReason> {
+        let shard = [self.info.shard_id.as_str()];
+        if let Some(behind) = batch.millis_behind_latest {
+            metrics::MILLIS_BEHIND_LATEST
+                .gauge(&shard)
+                .set(behind as f64);
+        }
+        let last = batch.records.last()?.extended_sequence_number();
+        let count = batch.records.len();
+        running.checkpointer.delivered(last);
+        let mut input = ProcessRecordsInput {
+            records: batch.records,
+            millis_behind_latest: batch.millis_behind_latest,
+            attempt: 0,
+            stop: self.stop.clone(),
+        };
+        loop {
+            input.attempt += 1;
+            let started = Instant::now();
+            let call = running
+                .processor
+                .process_records(&input, &running.checkpointer);
+            let result = guarded(call).await;
+            metrics::PROCESS_SECONDS
+                .histogram(&shard)
+                .record(started.elapsed().as_secs_f64());
+            let message = match result {
+                Ok(()) => {
+                    metrics::RECORDS_PROCESSED
+                        .counter(&shard)
+                        .increment(count as u64);
+                    metrics::BYTES_PROCESSED
+                        .counter(&shard)
+                        .increment(batch.bytes as u64);
+                    return None;
+                }
+                Err(message) => message,
+            };
+            metrics::PROCESS_FAILURES.counter(&shard).increment(1);
+            tracing::warn!(error = %message, attempt = input.attempt, records = count, "processing a batch failed");
+            if let FailurePolicy::DeadLetter {
+                attempts, handler, ..
+            } = &self.context.failure
+                && input.attempt >= *attempts
+            {
+                tracing::warn!(
+                    records = count,
+                    "handing the batch to the dead-letter handler"
+                );
+                let letter = DeadLetter {
+                    shard: self.info.clone(),
+                    records: std::mem::take(&mut input.records),
+                    error: message,
+                    attempts: input.attempt,
+                };
+                handler(letter).await;
+                return None;
+            }
+            let pause = self.context.failure.backoff().delay(input.attempt);
+            if let Some(reason) = self.pause(pause).await {
+                return Some(reason);
+            }
+        }
+    }
+}
+
+fn shard_from_lease(lease: &Lease, range: HashKeyRange) -> Shard {
+    let mut parents = lease.parent_shard_ids.iter().cloned();
+    Shard {
+        id: lease.shard_id(),
+        parent_shard_id: parents.next(),
+        adjacent_parent_shard_id: parents.next(),
+        hash_key_range: range,
+        starting_sequence_number: crate::model::SequenceNumber::from_u128(0),
+        ending_sequence_number: None,
+    }
+}

@@ -1,0 +1,231 @@
+//! Every metric rkcl emits, in one closed catalogue.
+//!
+//! rkcl records through the [`metrics`](https://docs.rs/metrics) facade;
+//! install any recorder (Prometheus, StatsD, ...) to collect them. Each
+//! [`Metric`] here names one series: its name, kind, unit, labels and
+//! meaning. Code that emits a metric goes through these constants, so no
+//! name is spelled twice, and tests and dashboards can read the same list
+//! ([`ALL`]). Labels are bounded: a shard id or a worker id, never a
+//! sequence number or anything per record.
+//!
+//! ```
+//! // Register descriptions (units, help text) with the installed recorder.
+//! rkcl::metrics::describe_all();
+//! assert!(rkcl::metrics::ALL.iter().any(|m| m.name == "rkcl_records_processed"));
+//! ```
+
+use ::metrics::{Counter, Gauge, Histogram, Label, Unit};
+
+/// What a metric measures over time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MetricKind {
+    /// A count that only grows.
+    Counter,
+    /// A value that goes up and down.
+    Gauge,
+    /// A distribution of observed values.
+    Histogram,
+}
+
+/// One metric: its name, kind, unit, label names and meaning.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Metric {
+    /// The series name.
+    pub name: &'static str,
+    /// Counter, gauge or histogram.
+    pub kind: MetricKind,
+    /// The unit of its values.
+    pub unit: Unit,
+    /// The label names, in the order emitters pass their values.
+    pub labels: &'static [&'static str],
+    /// What it means, in one sentence.
+    pub description: &'static str,
+}
+
+impl Metric {
+    /// The labels of one series: this metric's label names with `values`, in
+    /// order.
+    pub fn labels(&self, values: &[&str]) -> Vec<Label> {
+        debug_assert_eq!(values.len(), self.labels.len(), "labels of {}", self.name);
+        self.labels
+            .iter()
+            .zip(values)
+            .map(|(name, value)| Label::new(*name, (*value).to_owned()))
+            .collect()
+    }
+
+    /// The counter of the series with these label values.
+    pub(crate) fn counter(&self, values: &[&str]) -> Counter {
+        debug_assert_eq!(self.kind, MetricKind::Counter, "{}", self.name);
+        ::metrics::counter!(self.name, self.labels(values))
+    }
+
+    /// The gauge of the series with these label values.
+    pub(crate) fn gauge(&self, values: &[&str]) -> Gauge {
+        debug_assert_eq!(self.kind, MetricKind::Gauge, "{}", self.name);
+        ::metrics::gauge!(self.name, self.labels(values))
+    }
+
+    /// The histogram of the series with these label values.
+    pub(crate) fn histogram(&self, values: &[&str]) -> Histogram {
+        debug_assert_eq!(self.kind, MetricKind::Histogram, "{}", self.name);
+        ::metrics::histogram!(self.name, self.labels(values))
+    }
+}
+
+/// The label naming a shard.
+pub const SHARD: &str = "shard";
+/// The label naming a worker.
+pub const WORKER: &str = "worker";
+
+/// User records handed to processors and processed without error.
+pub const RECORDS_PROCESSED: Metric = Metric {
+    name: "rkcl_records_processed",
+    kind: MetricKind::Counter,
+    unit: Unit::Count,
+    labels: &[SHARD],
+    description: "User records processed successfully.",
+};
+
+/// Bytes of Kinesis record data in batches processed without error.
+pub const BYTES_PROCESSED: Metric = Metric {
+    name: "rkcl_bytes_processed",
+    kind: MetricKind::Counter,
+    unit: Unit::Bytes,
+    labels: &[SHARD],
+    description: "Bytes of record data in batches processed successfully.",
+};
+
+/// How far behind the tip of its shard the last batch was read.
+pub const MILLIS_BEHIND_LATEST: Metric = Metric {
+    name: "rkcl_millis_behind_latest",
+    kind: MetricKind::Gauge,
+    unit: Unit::Milliseconds,
+    labels: &[SHARD],
+    description: "How far behind the tip of the shard the last batch was read.",
+};
+
+/// Time spent in one `process_records` call.
+pub const PROCESS_SECONDS: Metric = Metric {
+    name: "rkcl_process_seconds",
+    kind: MetricKind::Histogram,
+    unit: Unit::Seconds,
+    labels: &[SHARD],
+    description: "Time spent in one process_records call.",
+};
+
+/// `process_records` calls that failed or panicked.
+pub const PROCESS_FAILURES: Metric = Metric {
+    name: "rkcl_process_failures",
+    kind: MetricKind::Counter,
+    unit: Unit::Count,
+    labels: &[SHARD],
+    description: "process_records calls that returned an error or panicked.",
+};
+
+/// Time to store one checkpoint, retries included.
+pub const CHECKPOINT_SECONDS: Metric = Metric {
+    name: "rkcl_checkpoint_seconds",
+    kind: MetricKind::Histogram,
+    unit: Unit::Seconds,
+    labels: &[SHARD],
+    description: "Time to store one checkpoint, retries included.",
+};
+
+/// Warnings about a record of the Stream API left uncommitted too long.
+pub const UNCOMMITTED_RECORDS_WARNED: Metric = Metric {
+    name: "rkcl_uncommitted_records_warned",
+    kind: MetricKind::Counter,
+    unit: Unit::Count,
+    labels: &[SHARD],
+    description: "Records of the Stream API left uncommitted past the warning time.",
+};
+
+/// Leases this worker took (available, expired, stolen or handed over).
+pub const LEASES_TAKEN: Metric = Metric {
+    name: "rkcl_leases_taken",
+    kind: MetricKind::Counter,
+    unit: Unit::Count,
+    labels: &[WORKER],
+    description: "Leases this worker took.",
+};
+
+/// Leases this worker lost (taken by another, or not renewed in time).
+pub const LEASES_LOST: Metric = Metric {
+    name: "rkcl_leases_lost",
+    kind: MetricKind::Counter,
+    unit: Unit::Count,
+    labels: &[WORKER],
+    description: "Leases this worker lost without letting them go.",
+};
+
+/// Leases this worker holds now.
+pub const LEASES_HELD: Metric = Metric {
+    name: "rkcl_leases_held",
+    kind: MetricKind::Gauge,
+    unit: Unit::Count,
+    labels: &[WORKER],
+    description: "Leases this worker holds now.",
+};
+
+/// Every metric rkcl emits.
+pub const ALL: &[Metric] = &[
+    RECORDS_PROCESSED,
+    BYTES_PROCESSED,
+    MILLIS_BEHIND_LATEST,
+    PROCESS_SECONDS,
+    PROCESS_FAILURES,
+    CHECKPOINT_SECONDS,
+    UNCOMMITTED_RECORDS_WARNED,
+    LEASES_TAKEN,
+    LEASES_LOST,
+    LEASES_HELD,
+];
+
+/// Registers the unit and description of every metric with the installed
+/// recorder (exporters show them as help text).
+pub fn describe_all() {
+    for metric in ALL {
+        match metric.kind {
+            MetricKind::Counter => {
+                ::metrics::describe_counter!(metric.name, metric.unit, metric.description)
+            }
+            MetricKind::Gauge => {
+                ::metrics::describe_gauge!(metric.name, metric.unit, metric.description)
+            }
+            MetricKind::Histogram => {
+                ::metrics::describe_histogram!(metric.name, metric.unit, metric.description)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn names_are_unique_prefixed_and_labels_bounded() {
+        let mut names = HashSet::new();
+        for metric in ALL {
+            assert!(names.insert(metric.name), "{} twice", metric.name);
+            assert!(metric.name.starts_with("rkcl_"), "{}", metric.name);
+            assert!(
+                metric.labels.iter().all(|l| [SHARD, WORKER].contains(l)),
+                "{} has an unbounded label",
+                metric.name
+            );
+        }
+    }
+
+    #[test]
+    fn labels_pair_names_with_values() {
+        let labels = RECORDS_PROCESSED.labels(&["shardId-000000000001"]);
+        assert_eq!(labels.len(), 1);
+        assert_eq!(labels[0].key(), "shard");
+        assert_eq!(labels[0].value(), "shardId-000000000001");
+    }
+}
