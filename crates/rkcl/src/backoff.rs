@@ -39,10 +39,10 @@ pub(crate) const RETRY_ATTEMPTS: u32 = 20;
 /// Calls `op` until it succeeds, fails with an error that retrying cannot
 /// fix, or has failed [`RETRY_ATTEMPTS`] times, pausing with `backoff`
 /// between tries.
-pub(crate) async fn retry<T, F, Fut>(backoff: Backoff, what: &str, op: F) -> crate::Result<T>
+pub(crate) async fn retry<T, F, Fut>(backoff: Backoff, what: &str, op: F) -> crate::error::Result<T>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = crate::Result<T>>,
+    Fut: std::future::Future<Output = crate::error::Result<T>>,
 {
     retry_up_to(RETRY_ATTEMPTS, backoff, what, op).await
 }
@@ -53,10 +53,10 @@ pub(crate) async fn retry_up_to<T, F, Fut>(
     backoff: Backoff,
     what: &str,
     mut op: F,
-) -> crate::Result<T>
+) -> crate::error::Result<T>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = crate::Result<T>>,
+    Fut: std::future::Future<Output = crate::error::Result<T>>,
 {
     let mut failures = 0;
     loop {
@@ -98,8 +98,8 @@ mod tests {
             base: Duration::from_millis(10),
             max: Duration::from_millis(100),
         };
-        let throttled = || crate::Error::Throttled {
-            service: crate::Service::Kinesis,
+        let throttled = || crate::error::Error::Throttled {
+            service: crate::error::Service::Kinesis,
             message: String::new(),
         };
         let mut calls = 0;
@@ -113,16 +113,16 @@ mod tests {
         assert_eq!(value, 3);
 
         let mut calls = 0;
-        let result: crate::Result<()> = retry(backoff, "test", || {
+        let result: crate::error::Result<()> = retry(backoff, "test", || {
             calls += 1;
-            async { Err(crate::Error::Config("no".into())) }
+            async { Err(crate::error::Error::Config("no".into())) }
         })
         .await;
         assert!(result.is_err());
         assert_eq!(calls, 1);
 
         let mut calls = 0;
-        let result: crate::Result<()> = retry(backoff, "test", || {
+        let result: crate::error::Result<()> = retry(backoff, "test", || {
             calls += 1;
             async { Err(throttled()) }
         })

@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use crate::Kinesis;
+use crate::aws::Kinesis;
 use crate::aws::StreamRef;
 use crate::error::Result;
 use crate::leases::{Lease, LeaseStore};

@@ -14,6 +14,7 @@ use std::time::Duration;
 use common::{create_stream, keyed_records, quick_polling, read_shard_raw};
 use metrics::{Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName};
 use metrics::{Metadata, SharedString, Unit};
+use rkcl::metrics as catalogue;
 use rkcl::{
     Checkpointer, Deaggregator, DynamoDbLeaseStore, ExtendedSequenceNumber, HashRangePolicy,
     Kinesis, LeaseStore, PollingConfig, ProcessRecordsInput, ProcessorError, Producer,
@@ -78,6 +79,21 @@ impl Captured {
             .iter()
             .filter(|((n, _), _)| n == name)
             .map(|((_, labels), value)| (labels.clone(), value.clone()))
+            .collect()
+    }
+
+    /// Every key emitted, with its kind.
+    fn keys(&self) -> Vec<(MetricKey, &'static str)> {
+        let kind = |value: &Value| match value {
+            Value::Counter(_) => "counter",
+            Value::Gauge(_) => "gauge",
+            Value::Histogram(_) => "histogram",
+        };
+        self.values
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(key, value)| (key.clone(), kind(value)))
             .collect()
     }
 
@@ -406,19 +422,22 @@ async fn a_worker_reports_exact_records_bytes_leases_and_latency_samples_per_sha
     .await;
 
     // Leases: both taken by this one worker, none lost, two held.
-    let worker_label = [("worker", worker_id)];
+    let worker_label = [(catalogue::WORKER, worker_id)];
     assert_eq!(worker.held_leases().len(), 2);
     assert_eq!(
-        captured.counter("rkcl_leases_taken", &worker_label),
+        captured.counter(catalogue::LEASES_TAKEN.name, &worker_label),
         Some(2)
     );
     assert_eq!(
         captured
-            .counter("rkcl_leases_lost", &worker_label)
+            .counter(catalogue::LEASES_LOST.name, &worker_label)
             .unwrap_or(0),
         0
     );
-    assert_eq!(captured.gauge("rkcl_leases_held", &worker_label), Some(2.0));
+    assert_eq!(
+        captured.gauge(catalogue::LEASES_HELD.name, &worker_label),
+        Some(2.0)
+    );
 
     let batches = tally.batches.lock().unwrap().clone();
     assert_eq!(batches.len(), 2, "{batches:?}");
@@ -426,11 +445,11 @@ async fn a_worker_reports_exact_records_bytes_leases_and_latency_samples_per_sha
     let mut records_total = 0;
     let mut bytes_total = 0;
     for (shard, raw) in &raw {
-        let label = [("shard", shard.as_str())];
+        let label = [(catalogue::SHARD, shard.as_str())];
         // User records after de-aggregation; bytes of the Kinesis records
         // as read (an aggregate counts whole), as `ShardBatch::bytes` says.
-        let records = captured.counter("rkcl_records_processed", &label);
-        let bytes = captured.counter("rkcl_bytes_processed", &label);
+        let records = captured.counter(catalogue::RECORDS_PROCESSED.name, &label);
+        let bytes = captured.counter(catalogue::BYTES_PROCESSED.name, &label);
         assert_eq!(records, Some(raw.user_records as u64), "records of {shard}");
         assert_eq!(bytes, Some(raw.kinesis_bytes as u64), "bytes of {shard}");
         records_total += records.unwrap_or(0);
@@ -438,8 +457,8 @@ async fn a_worker_reports_exact_records_bytes_leases_and_latency_samples_per_sha
         // One processing sample and one checkpoint sample per batch: the
         // processor checkpoints after each one and every batch moves on.
         let calls = batches[&ShardId::new(shard.as_str())];
-        let processed = captured.samples("rkcl_process_seconds", &label);
-        let checkpointed = captured.samples("rkcl_checkpoint_seconds", &label);
+        let processed = captured.samples(catalogue::PROCESS_SECONDS.name, &label);
+        let checkpointed = captured.samples(catalogue::CHECKPOINT_SECONDS.name, &label);
         assert_eq!(processed.len(), calls, "process samples of {shard}");
         assert_eq!(checkpointed.len(), calls, "checkpoint samples of {shard}");
         for sample in processed.iter().chain(&checkpointed) {
@@ -447,12 +466,12 @@ async fn a_worker_reports_exact_records_bytes_leases_and_latency_samples_per_sha
         }
         // The reader has caught up with the tip.
         assert_eq!(
-            captured.gauge("rkcl_millis_behind_latest", &label),
+            captured.gauge(catalogue::MILLIS_BEHIND_LATEST.name, &label),
             Some(0.0)
         );
         assert_eq!(
             captured
-                .counter("rkcl_process_failures", &label)
+                .counter(catalogue::PROCESS_FAILURES.name, &label)
                 .unwrap_or(0),
             0
         );
@@ -465,24 +484,49 @@ async fn a_worker_reports_exact_records_bytes_leases_and_latency_samples_per_sha
     assert!(bytes_total > plain_bytes as u64);
     // Nothing under other labels: no failures anywhere, no other shards.
     assert!(
-        captured.all("rkcl_process_failures").is_empty(),
+        captured.all(catalogue::PROCESS_FAILURES.name).is_empty(),
         "{:?}",
-        captured.all("rkcl_process_failures")
+        captured.all(catalogue::PROCESS_FAILURES.name)
     );
-    assert_eq!(captured.all("rkcl_records_processed").len(), 2);
+    assert_eq!(captured.all(catalogue::RECORDS_PROCESSED.name).len(), 2);
 
     let report = worker.shutdown(Duration::from_secs(10)).await;
     assert!(report.unfinished_shards.is_empty(), "{report:?}");
     // A worker that has shut down holds nothing.
-    assert_eq!(captured.gauge("rkcl_leases_held", &worker_label), Some(0.0));
+    assert_eq!(
+        captured.gauge(catalogue::LEASES_HELD.name, &worker_label),
+        Some(0.0)
+    );
     // The final checkpoints repeat the stored ones: no further samples.
     for shard in raw.keys() {
-        let label = [("shard", shard.as_str())];
+        let label = [(catalogue::SHARD, shard.as_str())];
         let calls = batches[&ShardId::new(shard.as_str())];
         assert_eq!(
-            captured.samples("rkcl_checkpoint_seconds", &label).len(),
+            captured
+                .samples(catalogue::CHECKPOINT_SECONDS.name, &label)
+                .len(),
             calls
         );
+    }
+    // Every series emitted is in the closed catalogue, as a metric of the
+    // catalogue's kind with exactly the catalogue's labels.
+    for ((name, labels), kind) in captured.keys() {
+        let metric = catalogue::ALL
+            .iter()
+            .find(|m| m.name == name)
+            .unwrap_or_else(|| panic!("{name} is not in the catalogue"));
+        let expected_kind = match metric.kind {
+            catalogue::MetricKind::Counter => "counter",
+            catalogue::MetricKind::Gauge => "gauge",
+            catalogue::MetricKind::Histogram => "histogram",
+            other => panic!("unknown kind {other:?}"),
+        };
+        assert_eq!(kind, expected_kind, "{name}");
+        let mut names: Vec<&str> = labels.iter().map(|(k, _)| k.as_str()).collect();
+        let mut declared = metric.labels.to_vec();
+        names.sort_unstable();
+        declared.sort_unstable();
+        assert_eq!(names, declared, "labels of {name}");
     }
     local.shutdown().await;
 }

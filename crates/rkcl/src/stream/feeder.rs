@@ -126,7 +126,10 @@ impl Drop for Feeder {
 }
 
 /// Checkpoints the watermark when it is past the stored checkpoint.
-async fn checkpoint_mark(state: &ShardState, checkpointer: &Checkpointer) -> crate::Result<()> {
+async fn checkpoint_mark(
+    state: &ShardState,
+    checkpointer: &Checkpointer,
+) -> crate::error::Result<()> {
     let Some(ExtendedSequenceNumber::Sequence {
         sequence_number,
         sub_sequence_number,

@@ -25,7 +25,7 @@ pub use batch::{
 };
 pub use committable::{CommitHandle, CommittableBatch, CommittableRecord};
 
-use crate::Kinesis;
+use crate::aws::Kinesis;
 use crate::error::{Error, Result};
 use crate::leases::{Lease, LeaseStore};
 use crate::processor::ShardInfo;
