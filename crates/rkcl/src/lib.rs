@@ -57,6 +57,7 @@
 mod aws;
 mod backoff;
 mod checkpoint;
+mod config;
 mod error;
 mod kpl;
 mod leases;
@@ -95,11 +96,11 @@ pub use processor::{
     DeadLetter, DeadLetterHandler, FailurePolicy, InitializationInput, ProcessRecordsInput,
     ProcessorError, RecordProcessor, RecordProcessorFactory, ShardInfo,
 };
-pub use producer::{Producer, ProducerConfig, PutSummary};
+pub use producer::{Producer, ProducerConfig, ProducerConfigBuilder, PutSummary};
 pub use record::{KinesisRecord, ProducerRecord, UserRecord};
 pub use retrieval::{
-    PollingConfig, PollingSource, RecordSource, Retrieval, ShardBatch, ShardEnd, ShardEndReason,
-    ShardEvent, ShardGraph, StreamEvent, StreamReader,
+    PollingConfig, PollingConfigBuilder, PollingSource, RecordSource, Retrieval, ShardBatch,
+    ShardEnd, ShardEndReason, ShardEvent, ShardGraph, StreamEvent, StreamReader,
 };
 pub use scheduler::{
     Scheduler, SchedulerConfig, SchedulerConfigBuilder, ShutdownReport, wait_for_signal,
@@ -108,6 +109,6 @@ pub use shards::{Shard, ShardMap};
 pub use stop::{StopReason, StopSignal};
 pub use stream::{
     Batch, BatchError, BatchFailure, BatchFailureHandler, BatchOptions, Chunks, CommitHandle,
-    CommittableBatch, CommittableRecord, Consumer, ConsumerConfig, FailureReason, Records,
-    ShardChunks, ShardRecords, ShardStreams, ShutdownHandle,
+    CommittableBatch, CommittableRecord, Consumer, ConsumerConfig, ConsumerConfigBuilder,
+    FailureReason, Records, ShardChunks, ShardRecords, ShardStreams, ShutdownHandle,
 };

@@ -19,8 +19,10 @@ const MAX_BYTES_PER_CALL: usize = 5 * 1024 * 1024;
 /// The longest partition key Kinesis accepts, in characters.
 const MAX_PARTITION_KEY_CHARS: usize = 256;
 
-/// How a [`Producer`] writes.
+/// How a [`Producer`] writes. Made with [`ProducerConfig::builder`] (or
+/// [`Default`]).
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct ProducerConfig {
     /// Pack user records into KPL aggregates, one stream of aggregates per
     /// predicted shard. Default: `false`.
@@ -52,6 +54,47 @@ impl Default for ProducerConfig {
             base_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
         }
+    }
+}
+
+impl ProducerConfig {
+    /// A builder starting from the defaults.
+    pub fn builder() -> ProducerConfigBuilder {
+        ProducerConfigBuilder {
+            config: Self::default(),
+        }
+    }
+
+    /// Checks every value.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the field: an aggregate size outside
+    /// 64 B..=1 MiB, zero attempts, a base backoff above the maximum.
+    pub fn validate(&self) -> Result<()> {
+        // Its error names the aggregate size and the allowed range.
+        Aggregator::with_max_size(self.aggregate_max_size)?;
+        if self.max_attempts == 0 {
+            return Err(Error::Config("max_attempts must be at least 1".into()));
+        }
+        if self.base_backoff.is_zero() || self.base_backoff > self.max_backoff {
+            return Err(Error::Config(
+                "base_backoff must be positive and not exceed max_backoff".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+crate::config::config_builder! {
+    /// Builds a [`ProducerConfig`]; [`build`](Self::build) validates it.
+    ProducerConfigBuilder => ProducerConfig {
+        aggregate: bool,
+        aggregate_max_size: usize,
+        strict_order: bool,
+        max_attempts: u32,
+        base_backoff: Duration,
+        max_backoff: Duration,
     }
 }
 
@@ -153,15 +196,7 @@ impl Producer {
     /// [`Error::Config`] for an aggregate size outside 64 B..=1 MiB or zero
     /// attempts.
     pub fn new(kinesis: Kinesis, stream: StreamRef, config: ProducerConfig) -> Result<Self> {
-        Aggregator::with_max_size(config.aggregate_max_size)?;
-        if config.max_attempts == 0 {
-            return Err(Error::Config("max_attempts must be at least 1".into()));
-        }
-        if config.base_backoff > config.max_backoff {
-            return Err(Error::Config(
-                "base_backoff must not exceed max_backoff".into(),
-            ));
-        }
+        config.validate()?;
         Ok(Self {
             kinesis,
             stream,

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
@@ -24,6 +24,7 @@ use crate::stop::{StopReason, StopSender};
 
 /// How a [`Scheduler`] runs. Made with [`SchedulerConfig::builder`].
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct SchedulerConfig {
     /// The application name: the lease table's name, shared by every worker
     /// of the group.
@@ -87,6 +88,9 @@ impl SchedulerConfig {
         if self.stream.name().is_empty() {
             return Err(Error::Config("the stream name is empty".into()));
         }
+        if let InitialPosition::AtTimestamp(at) = self.initial_position {
+            validate_start_time(at, SystemTime::now())?;
+        }
         self.leases.validate()?;
         self.retrieval.validate()?;
         self.failure_policy.validate()?;
@@ -102,6 +106,29 @@ impl SchedulerConfig {
         }
         Ok(())
     }
+}
+
+/// How far in the future an `AT_TIMESTAMP` start may be: clocks differ a
+/// little; more is a mistake (seconds taken for milliseconds, say).
+const MAX_START_TIME_AHEAD: Duration = Duration::from_secs(300);
+
+/// Checks an `AT_TIMESTAMP` start against the clock `now`.
+fn validate_start_time(at: SystemTime, now: SystemTime) -> Result<()> {
+    if at < SystemTime::UNIX_EPOCH {
+        return Err(Error::Config(
+            "initial_position: the AT_TIMESTAMP time is before 1970".into(),
+        ));
+    }
+    if at
+        .duration_since(now)
+        .is_ok_and(|ahead| ahead > MAX_START_TIME_AHEAD)
+    {
+        let ahead = at.duration_since(now).unwrap_or_default().as_secs();
+        return Err(Error::Config(format!(
+            "initial_position: the AT_TIMESTAMP time is {ahead} s in the future"
+        )));
+    }
+    Ok(())
 }
 
 /// A host name and a random suffix, so two workers on one host differ.
@@ -600,5 +627,89 @@ where
         report.finished_shards.sort();
         report.unfinished_shards.sort();
         report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_error(result: Result<SchedulerConfig>) -> String {
+        match result {
+            Err(Error::Config(message)) => message,
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn build_refuses_a_start_time_in_the_future_or_before_1970() {
+        let ahead = SystemTime::now() + Duration::from_secs(3_600);
+        let message = config_error(
+            SchedulerConfig::builder("app", "orders")
+                .initial_position(InitialPosition::AtTimestamp(ahead))
+                .build(),
+        );
+        assert!(message.starts_with("initial_position"), "{message}");
+        let before = SystemTime::UNIX_EPOCH - Duration::from_secs(1);
+        let message = config_error(
+            SchedulerConfig::builder("app", "orders")
+                .initial_position(InitialPosition::AtTimestamp(before))
+                .build(),
+        );
+        assert!(message.starts_with("initial_position"), "{message}");
+        let past = SystemTime::now() - Duration::from_secs(3_600);
+        assert!(
+            SchedulerConfig::builder("app", "orders")
+                .initial_position(InitialPosition::AtTimestamp(past))
+                .build()
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn build_refuses_zero_intervals_naming_the_field() {
+        let message = config_error(
+            SchedulerConfig::builder("app", "orders")
+                .parent_poll_interval(Duration::ZERO)
+                .build(),
+        );
+        assert!(message.contains("parent_poll_interval"), "{message}");
+        let message = config_error(
+            SchedulerConfig::builder("app", "orders")
+                .shard_sync_interval(Duration::ZERO)
+                .build(),
+        );
+        assert!(message.contains("shard_sync_interval"), "{message}");
+        let mut leases = LeaseCoordinatorConfig::new("worker");
+        leases.renew_interval = leases.lease_duration * 2;
+        assert!(matches!(
+            SchedulerConfig::builder("app", "orders")
+                .leases(leases)
+                .build(),
+            Err(Error::Config(_))
+        ));
+    }
+
+    #[test]
+    fn a_lease_duration_rederives_the_intervals_and_keeps_the_rest() {
+        let mut leases = LeaseCoordinatorConfig::new("worker-7");
+        leases.rng_seed = Some(42);
+        leases.max_leases = 3;
+        leases.graceful_handoff = false;
+        let config = SchedulerConfig::builder("app", "orders")
+            .leases(leases)
+            .lease_duration(Duration::from_secs(4))
+            .build()
+            .unwrap();
+        let leases = &config.leases;
+        assert_eq!(leases.worker_id, "worker-7");
+        assert_eq!(leases.rng_seed, Some(42));
+        assert_eq!(leases.max_leases, 3);
+        assert!(!leases.graceful_handoff);
+        let derived = LeaseCoordinatorConfig::with_lease_duration("x", Duration::from_secs(4));
+        assert_eq!(leases.lease_duration, derived.lease_duration);
+        assert_eq!(leases.renew_interval, derived.renew_interval);
+        assert_eq!(leases.scan_interval, derived.scan_interval);
+        assert_eq!(leases.handoff_timeout, derived.handoff_timeout);
     }
 }

@@ -21,7 +21,7 @@ mod polling;
 mod reader;
 mod shard_graph;
 
-pub use polling::{PollingConfig, PollingSource};
+pub use polling::{PollingConfig, PollingConfigBuilder, PollingSource};
 pub use reader::{StreamEvent, StreamReader};
 pub use shard_graph::ShardGraph;
 

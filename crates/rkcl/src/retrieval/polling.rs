@@ -24,6 +24,7 @@ use crate::shards::Shard;
 /// allows five per shard, shared by every reader), and as many as allowed
 /// while behind.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct PollingConfig {
     /// The most records one GetRecords call asks for (1 to 10,000).
     /// Default: [`DEFAULT_MAX_RECORDS`](Self::DEFAULT_MAX_RECORDS).
@@ -59,6 +60,13 @@ pub struct PollingConfig {
 }
 
 impl PollingConfig {
+    /// A builder starting from the defaults.
+    pub fn builder() -> PollingConfigBuilder {
+        PollingConfigBuilder {
+            config: Self::default(),
+        }
+    }
+
     /// The default and largest number of records per GetRecords call.
     pub const DEFAULT_MAX_RECORDS: u32 = 10_000;
     /// The default pause between calls while caught up.
@@ -125,6 +133,22 @@ impl PollingConfig {
         self.idle_interval
             .mul_f64(share.clamp(0.0, 1.0))
             .max(self.min_call_interval)
+    }
+}
+
+crate::config::config_builder! {
+    /// Builds a [`PollingConfig`]; [`build`](Self::build) validates it.
+    PollingConfigBuilder => PollingConfig {
+        max_records: u32,
+        idle_interval: Duration,
+        min_call_interval: Duration,
+        bytes_per_second: u64,
+        prefetch_records: usize,
+        prefetch_bytes: usize,
+        prefetch_batches: usize,
+        base_backoff: Duration,
+        max_backoff: Duration,
+        hash_range_policy: HashRangePolicy,
     }
 }
 

@@ -34,8 +34,9 @@ use budget::Budget;
 use feeder::{FeedSettings, FeedShared, Feeder};
 
 /// How a [`Consumer`] runs: the scheduler's config plus checkpoints,
-/// in-flight limits and shutdown.
+/// in-flight limits and shutdown. Made with [`ConsumerConfig::builder`].
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct ConsumerConfig {
     /// The worker: application, stream, leases, polling.
     pub scheduler: SchedulerConfig,
@@ -68,60 +69,22 @@ pub struct ConsumerConfig {
 }
 
 impl ConsumerConfig {
-    /// The defaults around a scheduler config.
-    pub fn new(scheduler: SchedulerConfig) -> Self {
-        Self {
-            scheduler,
-            checkpoint_every_records: 10_000,
-            checkpoint_interval: Duration::from_secs(60),
-            max_in_flight_records_per_shard: 10_000,
-            max_in_flight_bytes_per_shard: 16 << 20,
-            max_in_flight_records: 100_000,
-            max_in_flight_bytes: 64 << 20,
-            uncommitted_warning_after: Duration::from_secs(60),
-            shutdown_grace: Duration::from_secs(10),
-            commit_on_drop: false,
+    /// A builder with the defaults around a scheduler config.
+    pub fn builder(scheduler: SchedulerConfig) -> ConsumerConfigBuilder {
+        ConsumerConfigBuilder {
+            config: Self {
+                scheduler,
+                checkpoint_every_records: 10_000,
+                checkpoint_interval: Duration::from_secs(60),
+                max_in_flight_records_per_shard: 10_000,
+                max_in_flight_bytes_per_shard: 16 << 20,
+                max_in_flight_records: 100_000,
+                max_in_flight_bytes: 64 << 20,
+                uncommitted_warning_after: Duration::from_secs(60),
+                shutdown_grace: Duration::from_secs(10),
+                commit_on_drop: false,
+            },
         }
-    }
-
-    /// Checkpoint after `records` commits or `interval`, whichever comes
-    /// first.
-    pub fn checkpoint_every(mut self, records: u64, interval: Duration) -> Self {
-        self.checkpoint_every_records = records;
-        self.checkpoint_interval = interval;
-        self
-    }
-
-    /// The in-flight limits of one shard.
-    pub fn max_in_flight_per_shard(mut self, records: usize, bytes: usize) -> Self {
-        self.max_in_flight_records_per_shard = records;
-        self.max_in_flight_bytes_per_shard = bytes;
-        self
-    }
-
-    /// The in-flight limits over all shards.
-    pub fn max_in_flight(mut self, records: usize, bytes: usize) -> Self {
-        self.max_in_flight_records = records;
-        self.max_in_flight_bytes = bytes;
-        self
-    }
-
-    /// When to warn about an uncommitted record.
-    pub fn uncommitted_warning_after(mut self, after: Duration) -> Self {
-        self.uncommitted_warning_after = after;
-        self
-    }
-
-    /// How long a shutdown waits for commits.
-    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
-        self.shutdown_grace = grace;
-        self
-    }
-
-    /// Whether dropping an uncommitted record commits it.
-    pub fn commit_on_drop(mut self, commit: bool) -> Self {
-        self.commit_on_drop = commit;
-        self
     }
 
     /// Checks every value.
@@ -165,6 +128,43 @@ impl ConsumerConfig {
             shutdown_grace: self.shutdown_grace,
             commit_on_drop: self.commit_on_drop,
         }
+    }
+}
+
+crate::config::config_builder! {
+    /// Builds a [`ConsumerConfig`]; [`build`](Self::build) validates it.
+    ConsumerConfigBuilder => ConsumerConfig {
+        checkpoint_every_records: u64,
+        checkpoint_interval: Duration,
+        max_in_flight_records_per_shard: usize,
+        max_in_flight_bytes_per_shard: usize,
+        max_in_flight_records: usize,
+        max_in_flight_bytes: usize,
+        uncommitted_warning_after: Duration,
+        shutdown_grace: Duration,
+        commit_on_drop: bool,
+    }
+}
+
+impl ConsumerConfigBuilder {
+    /// Checkpoint after `records` commits or `interval`, whichever comes
+    /// first. Default: 10,000 commits or 60 s.
+    pub fn checkpoint_every(self, records: u64, interval: Duration) -> Self {
+        self.checkpoint_every_records(records)
+            .checkpoint_interval(interval)
+    }
+
+    /// The in-flight limits of one shard. Default: 10,000 records, 16 MiB.
+    pub fn max_in_flight_per_shard(self, records: usize, bytes: usize) -> Self {
+        self.max_in_flight_records_per_shard(records)
+            .max_in_flight_bytes_per_shard(bytes)
+    }
+
+    /// The in-flight limits over all shards. Default: 100,000 records,
+    /// 64 MiB.
+    pub fn max_in_flight(self, records: usize, bytes: usize) -> Self {
+        self.max_in_flight_records(records)
+            .max_in_flight_bytes(bytes)
     }
 }
 
