@@ -38,22 +38,22 @@
 //! figures.
 #![allow(clippy::print_stdout)]
 
-#[path = "../../rkcl/benches/support/plain_reader.rs"]
-mod plain_reader;
-
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use plain_reader::{Limits, plain_loop};
 use rkcl::{
     Checkpointer, DynamoDbLeaseStore, InitializationInput, Kinesis, LeaseStore,
-    ProcessRecordsInput, ProcessorError, Producer, ProducerConfig, ProducerRecord, RecordProcessor,
-    Scheduler, SchedulerConfig, ShardInfo, StreamRef,
+    ProcessRecordsInput, ProcessorError, ProducerRecord, RecordProcessor, Scheduler,
+    SchedulerConfig, ShardInfo, StreamRef,
 };
 use rkcl_local::Local;
+use rkcl_local::testkit::Packing::{Aggregated, Plain};
+use rkcl_local::testkit::{
+    ReadLimits, create_stream, eventually_every, lease_table, plain_read_loop, put,
+};
 
 const SHARDS: u32 = 4;
 const RECORDS: usize = 400_000;
@@ -69,40 +69,13 @@ const IDLE_SHARDS: u32 = 1_000;
 const IDLE_INTERVAL_MS: u64 = 500;
 const IDLE_WINDOW: Duration = Duration::from_secs(20);
 
-async fn create_stream(kinesis: &Kinesis, name: &str, shards: u32) -> StreamRef {
-    kinesis.create_stream(name, shards).await.unwrap();
-    let stream = StreamRef::parse(name);
-    kinesis
-        .wait_until_active(&stream, Duration::from_secs(60))
-        .await
-        .unwrap();
-    stream
-}
-
-async fn lease_table(local: &Local, app: &str) -> DynamoDbLeaseStore {
-    let store = DynamoDbLeaseStore::new(local.dynamodb_client(), app);
-    store.ensure_table(Duration::from_secs(10)).await.unwrap();
-    store
-}
-
 /// Half the records plain, half in KPL aggregates.
 async fn fill(kinesis: &Kinesis, stream: &StreamRef) {
-    for (aggregate, first) in [(false, 0), (true, RECORDS / 2)] {
-        let mut producer = Producer::new(
-            kinesis.clone(),
-            stream.clone(),
-            ProducerConfig {
-                aggregate,
-                ..ProducerConfig::default()
-            },
-        )
-        .unwrap();
+    for (packing, first) in [(Plain, 0), (Aggregated, RECORDS / 2)] {
         let records: Vec<ProducerRecord> = (first..first + RECORDS / 2)
             .map(|i| ProducerRecord::new(format!("key-{i}"), vec![b'x'; RECORD_SIZE]))
             .collect();
-        for chunk in records.chunks(5_000) {
-            producer.put(chunk.to_vec()).await.unwrap();
-        }
+        put(kinesis, stream, records, packing).await;
     }
 }
 
@@ -156,13 +129,13 @@ async fn rkcl_worker(local: &Local, kinesis: &Kinesis, app: &str, stream: &str) 
     })
     .await
     .unwrap();
-    while progress.records.load(Ordering::SeqCst) < RECORDS {
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "the worker did not finish"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    eventually_every(
+        "the worker to finish",
+        Duration::from_secs(120),
+        Duration::from_millis(2),
+        || progress.records.load(Ordering::SeqCst) >= RECORDS,
+    )
+    .await;
     let done = Instant::now();
     assert_eq!(progress.records.load(Ordering::SeqCst), RECORDS);
     let report = worker.shutdown(Duration::from_secs(10)).await;
@@ -192,10 +165,10 @@ async fn throughput(local: &Local) {
     // the readers.
     for run in 0..RUNS {
         let started = Instant::now();
-        kinesis_records = plain_loop(local, &kinesis, &stream, Limits::CallsAndBytes).await;
+        kinesis_records = plain_read_loop(local, &stream, ReadLimits::CallsAndBytes).await;
         plain.push(RECORDS as f64 / started.elapsed().as_secs_f64());
         let started = Instant::now();
-        plain_loop(local, &kinesis, &stream, Limits::Calls).await;
+        plain_read_loop(local, &stream, ReadLimits::Calls).await;
         calls_only.push(RECORDS as f64 / started.elapsed().as_secs_f64());
         let (total, first) =
             rkcl_worker(local, &kinesis, &format!("throughput-{run}"), "throughput").await;
@@ -290,14 +263,9 @@ fn holds(worker: &Scheduler, active: &Active, leases: usize) -> bool {
     worker.held_leases().len() == leases && active.lock().unwrap().len() == leases
 }
 
-async fn until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !done() {
-        assert!(started.elapsed() < timeout, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    started.elapsed()
-}
+/// How often the failover runs check their condition: the resolution of
+/// the times they report.
+const CHECK_EVERY: Duration = Duration::from_millis(10);
 
 /// Two workers settle on two leases each; one leaves (dropped, or shut down
 /// gracefully) and the time until the other runs all four is returned.
@@ -305,22 +273,28 @@ async fn leave(local: &Local, kinesis: &Kinesis, app: &str, graceful: bool) -> D
     let store = lease_table(local, app).await;
     let (a, a_active) = tracked_worker(kinesis, &store, "failover", "a").await;
     let (b, b_active) = tracked_worker(kinesis, &store, "failover", "b").await;
-    until("two leases each", Duration::from_secs(60), || {
-        holds(&a, &a_active, 2) && holds(&b, &b_active, 2)
-    })
+    eventually_every(
+        "two leases each",
+        Duration::from_secs(60),
+        CHECK_EVERY,
+        || holds(&a, &a_active, 2) && holds(&b, &b_active, 2),
+    )
     .await;
     // No handoff in flight when one leaves.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while store
-        .list()
-        .await
-        .unwrap()
-        .iter()
-        .any(|l| l.checkpoint_owner.is_some())
-    {
-        assert!(Instant::now() < deadline, "handoffs never settled");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually_every(
+        "handoffs to settle",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || async {
+            store
+                .list()
+                .await
+                .unwrap()
+                .iter()
+                .all(|l| l.checkpoint_owner.is_none())
+        },
+    )
+    .await;
     let started = Instant::now();
     if graceful {
         let report = a.shutdown(Duration::from_secs(10)).await;
@@ -328,9 +302,10 @@ async fn leave(local: &Local, kinesis: &Kinesis, app: &str, graceful: bool) -> D
     } else {
         drop(a);
     }
-    until(
+    eventually_every(
         "the survivor runs every shard",
         Duration::from_secs(60),
+        CHECK_EVERY,
         || holds(&b, &b_active, SHARDS as usize),
     )
     .await;
@@ -413,26 +388,26 @@ async fn memory() {
         .spawn()
         .unwrap();
     let pid = child.id();
-    let started = Instant::now();
     let store = DynamoDbLeaseStore::new(local.dynamodb_client(), "idle-app");
-    loop {
-        assert!(child.try_wait().unwrap().is_none(), "rkcl consume exited");
-        assert!(
-            started.elapsed() < Duration::from_secs(180),
-            "never held every lease"
-        );
-        // The table appears once the process has created it.
-        if let Ok(leases) = store.list().await
-            && leases.len() == IDLE_SHARDS as usize
-            && leases
-                .iter()
-                .all(|l| l.owner.as_deref() == Some("idle-worker"))
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let all_held = started.elapsed();
+    let all_held = eventually_every(
+        "rkcl consume to hold every lease",
+        Duration::from_secs(180),
+        Duration::from_millis(200),
+        || {
+            assert!(child.try_wait().unwrap().is_none(), "rkcl consume exited");
+            let store = &store;
+            async move {
+                // The table appears once the process has created it.
+                store.list().await.is_ok_and(|leases| {
+                    leases.len() == IDLE_SHARDS as usize
+                        && leases
+                            .iter()
+                            .all(|l| l.owner.as_deref() == Some("idle-worker"))
+                })
+            }
+        },
+    )
+    .await;
     let ticks = cpu_ticks(pid);
     tokio::time::sleep(IDLE_WINDOW).await;
     // USER_HZ is 100 on Linux.

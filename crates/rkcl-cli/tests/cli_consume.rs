@@ -8,11 +8,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rkcl::{
-    DynamoDbLeaseStore, ExtendedSequenceNumber, Kinesis, LeaseStore, Producer, ProducerConfig,
-    ProducerRecord, StreamRef,
-};
+use rkcl::{DynamoDbLeaseStore, ExtendedSequenceNumber, Kinesis, LeaseStore, ProducerRecord};
 use rkcl_local::Local;
+use rkcl_local::testkit::Packing::Aggregated;
+use rkcl_local::testkit::{create_stream, eventually, put};
 
 fn consume(local: &Local, worker: &str) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_rkcl"));
@@ -78,25 +77,11 @@ fn unique(lines: &Mutex<Vec<serde_json::Value>>) -> BTreeSet<String> {
 async fn two_consumers_share_the_shards_and_stop_cleanly_on_sigterm() {
     let local = Local::start().await.unwrap();
     let kinesis = Kinesis::new(local.kinesis_client());
-    kinesis.create_stream("orders", 2).await.unwrap();
-    let stream = StreamRef::parse("orders");
-    kinesis
-        .wait_until_active(&stream, Duration::from_secs(10))
-        .await
-        .unwrap();
-    let mut producer = Producer::new(
-        kinesis.clone(),
-        stream.clone(),
-        ProducerConfig {
-            aggregate: true,
-            ..ProducerConfig::default()
-        },
-    )
-    .unwrap();
+    let stream = create_stream(&kinesis, "orders", 2).await;
     let records: Vec<ProducerRecord> = (0..2000)
         .map(|i| ProducerRecord::new(format!("key-{}", i % 50), format!("record-{i}")))
         .collect();
-    producer.put(records).await.unwrap();
+    put(&kinesis, &stream, records, Aggregated).await;
 
     let lines = Arc::new(Mutex::new(Vec::new()));
     let mut first = spawn(consume(&local, "w1"), &lines);
@@ -150,17 +135,21 @@ async fn two_consumers_share_the_shards_and_stop_cleanly_on_sigterm() {
     }
 
     // A restart resumes after what was written: only new records follow.
-    producer
-        .put(vec![ProducerRecord::new("key-1", "after-restart")])
-        .await
-        .unwrap();
+    put(
+        &kinesis,
+        &stream,
+        vec![ProducerRecord::new("key-1", "after-restart")],
+        Aggregated,
+    )
+    .await;
     let again = Arc::new(Mutex::new(Vec::new()));
     let mut third = spawn(consume(&local, "w3"), &again);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while again.lock().unwrap().is_empty() {
-        assert!(Instant::now() < deadline, "nothing after the restart");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        "a record after the restart",
+        Duration::from_secs(30),
+        || !again.lock().unwrap().is_empty(),
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     tokio::task::spawn_blocking(move || terminate(&mut third))
         .await

@@ -1,11 +1,11 @@
 //! `rkcl leases` on the local DynamoDB.
 
 use std::process::Command;
-use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use rkcl::{DynamoDbLeaseStore, ExtendedSequenceNumber, Lease, LeaseStore, ShardId};
+use rkcl::{ExtendedSequenceNumber, Lease, LeaseStore, ShardId};
 use rkcl_local::Local;
+use rkcl_local::testkit::lease_table;
 
 fn rkcl(local: &Local) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_rkcl"));
@@ -28,8 +28,7 @@ async fn run(command: Command) -> std::process::Output {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lists_leases_only_and_resets_with_care() {
     let local = Local::start().await.unwrap();
-    let store = DynamoDbLeaseStore::new(local.dynamodb_client(), "orders-app");
-    store.ensure_table(Duration::from_secs(10)).await.unwrap();
+    let store = lease_table(&local, "orders-app").await;
     let owned = Lease::new(
         "shardId-000000000001",
         ExtendedSequenceNumber::new("12345".parse().unwrap(), 3),

@@ -8,12 +8,12 @@ use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use aws_sdk_kinesis::types::ShardIteratorType;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use common::{rkcl, run_with_stdin};
-use rkcl::{Deaggregator, HashRangePolicy, Kinesis, KinesisRecord, StreamRef};
+use rkcl::StreamRef;
 use rkcl_local::Local;
+use rkcl_local::testkit::read_all_raw;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn put_aggregate_of_ten_thousand_lines_reads_back_in_per_key_order() {
@@ -57,60 +57,21 @@ async fn put_aggregate_of_ten_thousand_lines_reads_back_in_per_key_order() {
     );
     assert!(stdout.contains("records: 10000,"), "{stdout}");
 
-    let kinesis = Kinesis::new(local.kinesis_client());
     let stream = StreamRef::parse("cli-put");
-    let client = local.kinesis_client();
     let mut next: HashMap<String, usize> = HashMap::new();
     let mut total = 0;
-    for shard in kinesis.list_shards(&stream).await.unwrap() {
-        let mut deaggregator = Deaggregator::for_shard(
-            shard.id.clone(),
-            shard.hash_key_range,
-            HashRangePolicy::DropAggregate,
-        );
-        let mut iterator = client
-            .get_shard_iterator()
-            .stream_name("cli-put")
-            .shard_id(shard.id.as_str())
-            .shard_iterator_type(ShardIteratorType::TrimHorizon)
-            .send()
-            .await
-            .unwrap()
-            .shard_iterator()
-            .map(str::to_owned);
-        while let Some(it) = iterator {
-            let out = client
-                .get_records()
-                .shard_iterator(it)
-                .send()
-                .await
-                .unwrap();
-            for record in out.records() {
-                let users = deaggregator.deaggregate(KinesisRecord {
-                    sequence_number: record.sequence_number().parse().unwrap(),
-                    partition_key: record.partition_key().to_owned(),
-                    data: record.data().as_ref().to_vec().into(),
-                    approximate_arrival_timestamp: None,
-                });
-                for user in users {
-                    assert!(user.is_aggregated());
-                    let text = String::from_utf8(user.data.to_vec()).unwrap();
-                    let (key, n) = text.split_once(':').unwrap();
-                    assert_eq!(key, user.partition_key);
-                    let expected = next.entry(key.to_owned()).or_default();
-                    assert_eq!(n.parse::<usize>().unwrap(), *expected, "order of {key}");
-                    *expected += 1;
-                    total += 1;
-                }
-            }
-            let at_tip = out.records().is_empty() && out.millis_behind_latest() == Some(0);
-            iterator = if at_tip {
-                None
-            } else {
-                out.next_shard_iterator().map(str::to_owned)
-            };
+    for shard in read_all_raw(&local, &stream).await.shards {
+        for user in shard.user_records {
+            assert!(user.is_aggregated());
+            let text = String::from_utf8(user.data.to_vec()).unwrap();
+            let (key, n) = text.split_once(':').unwrap();
+            assert_eq!(key, user.partition_key);
+            let expected = next.entry(key.to_owned()).or_default();
+            assert_eq!(n.parse::<usize>().unwrap(), *expected, "order of {key}");
+            *expected += 1;
+            total += 1;
         }
-        assert_eq!(deaggregator.stats().aggregates_dropped, 0, "{}", shard.id);
+        assert_eq!(shard.stats.aggregates_dropped, 0, "{}", shard.shard.id);
     }
     assert_eq!(total, 10_000);
     assert_eq!(next.len(), keys);

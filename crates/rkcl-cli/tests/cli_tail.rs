@@ -5,33 +5,22 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
-use std::time::Duration;
 
 use common::rkcl;
-use rkcl::{Kinesis, Producer, ProducerConfig, ProducerRecord, StreamRef};
+use rkcl::{Kinesis, ProducerRecord, StreamRef};
 use rkcl_local::Local;
+use rkcl_local::testkit::Packing::{Aggregated, Plain};
+use rkcl_local::testkit::{create_stream, put};
 
 async fn stream_with_records(local: &Local, name: &str, shards: u32, records: usize) -> StreamRef {
     let kinesis = Kinesis::new(local.kinesis_client());
-    kinesis.create_stream(name, shards).await.unwrap();
-    let stream = StreamRef::parse(name);
-    kinesis
-        .wait_until_active(&stream, Duration::from_secs(10))
-        .await
-        .unwrap();
+    let stream = create_stream(&kinesis, name, shards).await;
     let half = records / 2;
-    for (aggregate, range) in [(false, 0..half), (true, half..records)] {
-        let config = ProducerConfig {
-            aggregate,
-            ..ProducerConfig::default()
-        };
-        let mut producer = Producer::new(kinesis.clone(), stream.clone(), config).unwrap();
+    for (packing, range) in [(Plain, 0..half), (Aggregated, half..records)] {
         let batch: Vec<ProducerRecord> = range
             .map(|i| ProducerRecord::new(format!("key-{}", i % 500), format!("record-{i}")))
             .collect();
-        for chunk in batch.chunks(10_000) {
-            producer.put(chunk.to_vec()).await.unwrap();
-        }
+        put(&kinesis, &stream, batch, packing).await;
     }
     stream
 }

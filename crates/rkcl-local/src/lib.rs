@@ -23,6 +23,10 @@
 //! # }
 //! ```
 //!
+//! With the `testkit` feature, [`testkit`] adds helpers for tests on these
+//! servers (streams, records, raw reads, waiting) and the conformance suite
+//! of rkcl's `LeaseStore` trait.
+//!
 //! Where the emulators differ from AWS (no `ChildShards` from GetRecords, no
 //! read throttling, `ShardFilter` ignored) is written down in the project's
 //! ARCHITECTURE.md; rkcl never depends on those differences.
@@ -39,6 +43,9 @@
         clippy::print_stderr
     )
 )]
+
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};

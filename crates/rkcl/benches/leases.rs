@@ -20,6 +20,7 @@ use rkcl::{
     LeaseEvent, LeaseStore, LeaseTableRequests,
 };
 use rkcl_local::Local;
+use rkcl_local::testkit::{eventually_every, lease_table};
 use tokio::task::JoinHandle;
 
 const LEASE_DURATION: Duration = Duration::from_secs(2);
@@ -66,15 +67,13 @@ fn balanced(workers: &BTreeMap<String, Worker>, leases: usize) -> bool {
 }
 
 async fn until_balanced(workers: &BTreeMap<String, Worker>, leases: usize) -> Duration {
-    let started = Instant::now();
-    while !balanced(workers, leases) {
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "never balanced"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    started.elapsed()
+    eventually_every(
+        "balanced",
+        Duration::from_secs(120),
+        Duration::from_millis(20),
+        || balanced(workers, leases),
+    )
+    .await
 }
 
 fn per_lease_hour(before: LeaseTableRequests, after: LeaseTableRequests, leases: usize) -> f64 {
@@ -84,8 +83,7 @@ fn per_lease_hour(before: LeaseTableRequests, after: LeaseTableRequests, leases:
 
 async fn scenario(local: &Local, workers_count: usize, leases: usize) {
     let table = format!("bench-{workers_count}-{leases}");
-    let store = DynamoDbLeaseStore::new(local.dynamodb_client(), table);
-    store.ensure_table(Duration::from_secs(10)).await.unwrap();
+    let store = lease_table(local, &table).await;
     for i in 0..leases {
         let lease = Lease::new(
             format!("shardId-{i:012}"),

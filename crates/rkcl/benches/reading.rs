@@ -12,38 +12,26 @@
 //! Run with `cargo bench -p rkcl --bench reading`. It prints its figures.
 #![allow(clippy::print_stdout)]
 
-#[path = "support/plain_reader.rs"]
-mod plain_reader;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use plain_reader::{Limits, plain_loop};
 use rkcl::{
-    Kinesis, PollingConfig, Producer, ProducerConfig, ProducerRecord, StartingPosition,
-    StreamEvent, StreamReader, StreamRef,
+    Kinesis, PollingConfig, ProducerRecord, StartingPosition, StreamEvent, StreamReader, StreamRef,
 };
 use rkcl_local::Local;
+use rkcl_local::testkit::Packing::Plain;
+use rkcl_local::testkit::{ReadLimits, create_stream, plain_read_loop, put};
 
 const RECORDS_PER_SHARD: usize = 25_000;
 
 async fn fill(local: &Local, name: &str, shards: u32) -> (Kinesis, StreamRef, usize) {
     let kinesis = Kinesis::new(local.kinesis_client());
-    kinesis.create_stream(name, shards).await.unwrap();
-    let stream = StreamRef::parse(name);
-    kinesis
-        .wait_until_active(&stream, Duration::from_secs(30))
-        .await
-        .unwrap();
+    let stream = create_stream(&kinesis, name, shards).await;
     let total = RECORDS_PER_SHARD * shards as usize;
-    let mut producer =
-        Producer::new(kinesis.clone(), stream.clone(), ProducerConfig::default()).unwrap();
     let records: Vec<ProducerRecord> = (0..total)
         .map(|i| ProducerRecord::new(format!("key-{i}"), vec![b'x'; 100]))
         .collect();
-    for chunk in records.chunks(20_000) {
-        producer.put(chunk.to_vec()).await.unwrap();
-    }
+    put(&kinesis, &stream, records, Plain).await;
     (kinesis, stream, total)
 }
 
@@ -75,13 +63,13 @@ async fn throughput(local: &Local, shards: u32) {
     for _ in 0..3 {
         let started = Instant::now();
         assert_eq!(
-            plain_loop(local, &kinesis, &stream, Limits::None).await,
+            plain_read_loop(local, &stream, ReadLimits::Off).await,
             total
         );
         unpaced.push(total as f64 / started.elapsed().as_secs_f64());
         let started = Instant::now();
         assert_eq!(
-            plain_loop(local, &kinesis, &stream, Limits::Calls).await,
+            plain_read_loop(local, &stream, ReadLimits::Calls).await,
             total
         );
         paced.push(total as f64 / started.elapsed().as_secs_f64());
@@ -105,12 +93,7 @@ async fn throughput(local: &Local, shards: u32) {
 async fn latency(local: &Local, idle: Duration) {
     let name = format!("latency-{}", idle.as_millis());
     let kinesis = Kinesis::new(local.kinesis_client());
-    kinesis.create_stream(&name, 4).await.unwrap();
-    let stream = StreamRef::parse(&name);
-    kinesis
-        .wait_until_active(&stream, Duration::from_secs(30))
-        .await
-        .unwrap();
+    let stream = create_stream(&kinesis, &name, 4).await;
     let config = PollingConfig {
         idle_interval: idle,
         ..PollingConfig::default()
@@ -130,13 +113,15 @@ async fn latency(local: &Local, idle: Duration) {
     let producer = {
         let (kinesis, stream, origin) = (kinesis.clone(), stream.clone(), origin.clone());
         tokio::spawn(async move {
-            let mut producer = Producer::new(kinesis, stream, ProducerConfig::default()).unwrap();
             for i in 0..sends {
                 let sent = origin.elapsed().as_micros().to_string();
-                producer
-                    .put(vec![ProducerRecord::new(format!("k{i}"), sent)])
-                    .await
-                    .unwrap();
+                put(
+                    &kinesis,
+                    &stream,
+                    vec![ProducerRecord::new(format!("k{i}"), sent)],
+                    Plain,
+                )
+                .await;
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
         })

@@ -23,37 +23,23 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use rkcl::{
     Checkpointer, Consumer, ConsumerConfig, DynamoDbLeaseStore, Kinesis, ProcessRecordsInput,
-    ProcessorError, Producer, ProducerConfig, ProducerRecord, RecordProcessor, Scheduler,
-    SchedulerConfig, ShardInfo, StreamRef,
+    ProcessorError, ProducerRecord, RecordProcessor, Scheduler, SchedulerConfig, ShardInfo,
+    StreamRef,
 };
 use rkcl_local::Local;
+use rkcl_local::testkit::Packing::{Aggregated, Plain};
+use rkcl_local::testkit::{create_stream, lease_table, put};
 
 const RECORDS: usize = 400_000;
 
 async fn fill(local: &Local) -> (Kinesis, StreamRef) {
     let kinesis = Kinesis::new(local.kinesis_client());
-    kinesis.create_stream("bench", 4).await.unwrap();
-    let stream = StreamRef::parse("bench");
-    kinesis
-        .wait_until_active(&stream, Duration::from_secs(30))
-        .await
-        .unwrap();
-    for aggregate in [false, true] {
-        let mut producer = Producer::new(
-            kinesis.clone(),
-            stream.clone(),
-            ProducerConfig {
-                aggregate,
-                ..ProducerConfig::default()
-            },
-        )
-        .unwrap();
+    let stream = create_stream(&kinesis, "bench", 4).await;
+    for packing in [Plain, Aggregated] {
         let records: Vec<ProducerRecord> = (0..RECORDS / 2)
             .map(|i| ProducerRecord::new(format!("key-{}", i % 1000), vec![b'x'; 100]))
             .collect();
-        for chunk in records.chunks(20_000) {
-            producer.put(chunk.to_vec()).await.unwrap();
-        }
+        put(&kinesis, &stream, records, packing).await;
     }
     (kinesis, stream)
 }
@@ -63,12 +49,6 @@ fn scheduler_config(app: &str) -> SchedulerConfig {
         .worker_id("bench")
         .build()
         .unwrap()
-}
-
-async fn table(local: &Local, app: &str) -> DynamoDbLeaseStore {
-    let store = DynamoDbLeaseStore::new(local.dynamodb_client(), app);
-    store.ensure_table(Duration::from_secs(10)).await.unwrap();
-    store
 }
 
 struct Counting {
@@ -94,7 +74,7 @@ impl RecordProcessor for Counting {
 /// Seconds until the processor API has seen every record.
 async fn processor_run(local: &Local, kinesis: &Kinesis, run: usize) -> f64 {
     let app = format!("bench-processor-{run}");
-    let store = table(local, &app).await;
+    let store = lease_table(local, &app).await;
     let count = Arc::new(AtomicUsize::new(0));
     let factory = {
         let count = count.clone();
@@ -119,7 +99,7 @@ async fn processor_run(local: &Local, kinesis: &Kinesis, run: usize) -> f64 {
 /// record.
 async fn stream_run(local: &Local, kinesis: &Kinesis, run: usize) -> f64 {
     let app = format!("bench-stream-{run}");
-    let store = table(local, &app).await;
+    let store = lease_table(local, &app).await;
     let started = Instant::now();
     let consumer = Consumer::start(
         ConsumerConfig::new(scheduler_config(&app)),
@@ -177,21 +157,14 @@ async fn bounded_memory() {
     const RECORDS: usize = 120_000;
     let local = Local::start().await.unwrap();
     let kinesis = Kinesis::new(local.kinesis_client());
-    kinesis.create_stream("bench", 4).await.unwrap();
-    let stream = StreamRef::parse("bench");
-    kinesis
-        .wait_until_active(&stream, Duration::from_secs(30))
-        .await
-        .unwrap();
-    let mut producer =
-        Producer::new(kinesis.clone(), stream.clone(), ProducerConfig::default()).unwrap();
+    let stream = create_stream(&kinesis, "bench", 4).await;
     for part in 0..12 {
         let records: Vec<ProducerRecord> = (0..RECORDS / 12)
             .map(|i| ProducerRecord::new(format!("key-{part}-{i}"), vec![b'y'; RECORD]))
             .collect();
-        producer.put(records).await.unwrap();
+        put(&kinesis, &stream, records, Plain).await;
     }
-    table(&local, "bench-memory").await;
+    lease_table(&local, "bench-memory").await;
     let mut command = std::process::Command::new(std::env::current_exe().unwrap());
     command
         .env(CHILD, "memory")

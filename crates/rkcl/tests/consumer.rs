@@ -9,14 +9,17 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{create_stream, key_and_number, keyed_records, quick_polling};
+use common::{key_and_number, keyed_records, quick_polling};
 use rkcl::{
     Checkpointer, DynamoDbLeaseStore, Error, ExtendedSequenceNumber, FailurePolicy,
-    InMemoryLeaseStore, Kinesis, Lease, LeaseStore, ProcessRecordsInput, ProcessorError, Producer,
-    ProducerConfig, ProducerRecord, RecordProcessor, Scheduler, SchedulerConfig, ShardId,
-    ShardInfo, StreamRef,
+    InMemoryLeaseStore, Kinesis, Lease, LeaseStore, ProcessRecordsInput, ProcessorError,
+    RecordProcessor, Scheduler, SchedulerConfig, ShardId, ShardInfo, StreamRef,
 };
 use rkcl_local::Local;
+use rkcl_local::testkit::Packing::{Aggregated, Plain};
+use rkcl_local::testkit::{
+    create_stream, eventually, lease_table, merge, put, read_all_raw, split,
+};
 
 /// One delivery of one user record.
 #[derive(Clone, Debug)]
@@ -113,12 +116,6 @@ fn config(app: &str, stream: &str, worker: &str) -> SchedulerConfig {
         .unwrap()
 }
 
-async fn lease_table(local: &Local, app: &str) -> DynamoDbLeaseStore {
-    let store = DynamoDbLeaseStore::new(local.dynamodb_client(), app);
-    store.ensure_table(Duration::from_secs(10)).await.unwrap();
-    store
-}
-
 async fn start(
     local: &Local,
     store: &DynamoDbLeaseStore,
@@ -172,35 +169,6 @@ impl Group {
     }
 }
 
-async fn produce(
-    kinesis: &Kinesis,
-    stream: &StreamRef,
-    records: Vec<ProducerRecord>,
-    aggregate: bool,
-) {
-    let mut producer = Producer::new(
-        kinesis.clone(),
-        stream.clone(),
-        ProducerConfig {
-            aggregate,
-            ..ProducerConfig::default()
-        },
-    )
-    .unwrap();
-    for chunk in records.chunks(10_000) {
-        producer.put(chunk.to_vec()).await.unwrap();
-    }
-}
-
-/// Waits until `done` holds, polling every 100 ms.
-async fn until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !done() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Within one processor instance, positions strictly increase.
 fn assert_shard_order(deliveries: &[Delivery]) {
     let mut last: HashMap<u64, &ExtendedSequenceNumber> = HashMap::new();
@@ -230,14 +198,14 @@ async fn three_workers_consume_every_record_in_shard_order_with_balanced_leases(
         journal,
         ..
     } = &group;
-    produce(kinesis, stream, keyed_records(100, 500, 0), false).await;
-    produce(kinesis, stream, keyed_records(100, 500, 500), true).await;
-    until("100,000 records consumed", Duration::from_secs(120), || {
+    put(kinesis, stream, keyed_records(100, 500, 0), Plain).await;
+    put(kinesis, stream, keyed_records(100, 500, 500), Aggregated).await;
+    eventually("100,000 records consumed", Duration::from_secs(120), || {
         journal.unique() == 100_000
     })
     .await;
     assert_shard_order(&journal.snapshot());
-    until(
+    eventually(
         "4 leases spread over 3 workers",
         Duration::from_secs(30),
         || {
@@ -267,12 +235,12 @@ async fn a_killed_worker_is_replaced_after_expiry_and_duplicates_come_only_after
         journal,
         ..
     } = &group;
-    produce(kinesis, stream, keyed_records(40, 250, 0), true).await;
-    until("first 10,000", Duration::from_secs(60), || {
+    put(kinesis, stream, keyed_records(40, 250, 0), Aggregated).await;
+    eventually("first 10,000", Duration::from_secs(60), || {
         journal.unique() == 10_000
     })
     .await;
-    until("a holds a lease", Duration::from_secs(30), || {
+    eventually("a holds a lease", Duration::from_secs(30), || {
         !a.held_leases().is_empty()
     })
     .await;
@@ -288,12 +256,12 @@ async fn a_killed_worker_is_replaced_after_expiry_and_duplicates_come_only_after
         .map(|l| (l.key, l.checkpoint))
         .collect();
     let deliveries_before = journal.snapshot().len();
-    produce(kinesis, stream, keyed_records(40, 250, 250), true).await;
-    until("all 20,000", Duration::from_secs(60), || {
+    put(kinesis, stream, keyed_records(40, 250, 250), Aggregated).await;
+    eventually("all 20,000", Duration::from_secs(60), || {
         journal.unique() == 20_000
     })
     .await;
-    until(
+    eventually(
         "survivors hold every lease",
         Duration::from_secs(30),
         || held_counts(&[&b, &c]).iter().sum::<usize>() == 4,
@@ -325,19 +293,19 @@ async fn a_graceful_shutdown_hands_shards_over_within_a_cycle_without_duplicates
         journal,
         ..
     } = &group;
-    produce(kinesis, stream, keyed_records(40, 250, 0), false).await;
-    until("first 10,000", Duration::from_secs(60), || {
+    put(kinesis, stream, keyed_records(40, 250, 0), Plain).await;
+    eventually("first 10,000", Duration::from_secs(60), || {
         journal.unique() == 10_000
     })
     .await;
-    until("a holds a lease", Duration::from_secs(30), || {
+    eventually("a holds a lease", Duration::from_secs(30), || {
         !a.held_leases().is_empty()
     })
     .await;
     let report = a.shutdown(Duration::from_secs(10)).await;
     assert!(!report.finished_shards.is_empty() && report.unfinished_shards.is_empty());
     let stopped = tokio::time::Instant::now();
-    until(
+    eventually(
         "survivors hold every lease",
         Duration::from_secs(30),
         || held_counts(&[&b, &c]).iter().sum::<usize>() == 4,
@@ -349,8 +317,8 @@ async fn a_graceful_shutdown_hands_shards_over_within_a_cycle_without_duplicates
         handoff <= LEASE / 2 + Duration::from_millis(700),
         "{handoff:?}"
     );
-    produce(kinesis, stream, keyed_records(40, 250, 250), false).await;
-    until("all 20,000", Duration::from_secs(60), || {
+    put(kinesis, stream, keyed_records(40, 250, 250), Plain).await;
+    eventually("all 20,000", Duration::from_secs(60), || {
         journal.unique() == 20_000
     })
     .await;
@@ -373,13 +341,13 @@ async fn splits_and_merges_while_consuming_keep_key_order_and_children_wait_for_
     let journal = Arc::new(Journal::default());
     let a = start(&local, &store, "reshard", "a", &journal).await;
     let b = start(&local, &store, "reshard", "b", &journal).await;
-    produce(&kinesis, &stream, keyed_records(30, 100, 0), true).await;
+    put(&kinesis, &stream, keyed_records(30, 100, 0), Aggregated).await;
     let shards = kinesis.list_shards(&stream).await.unwrap();
-    common::split(&local, &kinesis, &stream, &shards[0], None).await;
-    produce(&kinesis, &stream, keyed_records(30, 100, 100), false).await;
-    common::merge(&local, &kinesis, &stream, &shards[1], &shards[2]).await;
-    produce(&kinesis, &stream, keyed_records(30, 100, 200), true).await;
-    until("all 9,000", Duration::from_secs(90), || {
+    split(&local, &stream, &shards[0], None).await;
+    put(&kinesis, &stream, keyed_records(30, 100, 100), Plain).await;
+    merge(&local, &stream, &shards[1], &shards[2]).await;
+    put(&kinesis, &stream, keyed_records(30, 100, 200), Aggregated).await;
+    eventually("all 9,000", Duration::from_secs(90), || {
         journal.unique() == 9_000
     })
     .await;
@@ -492,7 +460,7 @@ async fn a_restarted_group_resumes_inside_an_aggregate_without_repeating_or_skip
     let kinesis = Kinesis::new(local.kinesis_client());
     let stream = create_stream(&kinesis, "resume", 1).await;
     let store = lease_table(&local, "resume-app").await;
-    produce(&kinesis, &stream, keyed_records(1, 1000, 0), true).await;
+    put(&kinesis, &stream, keyed_records(1, 1000, 0), Aggregated).await;
     let first = Arc::new(Journal::default());
     let journal = first.clone();
     let worker = Scheduler::start(
@@ -506,7 +474,7 @@ async fn a_restarted_group_resumes_inside_an_aggregate_without_repeating_or_skip
     )
     .await
     .unwrap();
-    until("all read once", Duration::from_secs(30), || {
+    eventually("all read once", Duration::from_secs(30), || {
         first.unique() == 1000
     })
     .await;
@@ -518,7 +486,7 @@ async fn a_restarted_group_resumes_inside_an_aggregate_without_repeating_or_skip
 
     let second = Arc::new(Journal::default());
     let worker = start(&local, &store, "resume", "second", &second).await;
-    until("the rest read", Duration::from_secs(30), || {
+    eventually("the rest read", Duration::from_secs(30), || {
         second.unique() == 1000 - 438
     })
     .await;
@@ -585,7 +553,7 @@ async fn failed_batches_are_retried_or_dead_lettered_and_a_panicking_shard_does_
 
     // Retry: three failures, then the same batch again, nothing skipped.
     let stream = create_stream(&kinesis, "retry", 1).await;
-    produce(&kinesis, &stream, keyed_records(1, 100, 0), false).await;
+    put(&kinesis, &stream, keyed_records(1, 100, 0), Plain).await;
     let store = lease_table(&local, "retry-app").await;
     let journal = Arc::new(Journal::default());
     let failures = Arc::new(AtomicU32::new(3));
@@ -605,7 +573,7 @@ async fn failed_batches_are_retried_or_dead_lettered_and_a_panicking_shard_does_
     })
     .await
     .unwrap();
-    until("100 after retries", Duration::from_secs(30), || {
+    eventually("100 after retries", Duration::from_secs(30), || {
         journal.unique() == 100
     })
     .await;
@@ -616,7 +584,7 @@ async fn failed_batches_are_retried_or_dead_lettered_and_a_panicking_shard_does_
 
     // Dead letter: the poisoned batch goes to the handler after 3 tries.
     let stream = create_stream(&kinesis, "poison", 1).await;
-    produce(&kinesis, &stream, keyed_records(1, 50, 0), false).await;
+    put(&kinesis, &stream, keyed_records(1, 50, 0), Plain).await;
     let store = lease_table(&local, "poison-app").await;
     let journal = Arc::new(Journal::default());
     let letters = Arc::new(Mutex::new(Vec::new()));
@@ -639,12 +607,12 @@ async fn failed_batches_are_retried_or_dead_lettered_and_a_panicking_shard_does_
     })
     .await
     .unwrap();
-    until("a dead letter", Duration::from_secs(30), || {
+    eventually("a dead letter", Duration::from_secs(30), || {
         !letters.lock().unwrap().is_empty()
     })
     .await;
-    produce(&kinesis, &stream, keyed_records(1, 50, 50), false).await;
-    until("later records go on", Duration::from_secs(30), || {
+    put(&kinesis, &stream, keyed_records(1, 50, 50), Plain).await;
+    eventually("later records go on", Duration::from_secs(30), || {
         journal.snapshot().iter().any(|d| d.number == 99)
     })
     .await;
@@ -664,7 +632,7 @@ async fn failed_batches_are_retried_or_dead_lettered_and_a_panicking_shard_does_
 
     // A panicking shard: the other shards are consumed all the same.
     let stream = create_stream(&kinesis, "panics", 3).await;
-    produce(&kinesis, &stream, keyed_records(30, 20, 0), false).await;
+    put(&kinesis, &stream, keyed_records(30, 20, 0), Plain).await;
     let shards = kinesis.list_shards(&stream).await.unwrap();
     let bad = shards[1].id.clone();
     let store = lease_table(&local, "panics-app").await;
@@ -683,7 +651,7 @@ async fn failed_batches_are_retried_or_dead_lettered_and_a_panicking_shard_does_
     })
     .await
     .unwrap();
-    let (users, _) = common::read_all_raw(&local, &kinesis, &stream).await;
+    let users = read_all_raw(&local, &stream).await.user_records();
     let others = users.len()
         - users
             .iter()
@@ -692,7 +660,7 @@ async fn failed_batches_are_retried_or_dead_lettered_and_a_panicking_shard_does_
                 shards[1].hash_key_range.contains(key)
             })
             .count();
-    until("the other shards consumed", Duration::from_secs(30), || {
+    eventually("the other shards consumed", Duration::from_secs(30), || {
         journal.unique() == others
     })
     .await;

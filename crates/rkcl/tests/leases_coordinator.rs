@@ -12,7 +12,7 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rkcl::{
-    DynamoDbLeaseStore, Error, ExtendedSequenceNumber, InMemoryLeaseStore, Lease, LeaseCoordinator,
+    Error, ExtendedSequenceNumber, InMemoryLeaseStore, Lease, LeaseCoordinator,
     LeaseCoordinatorConfig, LeaseEvent, LeaseStore,
 };
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
@@ -482,8 +482,7 @@ async fn a_random_fleet_with_crashes_never_holds_a_lease_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_time_on_dynamodb_two_workers_balance_and_fail_over() {
     let local = rkcl_local::Local::start().await.unwrap();
-    let store = DynamoDbLeaseStore::new(local.dynamodb_client(), "coordinated");
-    store.ensure_table(Duration::from_secs(10)).await.unwrap();
+    let store = rkcl_local::testkit::lease_table(&local, "coordinated").await;
     for i in 0..6 {
         let lease = Lease::new(
             format!("shardId-{i:012}"),

@@ -1,316 +1,33 @@
-//! The lease stores: one conformance suite for the in-memory store and the
-//! DynamoDB store (on the local DynamoDB), and the DynamoDB table checked
-//! against the Java KCL's schema both ways.
+//! The lease stores: the testkit's conformance suite for the in-memory store
+//! and the DynamoDB store (on the local DynamoDB), and the DynamoDB table
+//! checked against the Java KCL's schema both ways.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use rkcl::{
-    DynamoDbLeaseStore, ExtendedSequenceNumber, HashKey, HashKeyRange, InMemoryLeaseStore, Lease,
-    LeaseStore, SequenceNumber, ShardId,
+    ExtendedSequenceNumber, HashKey, InMemoryLeaseStore, LeaseStore, SequenceNumber, ShardId,
 };
 use rkcl_local::Local;
+use rkcl_local::testkit::{lease_store_conformance, lease_table, sample_lease};
 
 fn seq(text: &str) -> SequenceNumber {
     text.parse().unwrap()
 }
 
-fn full_lease(key: &str) -> Lease {
-    Lease {
-        parent_shard_ids: vec![
-            ShardId::from("shardId-000000000000"),
-            ShardId::from("shardId-000000000001"),
-        ],
-        hash_key_range: Some(
-            HashKeyRange::new(HashKey::from_u128(0), HashKey::from_u128(u128::MAX / 2)).unwrap(),
-        ),
-        ..Lease::new(key, ExtendedSequenceNumber::TrimHorizon)
-    }
-}
-
-/// What every lease store must do.
-async fn conformance(store: &impl LeaseStore) {
-    let key = "shardId-000000000002";
-    let lease = full_lease(key);
-    assert!(store.create_if_absent(&lease).await.unwrap());
-    assert!(
-        !store.create_if_absent(&lease).await.unwrap(),
-        "created twice"
-    );
-    assert_eq!(store.get(key).await.unwrap().as_ref(), Some(&lease));
-    assert!(store.get("shardId-999").await.unwrap().is_none());
-
-    // Take, renew; a stale copy loses cleanly.
-    let w1 = store
-        .take(&lease, "worker-1")
-        .await
-        .unwrap()
-        .expect("unowned lease taken");
-    assert_eq!(
-        (
-            w1.owner.as_deref(),
-            w1.counter,
-            w1.owner_switches_since_checkpoint
-        ),
-        (Some("worker-1"), 1, 1)
-    );
-    assert!(
-        store.take(&lease, "worker-2").await.unwrap().is_none(),
-        "take with a stale counter"
-    );
-    let w1 = store.renew(&w1).await.unwrap().expect("renewed");
-    assert_eq!(w1.counter, 2);
-
-    // Another worker takes it; the old owner's renew and checkpoint fail.
-    let w2 = store.take(&w1, "worker-2").await.unwrap().expect("stolen");
-    assert_eq!(
-        (
-            w2.owner.as_deref(),
-            w2.counter,
-            w2.owner_switches_since_checkpoint
-        ),
-        (Some("worker-2"), 3, 2)
-    );
-    assert!(
-        store.renew(&w1).await.unwrap().is_none(),
-        "a stale owner renewed"
-    );
-    let position = ExtendedSequenceNumber::new(
-        seq("49590338271490256608559692538361571095921575989136654311"),
-        7,
-    );
-    assert!(
-        store
-            .update_checkpoint(&w1, &position)
-            .await
-            .unwrap()
-            .is_none(),
-        "a zombie checkpointed"
-    );
-
-    // The owner checkpoints at (sequence, sub-sequence).
-    let w2 = store
-        .update_checkpoint(&w2, &position)
-        .await
-        .unwrap()
-        .expect("checkpointed");
-    assert_eq!(w2.checkpoint, position);
-    assert_eq!((w2.counter, w2.owner_switches_since_checkpoint), (4, 0));
-    assert_eq!(store.get(key).await.unwrap().unwrap().checkpoint, position);
-
-    // Release for a fast handoff; then nobody can renew or release it.
-    let released = store.release(&w2).await.unwrap().expect("released");
-    assert_eq!((released.owner.as_deref(), released.counter), (None, 5));
-    assert!(
-        store.renew(&released).await.unwrap().is_none(),
-        "renewed an unowned lease"
-    );
-    assert!(
-        store.release(&w2).await.unwrap().is_none(),
-        "released twice"
-    );
-
-    // Evict works on whoever holds it, if the counter matches.
-    let w3 = store.take(&released, "worker-3").await.unwrap().unwrap();
-    assert!(store.evict(&released).await.unwrap().is_none());
-    let evicted = store.evict(&w3).await.unwrap().unwrap();
-    assert_eq!(evicted.owner, None);
-
-    // Sentinels and SHARD_END round-trip.
-    let w4 = store.take(&evicted, "worker-4").await.unwrap().unwrap();
-    let end = store
-        .update_checkpoint(&w4, &ExtendedSequenceNumber::ShardEnd)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        store.get(key).await.unwrap().unwrap().checkpoint,
-        ExtendedSequenceNumber::ShardEnd
-    );
-
-    // Delete only with the current counter.
-    assert!(!store.delete(&w4).await.unwrap());
-    assert!(store.delete(&end).await.unwrap());
-    assert!(store.get(key).await.unwrap().is_none());
-
-    handoff_conformance(store).await;
-
-    // Multi-stream keys.
-    let multi = Lease::new(
-        "123456789012:orders:1700000000:shardId-000000000005",
-        ExtendedSequenceNumber::Latest,
-    );
-    assert!(store.create_if_absent(&multi).await.unwrap());
-    assert_eq!(multi.shard_id(), ShardId::from("shardId-000000000005"));
-    let listed = store.list().await.unwrap();
-    assert_eq!(listed, vec![multi.clone()]);
-
-    // Races: of two takes of the same copy, exactly one wins.
-    let (a, b) = tokio::join!(store.take(&multi, "a"), store.take(&multi, "b"));
-    assert_eq!(
-        [a.unwrap().is_some(), b.unwrap().is_some()]
-            .iter()
-            .filter(|won| **won)
-            .count(),
-        1
-    );
-}
-
-/// A graceful handoff: the old owner keeps the lease (and may checkpoint)
-/// until it releases it; the next owner cannot write before that.
-async fn handoff_conformance(store: &impl LeaseStore) {
-    let key = "shardId-000000000007";
-    let lease = Lease::new(key, ExtendedSequenceNumber::TrimHorizon);
-    assert!(store.create_if_absent(&lease).await.unwrap());
-    assert!(
-        store.hand_off(&lease, "new").await.unwrap().is_none(),
-        "handed off an unowned lease"
-    );
-    let old = store.take(&lease, "old").await.unwrap().unwrap();
-    let pending = store
-        .hand_off(&old, "new")
-        .await
-        .unwrap()
-        .expect("handoff started");
-    assert_eq!(
-        (
-            pending.owner.as_deref(),
-            pending.checkpoint_owner.as_deref(),
-            pending.holder(),
-            pending.counter,
-            pending.owner_switches_since_checkpoint,
-        ),
-        (Some("new"), Some("old"), Some("old"), old.counter + 1, 2)
-    );
-    assert!(
-        store.hand_off(&pending, "third").await.unwrap().is_none(),
-        "a second handoff while one is in progress"
-    );
-
-    // The old owner's stale copy still renews: it learns of the handoff.
-    let adopted = store
-        .renew(&old)
-        .await
-        .unwrap()
-        .expect("the holder keeps the lease during a handoff");
-    assert_eq!(adopted.checkpoint_owner.as_deref(), Some("old"));
-    assert_eq!(adopted.counter, pending.counter + 1);
-
-    // The next owner cannot renew or checkpoint yet.
-    let early = Lease {
-        checkpoint_owner: None,
-        ..adopted.clone()
-    };
-    assert!(store.renew(&early).await.unwrap().is_none());
-    let position = ExtendedSequenceNumber::new(seq("12345"), 3);
-    assert!(
-        store
-            .update_checkpoint(&early, &position)
-            .await
-            .unwrap()
-            .is_none()
-    );
-
-    // The old owner checkpoints and lets go; the owner stays the next one.
-    let checkpointed = store
-        .update_checkpoint(&adopted, &position)
-        .await
-        .unwrap()
-        .expect("the holder checkpoints");
-    assert_eq!(checkpointed.checkpoint, position);
-    let handed = store
-        .release(&checkpointed)
-        .await
-        .unwrap()
-        .expect("released to the next owner");
-    assert_eq!(
-        (
-            handed.owner.as_deref(),
-            handed.checkpoint_owner.as_deref(),
-            handed.counter
-        ),
-        (Some("new"), None, checkpointed.counter + 1)
-    );
-    assert!(
-        store.renew(&checkpointed).await.unwrap().is_none(),
-        "the old owner renewed after letting go"
-    );
-    let new = store
-        .renew(&handed)
-        .await
-        .unwrap()
-        .expect("new owner renews");
-    assert_eq!(new.checkpoint, position);
-
-    // The next owner withdraws a handoff it no longer wants: the holder owns
-    // the lease again, and its copy from during the handoff still renews.
-    let asked = store.hand_off(&new, "leaving").await.unwrap().unwrap();
-    let during = store.renew(&asked).await.unwrap().unwrap();
-    assert!(
-        store.withdraw_handoff(&new).await.unwrap().is_none(),
-        "withdrew with a stale copy"
-    );
-    let withdrawn = store
-        .withdraw_handoff(&during)
-        .await
-        .unwrap()
-        .expect("handoff withdrawn");
-    assert_eq!(
-        (
-            withdrawn.owner.as_deref(),
-            withdrawn.checkpoint_owner.as_deref(),
-            withdrawn.counter
-        ),
-        (Some("new"), None, during.counter + 1)
-    );
-    assert!(
-        store.withdraw_handoff(&withdrawn).await.unwrap().is_none(),
-        "withdrew without a handoff"
-    );
-    let kept = store
-        .renew(&during)
-        .await
-        .unwrap()
-        .expect("the holder keeps the lease after a withdrawn handoff");
-    assert_eq!(
-        (kept.owner.as_deref(), kept.checkpoint_owner.as_deref()),
-        (Some("new"), None)
-    );
-    let leaving = Lease {
-        checkpoint_owner: None,
-        ..during.clone()
-    };
-    assert!(
-        store.renew(&leaving).await.unwrap().is_none(),
-        "the withdrawn next owner renewed"
-    );
-
-    // An operator's evict ends a handoff too.
-    let again = store.hand_off(&kept, "other").await.unwrap().unwrap();
-    let evicted = store.evict(&again).await.unwrap().unwrap();
-    assert_eq!((&evicted.owner, &evicted.checkpoint_owner), (&None, &None));
-    assert!(store.delete(&evicted).await.unwrap());
-}
-
 #[tokio::test]
 async fn the_in_memory_store_conforms() {
-    conformance(&InMemoryLeaseStore::new()).await;
-}
-
-async fn dynamodb_store(local: &Local, table: &str) -> DynamoDbLeaseStore {
-    let store = DynamoDbLeaseStore::new(local.dynamodb_client(), table);
-    store.ensure_table(Duration::from_secs(10)).await.unwrap();
-    store
+    lease_store_conformance(&InMemoryLeaseStore::new()).await;
 }
 
 #[tokio::test]
 async fn the_dynamodb_store_conforms_and_counts_its_requests() {
     let local = Local::start().await.unwrap();
-    let store = dynamodb_store(&local, "conformance").await;
+    let store = lease_table(&local, "conformance").await;
     // A second start finds the table and does not create it again.
     store.ensure_table(Duration::from_secs(10)).await.unwrap();
-    conformance(&store).await;
+    lease_store_conformance(&store).await;
     let requests = store.requests();
     assert!(requests.update_item >= 15, "{requests:?}");
     assert_eq!(requests.put_item, 4);
@@ -331,8 +48,8 @@ fn n(value: u64) -> AttributeValue {
 #[tokio::test]
 async fn rkcl_writes_the_kcl_schema_attribute_by_attribute() {
     let local = Local::start().await.unwrap();
-    let store = dynamodb_store(&local, "schema").await;
-    let mut lease = full_lease("shardId-000000000007");
+    let store = lease_table(&local, "schema").await;
+    let mut lease = sample_lease("shardId-000000000007");
     lease.child_shard_ids = vec![ShardId::from("shardId-000000000009")];
     lease.pending_checkpoint = Some(ExtendedSequenceNumber::new(seq("42"), 3));
     assert!(store.create_if_absent(&lease).await.unwrap());
@@ -393,7 +110,7 @@ async fn rkcl_writes_the_kcl_schema_attribute_by_attribute() {
 #[tokio::test]
 async fn a_table_written_by_the_kcl_is_read_and_its_other_items_left_alone() {
     let local = Local::start().await.unwrap();
-    let store = dynamodb_store(&local, "kcl-app").await;
+    let store = lease_table(&local, "kcl-app").await;
     let client = local.dynamodb_client();
     let put = |item: Vec<(&str, AttributeValue)>| {
         let client = client.clone();
@@ -560,7 +277,7 @@ async fn a_table_written_by_the_kcl_is_read_and_its_other_items_left_alone() {
 #[tokio::test]
 async fn a_malformed_lease_is_a_clear_error() {
     let local = Local::start().await.unwrap();
-    let store = dynamodb_store(&local, "broken").await;
+    let store = lease_table(&local, "broken").await;
     local
         .dynamodb_client()
         .put_item()

@@ -11,17 +11,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use common::{create_stream, keyed_records, quick_polling, read_shard_raw};
+use common::{keyed_records, quick_polling};
 use metrics::{Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName};
 use metrics::{Metadata, SharedString, Unit};
 use rkcl::metrics as catalogue;
 use rkcl::{
-    Checkpointer, Deaggregator, DynamoDbLeaseStore, ExtendedSequenceNumber, HashRangePolicy,
-    Kinesis, LeaseStore, PollingConfig, ProcessRecordsInput, ProcessorError, Producer,
-    ProducerConfig, ProducerRecord, RecordProcessor, Scheduler, SchedulerConfig, ShardId,
+    Checkpointer, ExtendedSequenceNumber, Kinesis, LeaseStore, PollingConfig, ProcessRecordsInput,
+    ProcessorError, ProducerRecord, RecordProcessor, Scheduler, SchedulerConfig, ShardId,
     ShardInfo, StreamRef,
 };
 use rkcl_local::Local;
+use rkcl_local::testkit::Packing::{Aggregated, Plain};
+use rkcl_local::testkit::{create_stream, eventually, lease_table, put, read_all_raw};
 
 /// A metric's name and its labels, sorted by label name.
 type MetricKey = (String, Vec<(String, String)>);
@@ -276,61 +277,25 @@ struct RawShard {
 }
 
 /// Reads every shard from TRIM_HORIZON to its tip with plain SDK calls.
-async fn read_raw(
-    local: &Local,
-    kinesis: &Kinesis,
-    stream: &StreamRef,
-) -> BTreeMap<String, RawShard> {
+async fn read_raw(local: &Local, stream: &StreamRef) -> BTreeMap<String, RawShard> {
     let mut shards = BTreeMap::new();
-    for shard in kinesis.list_shards(stream).await.unwrap() {
-        let mut deaggregator = Deaggregator::for_shard(
-            shard.id.clone(),
-            shard.hash_key_range,
-            HashRangePolicy::DropAggregate,
-        );
+    for shard in read_all_raw(local, stream).await.shards {
         let mut raw = RawShard::default();
-        for record in read_shard_raw(local, stream, &shard).await {
+        for record in &shard.records {
             raw.kinesis_bytes += record.data.len();
             if !rkcl::has_magic(&record.data) {
                 raw.plain_bytes += record.data.len();
             }
-            let mut users = Vec::new();
-            deaggregator.deaggregate_into(record, &mut users);
-            raw.user_records += users.len();
-            if let Some(last) = users.last() {
-                raw.last = Some(last.extended_sequence_number());
-            }
         }
-        assert_eq!(deaggregator.stats().sub_records_dropped, 0);
-        shards.insert(shard.id.as_str().to_owned(), raw);
+        raw.user_records = shard.user_records.len();
+        raw.last = shard
+            .user_records
+            .last()
+            .map(rkcl::UserRecord::extended_sequence_number);
+        assert_eq!(shard.stats.sub_records_dropped, 0);
+        shards.insert(shard.shard.id.as_str().to_owned(), raw);
     }
     shards
-}
-
-async fn put(kinesis: &Kinesis, stream: &StreamRef, records: Vec<ProducerRecord>, aggregate: bool) {
-    let mut producer = Producer::new(
-        kinesis.clone(),
-        stream.clone(),
-        ProducerConfig {
-            aggregate,
-            ..ProducerConfig::default()
-        },
-    )
-    .unwrap();
-    producer.put(records).await.unwrap();
-}
-
-/// Waits until `done` holds, polling every 100 ms.
-async fn until<F: Future<Output = bool>>(
-    what: &str,
-    timeout: Duration,
-    mut done: impl FnMut() -> F,
-) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !done().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 const PLAIN: usize = 600;
@@ -342,8 +307,7 @@ async fn a_worker_reports_exact_records_bytes_leases_and_latency_samples_per_sha
     let local = Local::start().await.unwrap();
     let kinesis = Kinesis::new(local.kinesis_client());
     let stream = create_stream(&kinesis, "metered", 2).await;
-    let store = DynamoDbLeaseStore::new(local.dynamodb_client(), "metered-app");
-    store.ensure_table(Duration::from_secs(10)).await.unwrap();
+    let store = lease_table(&local, "metered-app").await;
 
     // Plain records of varied, known sizes over many keys (both shards),
     // then KPL aggregates of `K:N` records.
@@ -351,15 +315,15 @@ async fn a_worker_reports_exact_records_bytes_leases_and_latency_samples_per_sha
         .map(|i| ProducerRecord::new(format!("plain-{}", i % 97), vec![b'p'; 1 + i % 300]))
         .collect();
     let plain_bytes: usize = plain.iter().map(|r| r.data.len()).sum();
-    put(&kinesis, &stream, plain, false).await;
+    put(&kinesis, &stream, plain, Plain).await;
     put(
         &kinesis,
         &stream,
         keyed_records(50, AGGREGATED / 50, 0),
-        true,
+        Aggregated,
     )
     .await;
-    let raw = read_raw(&local, &kinesis, &stream).await;
+    let raw = read_raw(&local, &stream).await;
     assert_eq!(raw.len(), 2);
     assert_eq!(
         raw.values().map(|r| r.user_records).sum::<usize>(),
@@ -400,12 +364,12 @@ async fn a_worker_reports_exact_records_bytes_leases_and_latency_samples_per_sha
     )
     .await
     .unwrap();
-    until("every record processed", Duration::from_secs(60), || {
+    eventually("every record processed", Duration::from_secs(60), || {
         let records = tally.records.load(Ordering::SeqCst);
         async move { records == PLAIN + AGGREGATED }
     })
     .await;
-    until(
+    eventually(
         "every shard checkpointed at its last record",
         Duration::from_secs(30),
         || {

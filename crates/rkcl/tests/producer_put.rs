@@ -5,21 +5,14 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{create_stream, read_all_raw};
+use common::{key_and_number, keyed_records};
 use rkcl::{Kinesis, Producer, ProducerConfig, ProducerRecord, StreamRef, UserRecord};
 use rkcl_local::Local;
-
-fn records(keys: usize, per_key: usize) -> Vec<ProducerRecord> {
-    (0..per_key)
-        .flat_map(|n| {
-            (0..keys).map(move |k| ProducerRecord::new(format!("key-{k}"), format!("{k}:{n}")))
-        })
-        .collect()
-}
+use rkcl_local::testkit::{create_stream, put, read_all_raw, split};
 
 /// Every record exactly once, and per key in the order written.
 fn assert_complete_and_ordered(users: &[UserRecord], keys: usize, per_key: usize) {
-    let mut next: HashMap<String, usize> = HashMap::new();
+    let mut next: HashMap<usize, usize> = HashMap::new();
     let mut by_shard_order: Vec<&UserRecord> = users.iter().collect();
     // Order within a key is the order of sequence numbers (and sub-sequence
     // numbers) across the shards the key passed through.
@@ -28,10 +21,8 @@ fn assert_complete_and_ordered(users: &[UserRecord], keys: usize, per_key: usize
             .cmp(&b.extended_sequence_number())
     });
     for user in by_shard_order {
-        let text = std::str::from_utf8(&user.data).unwrap();
-        let (k, n) = text.split_once(':').unwrap();
-        let n: usize = n.parse().unwrap();
-        let expected = next.entry(format!("key-{k}")).or_default();
+        let (k, n) = key_and_number(&user.data);
+        let expected = next.entry(k).or_default();
         assert_eq!(n, *expected, "key {k}: got record {n}, expected {expected}");
         *expected += 1;
     }
@@ -49,14 +40,14 @@ async fn plain_and_strict_puts_keep_per_key_order() {
         strict_order: true,
         ..ProducerConfig::default()
     };
-    let mut producer = Producer::new(kinesis.clone(), stream.clone(), config).unwrap();
-    let summary = producer.put(records(20, 30)).await.unwrap();
+    let summary = put(&kinesis, &stream, keyed_records(20, 30, 0), config).await;
     assert_eq!(summary.user_records, 600);
     assert_eq!(summary.kinesis_records, 600);
     // Strict order: at most one record per key in a request.
     assert!(summary.requests >= 30, "{summary:?}");
-    let (users, dropped) = read_all_raw(&local, &kinesis, &stream).await;
-    assert_eq!(dropped, 0);
+    let raw = read_all_raw(&local, &stream).await;
+    let users = raw.user_records();
+    assert_eq!(raw.sub_records_dropped(), 0);
     assert!(users.iter().all(|u| !u.is_aggregated()));
     assert_complete_and_ordered(&users, 20, 30);
 }
@@ -71,14 +62,15 @@ async fn aggregates_go_to_the_predicted_shard() {
         aggregate_max_size: 4096,
         ..ProducerConfig::default()
     };
-    let mut producer = Producer::new(kinesis.clone(), stream.clone(), config).unwrap();
-    let summary = producer.put(records(40, 50)).await.unwrap();
+    let summary = put(&kinesis, &stream, keyed_records(40, 50, 0), config).await;
     assert_eq!(summary.user_records, 2000);
     assert!(summary.kinesis_records < 100, "{summary:?}");
     assert_eq!(summary.resent_after_reshard, 0);
-    let (users, dropped) = read_all_raw(&local, &kinesis, &stream).await;
+    let raw = read_all_raw(&local, &stream).await;
+    let users = raw.user_records();
     assert_eq!(
-        dropped, 0,
+        raw.sub_records_dropped(),
+        0,
         "a KCL consumer drops nothing the producer aggregated"
     );
     assert!(users.iter().all(UserRecord::is_aggregated));
@@ -96,17 +88,18 @@ async fn aggregates_that_land_in_a_new_shard_are_sent_again() {
     };
     let mut producer = Producer::new(kinesis.clone(), stream.clone(), config).unwrap();
     // The first put learns the shard map: one shard.
-    producer.put(records(30, 1)).await.unwrap();
+    producer.put(keyed_records(30, 1, 0)).await.unwrap();
     // The stream is split behind the producer's back.
     let parent = kinesis.list_shards(&stream).await.unwrap().remove(0);
-    common::split(&local, &kinesis, &stream, &parent, Some(u128::MAX / 2)).await;
-    let more: Vec<ProducerRecord> = records(30, 20).into_iter().skip(30).collect();
+    split(&local, &stream, &parent, Some(u128::MAX / 2)).await;
+    let more: Vec<ProducerRecord> = keyed_records(30, 20, 0).into_iter().skip(30).collect();
     let summary = producer.put(more).await.unwrap();
     assert!(summary.resent_after_reshard > 0, "{summary:?}");
     assert_eq!(summary.user_records, 30 * 19);
-    let (users, dropped) = read_all_raw(&local, &kinesis, &stream).await;
+    let raw = read_all_raw(&local, &stream).await;
+    let users = raw.user_records();
     assert!(
-        dropped > 0,
+        raw.sub_records_dropped() > 0,
         "the misrouted aggregate is dropped by the consumer"
     );
     assert_complete_and_ordered(&users, 30, 20);
@@ -135,8 +128,12 @@ async fn bad_records_are_refused_before_anything_is_sent() {
         producer.put(huge).await,
         Err(rkcl::Error::RecordTooLarge { .. })
     ));
-    let (users, _) = read_all_raw(&local, &kinesis, &stream).await;
-    assert!(users.is_empty());
+    assert!(
+        read_all_raw(&local, &stream)
+            .await
+            .user_records()
+            .is_empty()
+    );
 
     let mut missing = Producer::new(
         kinesis,
@@ -170,14 +167,13 @@ async fn throttled_entries_are_retried_until_written_in_order() {
         max_attempts: 50,
         ..ProducerConfig::default()
     };
-    let mut producer = Producer::new(kinesis.clone(), stream.clone(), config).unwrap();
     // 600 records per request at most (one per key), 2,400 in all.
-    let summary = producer.put(records(600, 4)).await.unwrap();
+    let summary = put(&kinesis, &stream, keyed_records(600, 4, 0), config).await;
     assert_eq!(summary.user_records, 2_400);
     assert!(
         summary.retried_entries > 0,
         "the shard's write limit was hit: {summary:?}"
     );
-    let (users, _) = read_all_raw(&local, &kinesis, &stream).await;
+    let users = read_all_raw(&local, &stream).await.user_records();
     assert_complete_and_ordered(&users, 600, 4);
 }

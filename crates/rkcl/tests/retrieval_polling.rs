@@ -14,24 +14,14 @@ use aws_sdk_kinesis::config::interceptors::{
 };
 use aws_sdk_kinesis::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_smithy_types::config_bag::{Storable, StoreReplace};
-use common::{create_stream, key_and_number, keyed_records, quick_polling};
+use common::{key_and_number, keyed_records, quick_polling};
 use rkcl::{
     Aggregator, Kinesis, PollingSource, Producer, ProducerConfig, ProducerRecord, RecordSource,
     ShardEvent, StartingPosition, StreamEvent, StreamReader, StreamRef, UserRecord,
 };
 use rkcl_local::Local;
-
-async fn put(kinesis: &Kinesis, stream: &StreamRef, records: Vec<ProducerRecord>, aggregate: bool) {
-    let config = ProducerConfig {
-        aggregate,
-        ..ProducerConfig::default()
-    };
-    Producer::new(kinesis.clone(), stream.clone(), config)
-        .unwrap()
-        .put(records)
-        .await
-        .unwrap();
-}
+use rkcl_local::testkit::Packing::{Aggregated, Plain};
+use rkcl_local::testkit::{create_stream, merge, put, split};
 
 /// A source for `shard` with the quick test polling settings.
 fn start_source(
@@ -95,7 +85,7 @@ async fn resume_inside_an_aggregate_delivers_exactly_the_rest() {
         (0..5)
             .map(|i| ProducerRecord::new("k", format!("plain-{i}")))
             .collect(),
-        false,
+        Plain,
     )
     .await;
     let shard = kinesis.list_shards(&stream).await.unwrap().remove(0);
@@ -154,11 +144,11 @@ async fn latest_and_at_timestamp_start_where_they_should() {
             .collect::<Vec<_>>()
     };
 
-    put(&kinesis, &stream, batch("before"), false).await;
+    put(&kinesis, &stream, batch("before"), Plain).await;
     let mut latest = start_source(&kinesis, &stream, &shard, StartingPosition::Latest);
     // Let the LATEST iterator be opened before writing more.
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    put(&kinesis, &stream, batch("after"), true).await;
+    put(&kinesis, &stream, batch("after"), Aggregated).await;
     let records = read_records(&mut latest, 10).await;
     assert!(
         records.iter().all(|r| r.data.starts_with(b"after-")),
@@ -173,7 +163,7 @@ async fn latest_and_at_timestamp_start_where_they_should() {
     let next_second = Duration::from_secs(now.as_secs() + 1);
     tokio::time::sleep(next_second - now + Duration::from_millis(20)).await;
     let cut = std::time::UNIX_EPOCH + next_second;
-    put(&kinesis, &stream, batch("new"), false).await;
+    put(&kinesis, &stream, batch("new"), Plain).await;
     let mut at = start_source(
         &kinesis,
         &stream,
@@ -292,8 +282,8 @@ async fn injected_faults_cost_no_record_and_no_duplicate() {
     let local = Local::start().await.unwrap();
     let kinesis = Kinesis::new(local.kinesis_client());
     let stream = create_stream(&kinesis, "faults", 2).await;
-    put(&kinesis, &stream, keyed_records(10, 150, 0), false).await;
-    put(&kinesis, &stream, keyed_records(10, 150, 150), true).await;
+    put(&kinesis, &stream, keyed_records(10, 150, 0), Plain).await;
+    put(&kinesis, &stream, keyed_records(10, 150, 150), Aggregated).await;
 
     // Every second GetRecords call fails: expired iterator, throttling, 500.
     let (faulty, _, injected) = faulty_client(&local, |call| match (call % 2, (call / 2) % 3) {
@@ -429,9 +419,9 @@ async fn splits_and_merges_while_writing_keep_every_record_and_key_order() {
     // Split shard 0, then merge shards 1 and 2, while both tasks run.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let shards = kinesis.list_shards(&stream).await.unwrap();
-    common::split(&local, &kinesis, &stream, &shards[0], None).await;
+    split(&local, &stream, &shards[0], None).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    common::merge(&local, &kinesis, &stream, &shards[1], &shards[2]).await;
+    merge(&local, &stream, &shards[1], &shards[2]).await;
 
     producer.await.unwrap();
     let (log, unique) = reader_task.await.unwrap();
@@ -496,7 +486,7 @@ async fn prefetch_stops_at_its_bound_until_the_consumer_takes_records() {
     let local = Local::start().await.unwrap();
     let kinesis = Kinesis::new(local.kinesis_client());
     let stream = create_stream(&kinesis, "bounded", 1).await;
-    put(&kinesis, &stream, keyed_records(1, 2_000, 0), false).await;
+    put(&kinesis, &stream, keyed_records(1, 2_000, 0), Plain).await;
     let shard = kinesis.list_shards(&stream).await.unwrap().remove(0);
     let (counted, calls, _) = faulty_client(&local, |_| None);
     let config = rkcl::PollingConfig {
@@ -585,7 +575,7 @@ async fn at_and_after_sequence_number_start_where_they_should() {
     let records: Vec<ProducerRecord> = (0..10)
         .map(|i| ProducerRecord::new("k", format!("r{i}")))
         .collect();
-    put(&kinesis, &stream, records, false).await;
+    put(&kinesis, &stream, records, Plain).await;
     let shard = kinesis.list_shards(&stream).await.unwrap().remove(0);
     let mut all = start_source(&kinesis, &stream, &shard, StartingPosition::TrimHorizon);
     let records = read_records(&mut all, 10).await;

@@ -12,14 +12,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use common::{create_stream, key_and_number, keyed_records, quick_polling};
+use common::{key_and_number, keyed_records, quick_polling};
 use futures_util::StreamExt;
 use rkcl::{
     BatchError, BatchOptions, CommittableRecord, Consumer, ConsumerConfig, DynamoDbLeaseStore,
-    ExtendedSequenceNumber, FailureReason, Kinesis, LeaseStore, Producer, ProducerConfig,
-    ProducerRecord, Records, SchedulerConfig, StreamRef,
+    ExtendedSequenceNumber, FailureReason, Kinesis, LeaseStore, ProducerRecord, Records,
+    SchedulerConfig, StreamRef,
 };
 use rkcl_local::Local;
+use rkcl_local::testkit::Packing::{Aggregated, Plain};
+use rkcl_local::testkit::{create_stream, eventually_every, lease_table, put};
 
 const LEASE: Duration = Duration::from_secs(2);
 
@@ -63,8 +65,7 @@ impl Setup {
         let local = Local::start().await.unwrap();
         let kinesis = Kinesis::new(local.kinesis_client());
         let stream = create_stream(&kinesis, name, shards).await;
-        let store = DynamoDbLeaseStore::new(local.dynamodb_client(), format!("{name}-app"));
-        store.ensure_table(Duration::from_secs(10)).await.unwrap();
+        let store = lease_table(&local, &format!("{name}-app")).await;
         Self {
             _local: local,
             kinesis,
@@ -88,19 +89,6 @@ impl Setup {
         Consumer::start(config, self.kinesis.clone(), self.store.clone())
             .await
             .unwrap()
-    }
-
-    async fn produce(&self, records: Vec<ProducerRecord>, aggregate: bool) {
-        let mut producer = Producer::new(
-            self.kinesis.clone(),
-            self.stream.clone(),
-            ProducerConfig {
-                aggregate,
-                ..ProducerConfig::default()
-            },
-        )
-        .unwrap();
-        producer.put(records).await.unwrap();
     }
 
     async fn checkpoint(&self, shard: &str) -> ExtendedSequenceNumber {
@@ -172,7 +160,7 @@ async fn the_checkpoint_is_exactly_the_commit_watermark_also_inside_an_aggregate
         let records = (0..10)
             .map(|i| ProducerRecord::new("k", format!("{}", part * 10 + i)))
             .collect();
-        setup.produce(records, true).await;
+        put(&setup.kinesis, &setup.stream, records, Aggregated).await;
     }
     let config = setup
         .config("w")
@@ -217,14 +205,15 @@ async fn the_checkpoint_is_exactly_the_commit_watermark_also_inside_an_aggregate
 async fn a_record_never_committed_bounds_memory_warns_and_is_read_again_after_restart() {
     let log = warnings();
     let setup = Setup::new("stuck", 1).await;
-    setup
-        .produce(
-            (0..1000)
-                .map(|i| ProducerRecord::new(format!("k{i}"), format!("{i}")))
-                .collect(),
-            false,
-        )
-        .await;
+    put(
+        &setup.kinesis,
+        &setup.stream,
+        (0..1000)
+            .map(|i| ProducerRecord::new(format!("k{i}"), format!("{i}")))
+            .collect(),
+        Plain,
+    )
+    .await;
     let config = setup
         .config("w")
         .max_in_flight_per_shard(100, 1 << 20)
@@ -281,7 +270,13 @@ enum Stop {
 async fn committed_progress_survives(stop: Stop) {
     let name = format!("stop-{}", format!("{stop:?}").to_lowercase());
     let setup = Setup::new(&name, 2).await;
-    setup.produce(keyed_records(10, 100, 0), true).await;
+    put(
+        &setup.kinesis,
+        &setup.stream,
+        keyed_records(10, 100, 0),
+        Aggregated,
+    )
+    .await;
     // No automatic checkpoint before the stop: only the flush saves progress.
     let config = setup
         .config("w")
@@ -352,7 +347,13 @@ async fn sigterm_keeps_committed_progress() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shard_streams_follow_the_leases_and_a_handoff_continues_at_the_commits() {
     let setup = Setup::new("shards", 2).await;
-    setup.produce(keyed_records(10, 50, 0), false).await;
+    put(
+        &setup.kinesis,
+        &setup.stream,
+        keyed_records(10, 50, 0),
+        Plain,
+    )
+    .await;
     let mut first = setup.start(setup.config("a")).await.shards();
     let mut opened = Vec::new();
     for _ in 0..2 {
@@ -403,7 +404,13 @@ async fn shard_streams_follow_the_leases_and_a_handoff_continues_at_the_commits(
             .is_none(),
         "a's stream of the handed-over shard did not end"
     );
-    setup.produce(keyed_records(10, 1, 1000), false).await;
+    put(
+        &setup.kinesis,
+        &setup.stream,
+        keyed_records(10, 1, 1000),
+        Plain,
+    )
+    .await;
     let next = tokio::time::timeout(Duration::from_secs(10), records_b.next())
         .await
         .unwrap()
@@ -431,14 +438,13 @@ async fn run_batches<H, Fut>(
     let consumer = setup.start(batch_setup_config(setup)).await;
     let handle = consumer.shutdown_handle();
     let running = tokio::spawn(consumer.for_each_batch(options, handler));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "batches did not finish"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually_every(
+        "batches did not finish",
+        Duration::from_secs(60),
+        Duration::from_millis(50),
+        done,
+    )
+    .await;
     handle.trigger();
     let report = running.await.unwrap().unwrap();
     assert!(report.unfinished_shards.is_empty(), "{report:?}");
@@ -447,7 +453,13 @@ async fn run_batches<H, Fut>(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_in_parallel_keep_per_key_order() {
     let setup = Setup::new("parallel", 1).await;
-    setup.produce(keyed_records(20, 50, 0), true).await;
+    put(
+        &setup.kinesis,
+        &setup.stream,
+        keyed_records(20, 50, 0),
+        Aggregated,
+    )
+    .await;
     let seen = Arc::new(Mutex::new(Vec::new()));
     let (active, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let options = BatchOptions {
@@ -506,7 +518,7 @@ async fn bisect_isolates_one_poison_record_among_a_thousand() {
             ProducerRecord::new(format!("k{}", i % 7), text)
         })
         .collect();
-    setup.produce(records, true).await;
+    put(&setup.kinesis, &setup.stream, records, Aggregated).await;
     let handled = Arc::new(Mutex::new(BTreeSet::new()));
     let calls = Arc::new(AtomicUsize::new(0));
     let (options, failed) = keep_failures(BatchOptions {
@@ -568,14 +580,15 @@ async fn bisect_isolates_one_poison_record_among_a_thousand() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partial_batch_failure_resumes_at_the_failed_record() {
     let setup = Setup::new("partial", 1).await;
-    setup
-        .produce(
-            (0..100)
-                .map(|i| ProducerRecord::new("k", format!("{i}")))
-                .collect(),
-            true,
-        )
-        .await;
+    put(
+        &setup.kinesis,
+        &setup.stream,
+        (0..100)
+            .map(|i| ProducerRecord::new("k", format!("{i}")))
+            .collect(),
+        Aggregated,
+    )
+    .await;
     let calls = Arc::new(Mutex::new(Vec::<Vec<String>>::new()));
     let last = Arc::new(Mutex::new(None));
     let options = BatchOptions {
@@ -621,23 +634,25 @@ async fn a_partial_batch_failure_resumes_at_the_failed_record() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_records_older_than_the_max_age_are_skipped_and_reported() {
     let setup = Setup::new("age", 1).await;
-    setup
-        .produce(
-            (0..50)
-                .map(|i| ProducerRecord::new("k", format!("old-{i}")))
-                .collect(),
-            false,
-        )
-        .await;
+    put(
+        &setup.kinesis,
+        &setup.stream,
+        (0..50)
+            .map(|i| ProducerRecord::new("k", format!("old-{i}")))
+            .collect(),
+        Plain,
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    setup
-        .produce(
-            (0..50)
-                .map(|i| ProducerRecord::new("k", format!("new-{i}")))
-                .collect(),
-            false,
-        )
-        .await;
+    put(
+        &setup.kinesis,
+        &setup.stream,
+        (0..50)
+            .map(|i| ProducerRecord::new("k", format!("new-{i}")))
+            .collect(),
+        Plain,
+    )
+    .await;
     let handled = Arc::new(Mutex::new(Vec::new()));
     let (options, failed) = keep_failures(BatchOptions {
         batch_size: 25,
