@@ -170,10 +170,11 @@ pub(crate) async fn run(aws: &AwsArgs, args: ConsumeArgs) -> anyhow::Result<Exit
     let mut builder = SchedulerConfig::builder(&args.app, &args.stream)
         .initial_position(parse_initial(&args.from)?)
         .lease_duration(args.lease_duration.into())
-        .polling(PollingConfig {
-            idle_interval: Duration::from_millis(args.idle_interval_ms),
-            ..PollingConfig::default()
-        });
+        .polling(
+            PollingConfig::builder()
+                .idle_interval(Duration::from_millis(args.idle_interval_ms))
+                .build()?,
+        );
     if let Some(id) = &args.worker_id {
         builder = builder.worker_id(id);
     }

@@ -167,10 +167,11 @@ impl Fleet {
             .lease_duration(self.lease_duration)
             .shard_sync_interval(Duration::from_secs(2))
             .parent_poll_interval(Duration::from_millis(200))
-            .polling(PollingConfig {
-                idle_interval: Duration::from_millis(200),
-                ..PollingConfig::default()
-            })
+            .polling(
+                PollingConfig::builder()
+                    .idle_interval(Duration::from_millis(200))
+                    .build()?,
+            )
             .build()?;
         let (worker, tally) = (id.to_owned(), self.tally.clone());
         let scheduler = Scheduler::start(
@@ -246,10 +247,9 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         let mut producer = Producer::new(
             kinesis.clone(),
             stream.clone(),
-            ProducerConfig {
-                aggregate: index % 2 == 1,
-                ..ProducerConfig::default()
-            },
+            ProducerConfig::builder()
+                .aggregate(index % 2 == 1)
+                .build()?,
         )?;
         kinesis_records += producer.put(records).await?.kinesis_records;
         let done = range.end;

@@ -55,12 +55,11 @@ pub(crate) async fn run(aws: &AwsArgs, args: PutArgs) -> anyhow::Result<ExitCode
     {
         bail!("--partition-key must have 1 to 256 characters");
     }
-    let config = ProducerConfig {
-        aggregate: args.aggregate,
-        aggregate_max_size: args.max_size,
-        strict_order: args.strict_order,
-        ..ProducerConfig::default()
-    };
+    let config = ProducerConfig::builder()
+        .aggregate(args.aggregate)
+        .aggregate_max_size(args.max_size)
+        .strict_order(args.strict_order)
+        .build()?;
     let kinesis = aws.kinesis().await?;
     let mut producer = Producer::new(kinesis, stream.clone(), config)?;
     let mut total = PutSummary::default();

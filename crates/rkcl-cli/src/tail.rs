@@ -119,10 +119,9 @@ fn parse_from(text: &str) -> anyhow::Result<(StartingPosition, Option<ShardId>)>
 pub(crate) async fn run(aws: &AwsArgs, args: TailArgs) -> anyhow::Result<ExitCode> {
     let stream = stream_ref(&args.stream)?;
     let (start, shard) = parse_from(&args.from)?;
-    let config = PollingConfig {
-        idle_interval: Duration::from_millis(args.idle_interval_ms),
-        ..PollingConfig::default()
-    };
+    let config = PollingConfig::builder()
+        .idle_interval(Duration::from_millis(args.idle_interval_ms))
+        .build()?;
     let kinesis = aws.kinesis().await?;
     let mut reader = match shard {
         Some(shard) => {

@@ -94,10 +94,10 @@ async fn latency(local: &Local, idle: Duration) {
     let name = format!("latency-{}", idle.as_millis());
     let kinesis = Kinesis::new(local.kinesis_client());
     let stream = create_stream(&kinesis, &name, 4).await;
-    let config = PollingConfig {
-        idle_interval: idle,
-        ..PollingConfig::default()
-    };
+    let config = PollingConfig::builder()
+        .idle_interval(idle)
+        .build()
+        .unwrap();
     let mut reader = StreamReader::start(
         kinesis.clone(),
         stream.clone(),

@@ -102,7 +102,9 @@ async fn stream_run(local: &Local, kinesis: &Kinesis, run: usize) -> f64 {
     let store = lease_table(local, &app).await;
     let started = Instant::now();
     let consumer = Consumer::start(
-        ConsumerConfig::new(scheduler_config(&app)),
+        ConsumerConfig::builder(scheduler_config(&app))
+            .build()
+            .unwrap(),
         kinesis.clone(),
         store,
     )
@@ -189,9 +191,11 @@ async fn commit_nothing() {
     let kinesis = std::env::var("RKCL_BENCH_KINESIS").unwrap();
     let dynamodb = std::env::var("RKCL_BENCH_DYNAMODB").unwrap();
     let store = DynamoDbLeaseStore::new(rkcl_local::dynamodb_client(&dynamodb), "bench-memory");
-    let config = ConsumerConfig::new(scheduler_config("bench-memory"))
+    let config = ConsumerConfig::builder(scheduler_config("bench-memory"))
         .max_in_flight(1_000_000, 64 << 20)
-        .max_in_flight_per_shard(1_000_000, 16 << 20);
+        .max_in_flight_per_shard(1_000_000, 16 << 20)
+        .build()
+        .unwrap();
     let consumer = Consumer::start(
         config,
         Kinesis::new(rkcl_local::kinesis_client(&kinesis)),

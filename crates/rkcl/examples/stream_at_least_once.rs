@@ -32,10 +32,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut producer = Producer::new(
         kinesis.clone(),
         stream,
-        ProducerConfig {
-            aggregate: true,
-            ..ProducerConfig::default()
-        },
+        ProducerConfig::builder().aggregate(true).build()?,
     )?;
     let records = (0..5000)
         .map(|i| ProducerRecord::new(format!("user-{}", i % 100), format!("click {i}")))
@@ -47,7 +44,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let scheduler = SchedulerConfig::builder("clicks-stream", "clicks")
         .worker_id("example")
         .build()?;
-    let config = ConsumerConfig::new(scheduler).checkpoint_every(1000, Duration::from_secs(5));
+    let config = ConsumerConfig::builder(scheduler)
+        .checkpoint_every(1000, Duration::from_secs(5))
+        .build()?;
     let consumer = Consumer::start(config, kinesis, store).await?;
     let shutdown = consumer.shutdown_handle();
     shutdown.shutdown_on_signal();

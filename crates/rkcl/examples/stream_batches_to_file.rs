@@ -84,7 +84,7 @@ async fn run(
         .worker_id("example")
         .build()?;
     let consumer = Consumer::start(
-        ConsumerConfig::new(scheduler),
+        ConsumerConfig::builder(scheduler).build()?,
         Kinesis::new(local.kinesis_client()),
         store,
     )

@@ -171,7 +171,7 @@ impl Pending {
 /// # async fn example(kinesis: rkcl::Kinesis) -> rkcl::Result<()> {
 /// use rkcl::{Producer, ProducerConfig, ProducerRecord, StreamRef};
 ///
-/// let config = ProducerConfig { aggregate: true, ..ProducerConfig::default() };
+/// let config = ProducerConfig::builder().aggregate(true).build()?;
 /// let mut producer = Producer::new(kinesis, StreamRef::parse("orders"), config)?;
 /// let summary = producer
 ///     .put(vec![ProducerRecord::new("customer-1", "order placed")])

@@ -11,14 +11,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use common::{keyed_records, quick_polling};
+use common::{keyed_records, quick_polling_builder};
 use metrics::{Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName};
 use metrics::{Metadata, SharedString, Unit};
 use rkcl::metrics as catalogue;
 use rkcl::{
-    Checkpointer, ExtendedSequenceNumber, Kinesis, LeaseStore, PollingConfig, ProcessRecordsInput,
-    ProcessorError, ProducerRecord, RecordProcessor, Scheduler, SchedulerConfig, ShardId,
-    ShardInfo, StreamRef,
+    Checkpointer, ExtendedSequenceNumber, Kinesis, LeaseStore, ProcessRecordsInput, ProcessorError,
+    ProducerRecord, RecordProcessor, Scheduler, SchedulerConfig, ShardId, ShardInfo, StreamRef,
 };
 use rkcl_local::Local;
 use rkcl_local::testkit::Packing::{Aggregated, Plain};
@@ -344,10 +343,7 @@ async fn a_worker_reports_exact_records_bytes_leases_and_latency_samples_per_sha
         .lease_duration(Duration::from_secs(2))
         // Small calls: several batches per shard, so the counters must add
         // up across batches.
-        .polling(PollingConfig {
-            max_records: 150,
-            ..quick_polling()
-        })
+        .polling(quick_polling_builder().max_records(150).build().unwrap())
         .shard_sync_interval(Duration::from_secs(1))
         .build()
         .unwrap();

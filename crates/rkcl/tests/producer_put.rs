@@ -36,10 +36,10 @@ async fn plain_and_strict_puts_keep_per_key_order() {
     let local = Local::start().await.unwrap();
     let kinesis = Kinesis::new(local.kinesis_client());
     let stream = create_stream(&kinesis, "plain", 3).await;
-    let config = ProducerConfig {
-        strict_order: true,
-        ..ProducerConfig::default()
-    };
+    let config = ProducerConfig::builder()
+        .strict_order(true)
+        .build()
+        .unwrap();
     let summary = put(&kinesis, &stream, keyed_records(20, 30, 0), config).await;
     assert_eq!(summary.user_records, 600);
     assert_eq!(summary.kinesis_records, 600);
@@ -57,11 +57,11 @@ async fn aggregates_go_to_the_predicted_shard() {
     let local = Local::start().await.unwrap();
     let kinesis = Kinesis::new(local.kinesis_client());
     let stream = create_stream(&kinesis, "aggregated", 4).await;
-    let config = ProducerConfig {
-        aggregate: true,
-        aggregate_max_size: 4096,
-        ..ProducerConfig::default()
-    };
+    let config = ProducerConfig::builder()
+        .aggregate(true)
+        .aggregate_max_size(4096)
+        .build()
+        .unwrap();
     let summary = put(&kinesis, &stream, keyed_records(40, 50, 0), config).await;
     assert_eq!(summary.user_records, 2000);
     assert!(summary.kinesis_records < 100, "{summary:?}");
@@ -82,10 +82,7 @@ async fn aggregates_that_land_in_a_new_shard_are_sent_again() {
     let local = Local::start().await.unwrap();
     let kinesis = Kinesis::new(local.kinesis_client());
     let stream = create_stream(&kinesis, "resharded", 1).await;
-    let config = ProducerConfig {
-        aggregate: true,
-        ..ProducerConfig::default()
-    };
+    let config = ProducerConfig::builder().aggregate(true).build().unwrap();
     let mut producer = Producer::new(kinesis.clone(), stream.clone(), config).unwrap();
     // The first put learns the shard map: one shard.
     producer.put(keyed_records(30, 1, 0)).await.unwrap();
@@ -162,11 +159,11 @@ async fn throttled_entries_are_retried_until_written_in_order() {
         .unwrap();
     let kinesis = Kinesis::new(local.kinesis_client());
     let stream = create_stream(&kinesis, "throttled", 1).await;
-    let config = ProducerConfig {
-        strict_order: true,
-        max_attempts: 50,
-        ..ProducerConfig::default()
-    };
+    let config = ProducerConfig::builder()
+        .strict_order(true)
+        .max_attempts(50)
+        .build()
+        .unwrap();
     // 600 records per request at most (one per key), 2,400 in all.
     let summary = put(&kinesis, &stream, keyed_records(600, 4, 0), config).await;
     assert_eq!(summary.user_records, 2_400);

@@ -14,7 +14,7 @@ use aws_sdk_kinesis::config::interceptors::{
 };
 use aws_sdk_kinesis::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_smithy_types::config_bag::{Storable, StoreReplace};
-use common::{key_and_number, keyed_records, quick_polling};
+use common::{key_and_number, keyed_records, quick_polling, quick_polling_builder};
 use rkcl::{
     Aggregator, Kinesis, PollingSource, Producer, ProducerConfig, ProducerRecord, RecordSource,
     ShardEvent, StartingPosition, StreamEvent, StreamReader, StreamRef, UserRecord,
@@ -292,10 +292,7 @@ async fn injected_faults_cost_no_record_and_no_duplicate() {
         (_, 1) => Some((400, "ProvisionedThroughputExceededException")),
         _ => Some((500, "InternalFailure")),
     });
-    let polling = rkcl::PollingConfig {
-        max_records: 100,
-        ..quick_polling()
-    };
+    let polling = quick_polling_builder().max_records(100).build().unwrap();
     let mut reader = StreamReader::start(faulty, stream, StartingPosition::TrimHorizon, polling)
         .await
         .unwrap();
@@ -361,10 +358,7 @@ async fn splits_and_merges_while_writing_keep_every_record_and_key_order() {
         tokio::spawn(async move {
             let mut plain =
                 Producer::new(kinesis.clone(), stream.clone(), ProducerConfig::default()).unwrap();
-            let aggregated_config = ProducerConfig {
-                aggregate: true,
-                ..ProducerConfig::default()
-            };
+            let aggregated_config = ProducerConfig::builder().aggregate(true).build().unwrap();
             let mut aggregated = Producer::new(kinesis, stream, aggregated_config).unwrap();
             for round in 0..60 {
                 let records = keyed_records(30, 5, round * 5);
@@ -489,12 +483,12 @@ async fn prefetch_stops_at_its_bound_until_the_consumer_takes_records() {
     put(&kinesis, &stream, keyed_records(1, 2_000, 0), Plain).await;
     let shard = kinesis.list_shards(&stream).await.unwrap().remove(0);
     let (counted, calls, _) = faulty_client(&local, |_| None);
-    let config = rkcl::PollingConfig {
-        max_records: 100,
-        prefetch_records: 300,
-        prefetch_batches: 10,
-        ..quick_polling()
-    };
+    let config = quick_polling_builder()
+        .max_records(100)
+        .prefetch_records(300)
+        .prefetch_batches(10)
+        .build()
+        .unwrap();
     let mut source = PollingSource::start(
         counted,
         stream,

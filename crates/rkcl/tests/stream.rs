@@ -15,9 +15,9 @@ use std::time::Duration;
 use common::{key_and_number, keyed_records, quick_polling};
 use futures_util::StreamExt;
 use rkcl::{
-    BatchError, BatchOptions, CommittableRecord, Consumer, ConsumerConfig, DynamoDbLeaseStore,
-    ExtendedSequenceNumber, FailureReason, Kinesis, LeaseStore, ProducerRecord, Records,
-    SchedulerConfig, StreamRef,
+    BatchError, BatchOptions, CommittableRecord, Consumer, ConsumerConfig, ConsumerConfigBuilder,
+    DynamoDbLeaseStore, ExtendedSequenceNumber, FailureReason, Kinesis, LeaseStore, ProducerRecord,
+    Records, SchedulerConfig, StreamRef,
 };
 use rkcl_local::Local;
 use rkcl_local::testkit::Packing::{Aggregated, Plain};
@@ -74,7 +74,7 @@ impl Setup {
         }
     }
 
-    fn config(&self, worker: &str) -> ConsumerConfig {
+    fn config(&self, worker: &str) -> ConsumerConfigBuilder {
         let scheduler = SchedulerConfig::builder(self.store.table(), self.stream.name())
             .worker_id(worker)
             .lease_duration(LEASE)
@@ -82,7 +82,7 @@ impl Setup {
             .shard_sync_interval(Duration::from_secs(1))
             .build()
             .unwrap();
-        ConsumerConfig::new(scheduler).shutdown_grace(Duration::from_secs(2))
+        ConsumerConfig::builder(scheduler).shutdown_grace(Duration::from_secs(2))
     }
 
     async fn start(&self, config: ConsumerConfig) -> Consumer {
@@ -164,7 +164,9 @@ async fn the_checkpoint_is_exactly_the_commit_watermark_also_inside_an_aggregate
     }
     let config = setup
         .config("w")
-        .checkpoint_every(1_000_000, Duration::from_millis(100));
+        .checkpoint_every(1_000_000, Duration::from_millis(100))
+        .build()
+        .unwrap();
     let mut records = setup.start(config).await.records();
     let mut received = take(&mut records, 30).await;
     let positions: Vec<ExtendedSequenceNumber> = received.iter().map(|r| r.position()).collect();
@@ -218,7 +220,9 @@ async fn a_record_never_committed_bounds_memory_warns_and_is_read_again_after_re
         .config("w")
         .max_in_flight_per_shard(100, 1 << 20)
         .uncommitted_warning_after(Duration::from_millis(300))
-        .checkpoint_every(10, Duration::from_millis(100));
+        .checkpoint_every(10, Duration::from_millis(100))
+        .build()
+        .unwrap();
     let consumer = setup.start(config.clone()).await;
     let handle = consumer.shutdown_handle();
     let mut records = consumer.records();
@@ -280,7 +284,9 @@ async fn committed_progress_survives(stop: Stop) {
     // No automatic checkpoint before the stop: only the flush saves progress.
     let config = setup
         .config("w")
-        .checkpoint_every(1_000_000, Duration::from_secs(3600));
+        .checkpoint_every(1_000_000, Duration::from_secs(3600))
+        .build()
+        .unwrap();
     let consumer = setup.start(config.clone()).await;
     let handle = consumer.shutdown_handle();
     let mut records = consumer.records();
@@ -354,7 +360,10 @@ async fn shard_streams_follow_the_leases_and_a_handoff_continues_at_the_commits(
         Plain,
     )
     .await;
-    let mut first = setup.start(setup.config("a")).await.shards();
+    let mut first = setup
+        .start(setup.config("a").build().unwrap())
+        .await
+        .shards();
     let mut opened = Vec::new();
     for _ in 0..2 {
         let (info, records) = tokio::time::timeout(Duration::from_secs(20), first.next())
@@ -386,7 +395,7 @@ async fn shard_streams_follow_the_leases_and_a_handoff_continues_at_the_commits(
 
     // A second worker joins: one of a's shard streams ends (handed over)
     // and b's stream for it starts after a's commits: nothing again.
-    let second = setup.start(setup.config("b")).await;
+    let second = setup.start(setup.config("b").build().unwrap()).await;
     let handle_b = second.shutdown_handle();
     let mut second = second.shards();
     let (taken, mut records_b) = tokio::time::timeout(Duration::from_secs(30), second.next())
@@ -423,6 +432,8 @@ fn batch_setup_config(setup: &Setup) -> ConsumerConfig {
     setup
         .config("w")
         .checkpoint_every(1_000_000, Duration::from_millis(200))
+        .build()
+        .unwrap()
 }
 
 /// Runs `for_each_batch` until `done`, then shuts down.

@@ -34,10 +34,9 @@ pub enum Packing {
 
 impl From<Packing> for ProducerConfig {
     fn from(packing: Packing) -> Self {
-        Self {
-            aggregate: packing == Packing::Aggregated,
-            ..Self::default()
-        }
+        let mut config = Self::default();
+        config.aggregate = packing == Packing::Aggregated;
+        config
     }
 }
 

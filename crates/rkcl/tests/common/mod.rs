@@ -5,16 +5,19 @@
 
 use std::time::Duration;
 
-use rkcl::PollingConfig;
+use rkcl::{PollingConfig, PollingConfigBuilder};
 
 /// Polling settings that keep tests quick: the shortest allowed pauses.
+pub fn quick_polling_builder() -> PollingConfigBuilder {
+    PollingConfig::builder()
+        .idle_interval(Duration::from_millis(200))
+        .base_backoff(Duration::from_millis(10))
+        .max_backoff(Duration::from_millis(200))
+}
+
+/// [`quick_polling_builder`], built.
 pub fn quick_polling() -> PollingConfig {
-    PollingConfig {
-        idle_interval: Duration::from_millis(200),
-        base_backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(200),
-        ..PollingConfig::default()
-    }
+    quick_polling_builder().build().unwrap()
 }
 
 /// `key-K` records whose data is `K:N`, N counting per key.
