@@ -9,14 +9,14 @@
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use rkcl::{Decoded, Deaggregator, HashKey, HashKeyRange, HashRangePolicy};
+use rkcl::{kpl::{Decoded, Deaggregator, HashRangePolicy}, model::{HashKey, HashKeyRange}};
 
 fuzz_target!(|input: &[u8]| {
     let Some((&selector, data)) = input.split_first() else {
         return;
     };
     let data = if selector & 4 == 0 {
-        let mut framed = rkcl::KPL_MAGIC.to_vec();
+        let mut framed = rkcl::kpl::MAGIC.to_vec();
         framed.extend_from_slice(data);
         framed.extend_from_slice(&{ use md5::Digest; md5::Md5::digest(data) });
         Bytes::from(framed)

@@ -45,9 +45,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use rkcl::{
-    Checkpointer, DynamoDbLeaseStore, InitializationInput, Kinesis, LeaseStore,
-    ProcessRecordsInput, ProcessorError, ProducerRecord, RecordProcessor, Scheduler,
-    SchedulerConfig, ShardInfo, StreamRef,
+    Checkpointer, DynamoDbLeaseStore, InitializationInput, Kinesis, ProcessRecordsInput,
+    ProcessorError, RecordProcessor, Scheduler, SchedulerConfig, ShardInfo, aws::StreamRef,
+    leases::LeaseStore, record::ProducerRecord,
 };
 use rkcl_local::Local;
 use rkcl_local::testkit::Packing::{Aggregated, Plain};

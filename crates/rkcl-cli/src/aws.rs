@@ -54,21 +54,21 @@ impl AwsArgs {
 }
 
 /// Parses a stream argument (name or ARN), refusing an empty one.
-pub(crate) fn stream_ref(text: &str) -> anyhow::Result<rkcl::StreamRef> {
+pub(crate) fn stream_ref(text: &str) -> anyhow::Result<rkcl::aws::StreamRef> {
     let text = text.trim();
     if text.is_empty() {
         bail!("the stream name is empty");
     }
-    Ok(rkcl::StreamRef::parse(text))
+    Ok(rkcl::aws::StreamRef::parse(text))
 }
 
 /// Adds which stream a failed call was about.
 pub(crate) trait StreamContext<T> {
-    fn for_stream(self, stream: &rkcl::StreamRef) -> anyhow::Result<T>;
+    fn for_stream(self, stream: &rkcl::aws::StreamRef) -> anyhow::Result<T>;
 }
 
 impl<T> StreamContext<T> for rkcl::Result<T> {
-    fn for_stream(self, stream: &rkcl::StreamRef) -> anyhow::Result<T> {
+    fn for_stream(self, stream: &rkcl::aws::StreamRef) -> anyhow::Result<T> {
         self.with_context(|| format!("stream {stream}"))
     }
 }

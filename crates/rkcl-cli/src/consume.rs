@@ -8,8 +8,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
 use rkcl::{
-    Checkpointer, ExtendedSequenceNumber, InitialPosition, PollingConfig, ProcessRecordsInput,
-    ProcessorError, RecordProcessor, Scheduler, SchedulerConfig, ShardId, ShardInfo,
+    Checkpointer, ExtendedSequenceNumber, InitialPosition, ProcessRecordsInput, ProcessorError,
+    RecordProcessor, Scheduler, SchedulerConfig, ShardId, ShardInfo, retrieval::PollingConfig,
 };
 use tokio::sync::Notify;
 
@@ -204,7 +204,7 @@ pub(crate) async fn run(aws: &AwsArgs, args: ConsumeArgs) -> anyhow::Result<Exit
     .with_context(|| format!("could not start consuming {}", args.stream))?;
     tracing::info!(worker_id = scheduler.worker_id(), "consuming");
     tokio::select! {
-        () = rkcl::wait_for_signal() => tracing::info!("signal received; shutting down"),
+        () = rkcl::scheduler::wait_for_signal() => tracing::info!("signal received; shutting down"),
         () = closed.notified() => tracing::info!("stdout was closed; shutting down"),
     }
     let report = scheduler.shutdown(args.shutdown_timeout.into()).await;

@@ -13,9 +13,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rkcl::{
-    Checkpointer, DynamoDbLeaseStore, Kinesis, PollingConfig, ProcessRecordsInput, ProcessorError,
-    Producer, ProducerConfig, ProducerRecord, RecordProcessor, Scheduler, SchedulerConfig,
-    ShardInfo, StreamRef,
+    Checkpointer, DynamoDbLeaseStore, Kinesis, ProcessRecordsInput, ProcessorError,
+    RecordProcessor, Scheduler, SchedulerConfig, ShardInfo,
+    aws::StreamRef,
+    producer::{Producer, ProducerConfig},
+    record::ProducerRecord,
+    retrieval::PollingConfig,
 };
 use serde::Serialize;
 

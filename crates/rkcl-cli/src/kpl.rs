@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use anyhow::Context;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use rkcl::{Aggregator, Deaggregator, Decoded, HashKeyRange, HashRangePolicy, ProducerRecord};
+use rkcl::{
+    kpl::{Aggregator, Deaggregator, Decoded, HashRangePolicy},
+    model::HashKeyRange,
+    record::ProducerRecord,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::output::{flush, write_json_line, write_line};
@@ -199,7 +203,7 @@ fn parse_decode_line(line: &str) -> anyhow::Result<DecodeLine> {
 fn encode(args: EncodeArgs, input: impl BufRead, mut out: impl Write) -> anyhow::Result<ExitCode> {
     let mut aggregator = Aggregator::with_max_size(args.max_size)?;
     let mut bad_lines = 0usize;
-    let write = |out: &mut dyn Write, aggregate: rkcl::Aggregate| -> anyhow::Result<bool> {
+    let write = |out: &mut dyn Write, aggregate: rkcl::kpl::Aggregate| -> anyhow::Result<bool> {
         if args.json {
             let json = serde_json::json!({
                 "partition_key": aggregate.partition_key,

@@ -3,7 +3,10 @@
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use rkcl::{ExtendedSequenceNumber, Lease, LeaseStore};
+use rkcl::{
+    ExtendedSequenceNumber,
+    leases::{Lease, LeaseStore},
+};
 
 use crate::aws::AwsArgs;
 use crate::output::{flush, write_json_line, write_line};

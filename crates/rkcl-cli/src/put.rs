@@ -5,7 +5,11 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use rand::Rng;
-use rkcl::{Aggregator, Producer, ProducerConfig, ProducerRecord, PutSummary};
+use rkcl::{
+    kpl::Aggregator,
+    producer::{Producer, ProducerConfig, PutSummary},
+    record::ProducerRecord,
+};
 
 use crate::aws::{AwsArgs, StreamContext, stream_ref};
 

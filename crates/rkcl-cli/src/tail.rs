@@ -8,7 +8,11 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use rkcl::{PollingConfig, ShardId, StartingPosition, StreamEvent, StreamReader, UserRecord};
+use rkcl::{
+    ShardId, UserRecord,
+    model::StartingPosition,
+    retrieval::{PollingConfig, StreamEvent, StreamReader},
+};
 use serde::Serialize;
 
 use crate::aws::{AwsArgs, StreamContext, stream_ref};

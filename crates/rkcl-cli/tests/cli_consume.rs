@@ -8,7 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rkcl::{DynamoDbLeaseStore, ExtendedSequenceNumber, Kinesis, LeaseStore, ProducerRecord};
+use rkcl::{
+    DynamoDbLeaseStore, ExtendedSequenceNumber, Kinesis, leases::LeaseStore, record::ProducerRecord,
+};
 use rkcl_local::Local;
 use rkcl_local::testkit::Packing::Aggregated;
 use rkcl_local::testkit::{create_stream, eventually, put};

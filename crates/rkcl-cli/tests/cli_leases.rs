@@ -3,7 +3,10 @@
 use std::process::Command;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use rkcl::{ExtendedSequenceNumber, Lease, LeaseStore, ShardId};
+use rkcl::{
+    ExtendedSequenceNumber, ShardId,
+    leases::{Lease, LeaseStore},
+};
 use rkcl_local::Local;
 use rkcl_local::testkit::lease_table;
 

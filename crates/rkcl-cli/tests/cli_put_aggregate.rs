@@ -11,7 +11,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use common::{rkcl, run_with_stdin};
-use rkcl::StreamRef;
+use rkcl::aws::StreamRef;
 use rkcl_local::Local;
 use rkcl_local::testkit::read_all_raw;
 

@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 
 use common::rkcl;
-use rkcl::{Kinesis, ProducerRecord, StreamRef};
+use rkcl::{Kinesis, aws::StreamRef, record::ProducerRecord};
 use rkcl_local::Local;
 use rkcl_local::testkit::Packing::{Aggregated, Plain};
 use rkcl_local::testkit::{create_stream, put};

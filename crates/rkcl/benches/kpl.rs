@@ -13,7 +13,9 @@ use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_main};
 use md5::{Digest, Md5};
 use rkcl::{
-    Aggregator, Deaggregator, Decoded, HashKey, HashKeyRange, HashRangePolicy, ProducerRecord,
+    kpl::{Aggregator, Deaggregator, Decoded, HashRangePolicy},
+    model::{HashKey, HashKeyRange},
+    record::ProducerRecord,
 };
 
 /// A deterministic pseudo-random sequence, so every run sees the same input.

@@ -16,8 +16,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rkcl::{
-    DynamoDbLeaseStore, ExtendedSequenceNumber, Lease, LeaseCoordinator, LeaseCoordinatorConfig,
-    LeaseEvent, LeaseStore, LeaseTableRequests,
+    DynamoDbLeaseStore, ExtendedSequenceNumber,
+    aws::LeaseTableRequests,
+    leases::{Lease, LeaseCoordinator, LeaseCoordinatorConfig, LeaseEvent, LeaseStore},
 };
 use rkcl_local::Local;
 use rkcl_local::testkit::{eventually_every, lease_table};

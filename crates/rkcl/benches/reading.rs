@@ -16,7 +16,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rkcl::{
-    Kinesis, PollingConfig, ProducerRecord, StartingPosition, StreamEvent, StreamReader, StreamRef,
+    Kinesis,
+    aws::StreamRef,
+    model::StartingPosition,
+    record::ProducerRecord,
+    retrieval::{PollingConfig, StreamEvent, StreamReader},
 };
 use rkcl_local::Local;
 use rkcl_local::testkit::Packing::Plain;

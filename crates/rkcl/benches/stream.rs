@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use rkcl::{
     Checkpointer, Consumer, ConsumerConfig, DynamoDbLeaseStore, Kinesis, ProcessRecordsInput,
-    ProcessorError, ProducerRecord, RecordProcessor, Scheduler, SchedulerConfig, ShardInfo,
-    StreamRef,
+    ProcessorError, RecordProcessor, Scheduler, SchedulerConfig, ShardInfo, aws::StreamRef,
+    record::ProducerRecord,
 };
 use rkcl_local::Local;
 use rkcl_local::testkit::Packing::{Aggregated, Plain};

@@ -9,9 +9,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rkcl::{
-    Checkpointer, DynamoDbLeaseStore, Kinesis, ProcessRecordsInput, ProcessorError, Producer,
-    ProducerConfig, ProducerRecord, RecordProcessor, Scheduler, SchedulerConfig, ShardInfo,
-    StreamRef,
+    Checkpointer, DynamoDbLeaseStore, Kinesis, ProcessRecordsInput, ProcessorError,
+    RecordProcessor, Scheduler, SchedulerConfig, ShardInfo,
+    aws::StreamRef,
+    producer::{Producer, ProducerConfig},
+    record::ProducerRecord,
 };
 
 /// Counts the records of one shard and checkpoints after every batch.

@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use rkcl::{
-    Consumer, ConsumerConfig, DynamoDbLeaseStore, Kinesis, Producer, ProducerConfig,
-    ProducerRecord, SchedulerConfig, StreamRef,
+    Consumer, ConsumerConfig, DynamoDbLeaseStore, Kinesis, SchedulerConfig,
+    aws::StreamRef,
+    producer::{Producer, ProducerConfig},
+    record::ProducerRecord,
 };
 
 /// A stand-in for a database or a queue: it takes a line and acknowledges.

@@ -15,8 +15,11 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use rkcl::{
-    CommittableBatch, Consumer, ConsumerConfig, DynamoDbLeaseStore, ExtendedSequenceNumber,
-    Kinesis, Producer, ProducerConfig, ProducerRecord, SchedulerConfig, StreamRef,
+    Consumer, ConsumerConfig, DynamoDbLeaseStore, ExtendedSequenceNumber, Kinesis, SchedulerConfig,
+    aws::StreamRef,
+    producer::{Producer, ProducerConfig},
+    record::ProducerRecord,
+    stream::CommittableBatch,
 };
 
 /// The last position written per shard, read back from the file: each line

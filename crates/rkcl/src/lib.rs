@@ -1,43 +1,65 @@
 //! rkcl, the Kinesis Client Library for Rust.
 //!
-//! rkcl reads Amazon Kinesis Data Streams the way the Java KCL does: shard
-//! leases and checkpoints in a DynamoDB table the Java KCL can read too,
-//! resharding followed parent before child, and KPL aggregates read back
-//! into the user records they carry, checkpointed at (sequence number,
-//! sub-sequence number).
+//! rkcl consumes Amazon Kinesis Data Streams the way the Java KCL does: each
+//! shard has a lease in a DynamoDB table the Java KCL can read too, the
+//! worker holding it reads the shard and checkpoints its progress there,
+//! leases are balanced over the workers of an application and taken over
+//! when a worker dies, resharding is followed parent before child, and KPL
+//! aggregates are read back into the user records they carry, checkpointed
+//! at (sequence number, sub-sequence number).
 //!
-//! This release holds the foundation:
+//! Two ways to consume, on the same worker:
 //!
-//! - the domain's words ([`ShardId`], [`SequenceNumber`],
-//!   [`ExtendedSequenceNumber`], [`HashKey`], [`HashKeyRange`]);
-//! - the KPL aggregation format, both ways ([`Deaggregator`], [`Aggregator`]);
-//! - a [`Producer`] that writes with PutRecords, retries only what failed,
-//!   keeps per-key order, and aggregates per predicted shard like the KPL;
-//! - the [`Kinesis`] client that every Kinesis call of rkcl goes through.
+//! - a [`RecordProcessor`] per shard, called strictly in order, with a
+//!   [`Checkpointer`] fenced by the lease ([`Scheduler`]);
+//! - an async [`Stream`](futures_util::Stream) of [`CommittableRecord`]s,
+//!   checkpointed automatically at the commit watermark, with bounded memory
+//!   ([`Consumer`]).
+//!
+//! The root holds what an application needs; the rest lives in public
+//! modules: [`kpl`] (the aggregation format), [`leases`] (lease stores and
+//! the coordinator), [`retrieval`] (reading shards), [`producer`] (writing),
+//! [`stream`] (the Stream API's other types), [`metrics`] (the catalogue of
+//! every metric) and the domain's words in [`model`], [`record`],
+//! [`shards`], [`aws`], [`processor`], [`scheduler`] and [`error`].
 //!
 //! # Example
 //!
-//! ```
-//! use rkcl::{Aggregator, Deaggregator, KinesisRecord, ProducerRecord};
+//! One worker of the application `orders-app`, printing how many records
+//! each batch holds and checkpointing after each:
 //!
-//! let mut aggregator = Aggregator::new();
-//! for i in 0..3 {
-//!     aggregator.add(ProducerRecord::new(format!("user-{i}"), format!("event {i}")))?;
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! use rkcl::{//!     Checkpointer, DynamoDbLeaseStore, Kinesis, ProcessRecordsInput, ProcessorError, //!     RecordProcessor, Scheduler, SchedulerConfig, ShardInfo, //!};
+//!
+//! struct Counter;
+//!
+//! impl RecordProcessor for Counter {
+//!     async fn process_records(
+//!         &mut self,
+//!         input: &ProcessRecordsInput,
+//!         checkpointer: &Checkpointer,
+//!     ) -> Result<(), ProcessorError> {
+//!         tracing::info!(records = input.records.len(), "a batch");
+//!         checkpointer.checkpoint().await?;
+//!         Ok(())
+//!     }
 //! }
-//! let aggregate = aggregator.flush().expect("three records wait");
 //!
-//! // What a consumer reads back from the shard:
-//! let record = KinesisRecord {
-//!     sequence_number: "49590338271490256608559692538361571095921575989136654311".parse()?,
-//!     partition_key: aggregate.partition_key,
-//!     data: aggregate.data,
-//!     approximate_arrival_timestamp: None,
-//! };
-//! let users = Deaggregator::new().deaggregate(record);
-//! assert_eq!(users.len(), 3);
-//! assert_eq!(users[2].sub_sequence_number, Some(2));
-//! assert_eq!(users[2].data, "event 2");
-//! # Ok::<(), rkcl::Error>(())
+//! # async fn example(
+//! #     kinesis_client: aws_sdk_kinesis::Client,
+//! #     dynamodb_client: aws_sdk_dynamodb::Client,
+//! # ) -> rkcl::Result<()> {
+//! let store = DynamoDbLeaseStore::new(dynamodb_client, "orders-app");
+//! store.ensure_table(Duration::from_secs(60)).await?;
+//! let config = SchedulerConfig::builder("orders-app", "orders").build()?;
+//! let kinesis = Kinesis::new(kinesis_client);
+//! let scheduler = Scheduler::start(config, kinesis, store, |_: &ShardInfo| Counter).await?;
+//! let report = scheduler.run_until_signal(Duration::from_secs(10)).await;
+//! tracing::info!(?report, "stopped");
+//! # Ok(())
+//! # }
 //! ```
 // Library code never panics on data from the network or a user, and never
 // prints: these lints hold it to that (tests may unwrap).
@@ -54,61 +76,35 @@
 )]
 #![doc(test(attr(deny(warnings))))]
 
-mod aws;
+pub mod aws;
 mod backoff;
 mod checkpoint;
 mod config;
-mod error;
-mod kpl;
-mod leases;
+pub mod error;
+pub mod kpl;
+pub mod leases;
 mod lifecycle;
 pub mod metrics;
-mod model;
-mod processor;
-mod producer;
-mod record;
-mod retrieval;
-mod scheduler;
+pub mod model;
+pub mod processor;
+pub mod producer;
+pub mod record;
+pub mod retrieval;
+pub mod scheduler;
 mod shard_sync;
-mod shards;
+pub mod shards;
 mod stop;
-mod stream;
+pub mod stream;
 
-pub use aws::{
-    ChildShard, DynamoDbLeaseStore, GetRecordsOutput, Kinesis, LeaseTableRequests, ShardFilter,
-    StreamRef, StreamSummary,
-};
+pub use aws::{DynamoDbLeaseStore, Kinesis};
 pub use checkpoint::Checkpointer;
-pub use error::{Error, Result, Service};
-pub use kpl::{
-    Aggregate, Aggregator, DeaggregationStats, Deaggregator, Decoded, HashRangePolicy,
-    MAGIC as KPL_MAGIC, MAX_KINESIS_RECORD_SIZE, PassThroughReason, SubRecord, has_magic,
-};
-pub use leases::{
-    FencingToken, InMemoryLeaseStore, Lease, LeaseCoordinator, LeaseCoordinatorConfig, LeaseEvent,
-    LeaseStore,
-};
-pub use model::{
-    ExtendedSequenceNumber, HashKey, HashKeyRange, InitialPosition, SequenceNumber, ShardId,
-    StartingPosition,
-};
+pub use error::{Error, Result};
+pub use model::{ExtendedSequenceNumber, InitialPosition, SequenceNumber, ShardId};
 pub use processor::{
-    DeadLetter, DeadLetterHandler, FailurePolicy, InitializationInput, ProcessRecordsInput,
-    ProcessorError, RecordProcessor, RecordProcessorFactory, ShardInfo,
+    FailurePolicy, InitializationInput, ProcessRecordsInput, ProcessorError, RecordProcessor,
+    RecordProcessorFactory, ShardInfo,
 };
-pub use producer::{Producer, ProducerConfig, ProducerConfigBuilder, PutSummary};
-pub use record::{KinesisRecord, ProducerRecord, UserRecord};
-pub use retrieval::{
-    PollingConfig, PollingConfigBuilder, PollingSource, RecordSource, Retrieval, ShardBatch,
-    ShardEnd, ShardEndReason, ShardEvent, ShardGraph, StreamEvent, StreamReader,
-};
-pub use scheduler::{
-    Scheduler, SchedulerConfig, SchedulerConfigBuilder, ShutdownReport, wait_for_signal,
-};
-pub use shards::{Shard, ShardMap};
+pub use record::UserRecord;
+pub use scheduler::{Scheduler, SchedulerConfig, ShutdownReport};
 pub use stop::{StopReason, StopSignal};
-pub use stream::{
-    Batch, BatchError, BatchFailure, BatchFailureHandler, BatchOptions, Chunks, CommitHandle,
-    CommittableBatch, CommittableRecord, Consumer, ConsumerConfig, ConsumerConfigBuilder,
-    FailureReason, Records, ShardChunks, ShardRecords, ShardStreams, ShutdownHandle,
-};
+pub use stream::{CommittableRecord, Consumer, ConsumerConfig};

@@ -169,7 +169,7 @@ impl Pending {
 /// ```no_run
 /// # #[allow(dead_code)]
 /// # async fn example(kinesis: rkcl::Kinesis) -> rkcl::Result<()> {
-/// use rkcl::{Producer, ProducerConfig, ProducerRecord, StreamRef};
+/// use rkcl::{aws::StreamRef, producer::{Producer, ProducerConfig}, record::ProducerRecord};
 ///
 /// let config = ProducerConfig::builder().aggregate(true).build()?;
 /// let mut producer = Producer::new(kinesis, StreamRef::parse("orders"), config)?;

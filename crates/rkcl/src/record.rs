@@ -55,8 +55,8 @@ impl UserRecord {
     }
 }
 
-/// A record to write to Kinesis: the input of the [`Aggregator`](crate::Aggregator)
-/// and the [`Producer`](crate::Producer).
+/// A record to write to Kinesis: the input of the [`Aggregator`](crate::kpl::Aggregator)
+/// and the [`Producer`](crate::producer::Producer).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProducerRecord {
     /// The partition key (1 to 256 characters for a plain Kinesis record; any

@@ -11,9 +11,11 @@ use std::time::Duration;
 
 use common::{key_and_number, keyed_records, quick_polling};
 use rkcl::{
-    Checkpointer, DynamoDbLeaseStore, Error, ExtendedSequenceNumber, FailurePolicy,
-    InMemoryLeaseStore, Kinesis, Lease, LeaseStore, ProcessRecordsInput, ProcessorError,
-    RecordProcessor, Scheduler, SchedulerConfig, ShardId, ShardInfo, StreamRef,
+    Checkpointer, DynamoDbLeaseStore, Error, ExtendedSequenceNumber, FailurePolicy, Kinesis,
+    ProcessRecordsInput, ProcessorError, RecordProcessor, Scheduler, SchedulerConfig, ShardId,
+    ShardInfo,
+    aws::StreamRef,
+    leases::{InMemoryLeaseStore, Lease, LeaseStore},
 };
 use rkcl_local::Local;
 use rkcl_local::testkit::Packing::{Aggregated, Plain};
@@ -656,7 +658,7 @@ async fn failed_batches_are_retried_or_dead_lettered_and_a_panicking_shard_does_
         - users
             .iter()
             .filter(|u| {
-                let key = rkcl::HashKey::of_partition_key(&u.partition_key);
+                let key = rkcl::model::HashKey::of_partition_key(&u.partition_key);
                 shards[1].hash_key_range.contains(key)
             })
             .count();
@@ -678,7 +680,7 @@ struct Forbidden(InMemoryLeaseStore);
 
 fn denied() -> Error {
     Error::AccessDenied {
-        service: rkcl::Service::DynamoDb,
+        service: rkcl::error::Service::DynamoDb,
         message: "not authorized to perform dynamodb:Scan".into(),
     }
 }

@@ -6,8 +6,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use rkcl::{
-    Deaggregator, Decoded, HashKey, HashKeyRange, HashRangePolicy, KinesisRecord,
-    PassThroughReason, ShardId,
+    ShardId,
+    kpl::{Deaggregator, Decoded, HashRangePolicy, PassThroughReason},
+    model::{HashKey, HashKeyRange},
+    record::KinesisRecord,
 };
 use serde::Deserialize;
 

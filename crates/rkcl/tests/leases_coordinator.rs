@@ -12,8 +12,10 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rkcl::{
-    Error, ExtendedSequenceNumber, InMemoryLeaseStore, Lease, LeaseCoordinator,
-    LeaseCoordinatorConfig, LeaseEvent, LeaseStore,
+    Error, ExtendedSequenceNumber,
+    leases::{
+        InMemoryLeaseStore, Lease, LeaseCoordinator, LeaseCoordinatorConfig, LeaseEvent, LeaseStore,
+    },
 };
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use tokio::task::JoinHandle;

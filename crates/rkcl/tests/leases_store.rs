@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use rkcl::{
-    ExtendedSequenceNumber, HashKey, InMemoryLeaseStore, LeaseStore, SequenceNumber, ShardId,
+    ExtendedSequenceNumber, SequenceNumber, ShardId,
+    leases::{InMemoryLeaseStore, LeaseStore},
+    model::HashKey,
 };
 use rkcl_local::Local;
 use rkcl_local::testkit::{lease_store_conformance, lease_table, sample_lease};

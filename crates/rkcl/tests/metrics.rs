@@ -16,8 +16,9 @@ use metrics::{Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, K
 use metrics::{Metadata, SharedString, Unit};
 use rkcl::metrics as catalogue;
 use rkcl::{
-    Checkpointer, ExtendedSequenceNumber, Kinesis, LeaseStore, ProcessRecordsInput, ProcessorError,
-    ProducerRecord, RecordProcessor, Scheduler, SchedulerConfig, ShardId, ShardInfo, StreamRef,
+    Checkpointer, ExtendedSequenceNumber, Kinesis, ProcessRecordsInput, ProcessorError,
+    RecordProcessor, Scheduler, SchedulerConfig, ShardId, ShardInfo, aws::StreamRef,
+    leases::LeaseStore, record::ProducerRecord,
 };
 use rkcl_local::Local;
 use rkcl_local::testkit::Packing::{Aggregated, Plain};
@@ -282,7 +283,7 @@ async fn read_raw(local: &Local, stream: &StreamRef) -> BTreeMap<String, RawShar
         let mut raw = RawShard::default();
         for record in &shard.records {
             raw.kinesis_bytes += record.data.len();
-            if !rkcl::has_magic(&record.data) {
+            if !rkcl::kpl::has_magic(&record.data) {
                 raw.plain_bytes += record.data.len();
             }
         }

@@ -6,7 +6,12 @@ mod common;
 use std::collections::HashMap;
 
 use common::{key_and_number, keyed_records};
-use rkcl::{Kinesis, Producer, ProducerConfig, ProducerRecord, StreamRef, UserRecord};
+use rkcl::{
+    Kinesis, UserRecord,
+    aws::StreamRef,
+    producer::{Producer, ProducerConfig},
+    record::ProducerRecord,
+};
 use rkcl_local::Local;
 use rkcl_local::testkit::{create_stream, put, read_all_raw, split};
 
@@ -119,7 +124,7 @@ async fn bad_records_are_refused_before_anything_is_sent() {
     ));
     let huge = vec![ProducerRecord::new(
         "k",
-        vec![0u8; rkcl::MAX_KINESIS_RECORD_SIZE],
+        vec![0u8; rkcl::kpl::MAX_KINESIS_RECORD_SIZE],
     )];
     assert!(matches!(
         producer.put(huge).await,

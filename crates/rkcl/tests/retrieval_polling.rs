@@ -16,8 +16,13 @@ use aws_sdk_kinesis::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_smithy_types::config_bag::{Storable, StoreReplace};
 use common::{key_and_number, keyed_records, quick_polling, quick_polling_builder};
 use rkcl::{
-    Aggregator, Kinesis, PollingSource, Producer, ProducerConfig, ProducerRecord, RecordSource,
-    ShardEvent, StartingPosition, StreamEvent, StreamReader, StreamRef, UserRecord,
+    Kinesis, UserRecord,
+    aws::StreamRef,
+    kpl::Aggregator,
+    model::StartingPosition,
+    producer::{Producer, ProducerConfig},
+    record::ProducerRecord,
+    retrieval::{PollingSource, RecordSource, ShardEvent, StreamEvent, StreamReader},
 };
 use rkcl_local::Local;
 use rkcl_local::testkit::Packing::{Aggregated, Plain};
@@ -27,7 +32,7 @@ use rkcl_local::testkit::{create_stream, merge, put, split};
 fn start_source(
     kinesis: &Kinesis,
     stream: &StreamRef,
-    shard: &rkcl::Shard,
+    shard: &rkcl::shards::Shard,
     position: StartingPosition,
 ) -> PollingSource {
     PollingSource::start(
@@ -557,7 +562,7 @@ async fn access_denied_is_a_clear_error_and_a_deleted_stream_ends_the_shard() {
             other => panic!("{other:?}"),
         }
     };
-    assert_eq!(end.reason, rkcl::ShardEndReason::NotFound);
+    assert_eq!(end.reason, rkcl::retrieval::ShardEndReason::NotFound);
     assert!(end.children.is_empty());
 }
 

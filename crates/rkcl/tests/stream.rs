@@ -15,9 +15,12 @@ use std::time::Duration;
 use common::{key_and_number, keyed_records, quick_polling};
 use futures_util::StreamExt;
 use rkcl::{
-    BatchError, BatchOptions, CommittableRecord, Consumer, ConsumerConfig, ConsumerConfigBuilder,
-    DynamoDbLeaseStore, ExtendedSequenceNumber, FailureReason, Kinesis, LeaseStore, ProducerRecord,
-    Records, SchedulerConfig, StreamRef,
+    CommittableRecord, Consumer, ConsumerConfig, DynamoDbLeaseStore, ExtendedSequenceNumber,
+    Kinesis, SchedulerConfig,
+    aws::StreamRef,
+    leases::LeaseStore,
+    record::ProducerRecord,
+    stream::{BatchError, BatchOptions, ConsumerConfigBuilder, FailureReason, Records},
 };
 use rkcl_local::Local;
 use rkcl_local::testkit::Packing::{Aggregated, Plain};
@@ -142,7 +145,9 @@ fn text(record: &rkcl::UserRecord) -> String {
 }
 
 /// A failure callback that keeps what it is given.
-fn keep_failures(options: BatchOptions) -> (BatchOptions, Arc<Mutex<Vec<rkcl::BatchFailure>>>) {
+fn keep_failures(
+    options: BatchOptions,
+) -> (BatchOptions, Arc<Mutex<Vec<rkcl::stream::BatchFailure>>>) {
     let failed = Arc::new(Mutex::new(Vec::new()));
     let kept = failed.clone();
     let options = options.on_failure(move |failure| {
@@ -443,7 +448,7 @@ async fn run_batches<H, Fut>(
     handler: H,
     done: impl Fn() -> bool,
 ) where
-    H: Fn(rkcl::Batch) -> Fut + Send + Sync + 'static,
+    H: Fn(rkcl::stream::Batch) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), BatchError>> + Send + 'static,
 {
     let consumer = setup.start(batch_setup_config(setup)).await;
@@ -481,7 +486,7 @@ async fn batches_in_parallel_keep_per_key_order() {
     };
     let handler = {
         let (seen, active, most) = (seen.clone(), active.clone(), most.clone());
-        move |batch: rkcl::Batch| {
+        move |batch: rkcl::stream::Batch| {
             let (seen, active, most) = (seen.clone(), active.clone(), most.clone());
             async move {
                 let now = active.fetch_add(1, Ordering::SeqCst) + 1;
@@ -542,7 +547,7 @@ async fn bisect_isolates_one_poison_record_among_a_thousand() {
     });
     let handler = {
         let (handled, calls) = (handled.clone(), calls.clone());
-        move |batch: rkcl::Batch| {
+        move |batch: rkcl::stream::Batch| {
             let (handled, calls) = (handled.clone(), calls.clone());
             async move {
                 calls.fetch_add(1, Ordering::SeqCst);
@@ -610,7 +615,7 @@ async fn a_partial_batch_failure_resumes_at_the_failed_record() {
     };
     let handler = {
         let (calls, last) = (calls.clone(), last.clone());
-        move |batch: rkcl::Batch| {
+        move |batch: rkcl::stream::Batch| {
             let (calls, last) = (calls.clone(), last.clone());
             async move {
                 *last.lock().unwrap() = batch.records.last().map(|r| r.extended_sequence_number());
@@ -672,7 +677,7 @@ async fn only_records_older_than_the_max_age_are_skipped_and_reported() {
     });
     let handler = {
         let handled = handled.clone();
-        move |batch: rkcl::Batch| {
+        move |batch: rkcl::stream::Batch| {
             let handled = handled.clone();
             async move {
                 handled
@@ -690,7 +695,7 @@ async fn only_records_older_than_the_max_age_are_skipped_and_reported() {
                 .lock()
                 .unwrap()
                 .iter()
-                .map(|f: &rkcl::BatchFailure| f.records.len())
+                .map(|f: &rkcl::stream::BatchFailure| f.records.len())
                 .sum::<usize>()
             >= 100
     })

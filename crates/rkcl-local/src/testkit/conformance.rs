@@ -1,7 +1,9 @@
 //! The conformance suite of the `LeaseStore` trait.
 
 use rkcl::{
-    ExtendedSequenceNumber, HashKey, HashKeyRange, Lease, LeaseStore, SequenceNumber, ShardId,
+    ExtendedSequenceNumber, SequenceNumber, ShardId,
+    leases::{Lease, LeaseStore},
+    model::{HashKey, HashKeyRange},
 };
 
 fn seq(text: &str) -> SequenceNumber {
@@ -39,7 +41,7 @@ pub fn sample_lease(key: &str) -> Lease {
 ///
 /// ```no_run
 /// # async fn example() {
-/// rkcl_local::testkit::lease_store_conformance(&rkcl::InMemoryLeaseStore::new()).await;
+/// rkcl_local::testkit::lease_store_conformance(&rkcl::leases::InMemoryLeaseStore::new()).await;
 /// # }
 /// ```
 ///

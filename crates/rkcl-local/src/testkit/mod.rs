@@ -1,6 +1,6 @@
 //! Helpers for tests on the local servers: streams and records, raw reads
 //! with plain SDK calls, waiting for a condition, and the conformance suite
-//! every [`LeaseStore`](rkcl::LeaseStore) must pass.
+//! every [`LeaseStore`](rkcl::leases::LeaseStore) must pass.
 //!
 //! Enabled by the `testkit` feature, off by default:
 //!
@@ -16,7 +16,7 @@
 //! ```no_run
 //! use std::time::Duration;
 //!
-//! use rkcl::{Kinesis, ProducerRecord};
+//! use rkcl::{Kinesis, record::ProducerRecord};
 //! use rkcl_local::Local;
 //! use rkcl_local::testkit::{self, Packing};
 //!

@@ -6,8 +6,11 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_kinesis::types::ShardIteratorType;
 use rkcl::{
-    DeaggregationStats, Deaggregator, HashRangePolicy, Kinesis, KinesisRecord, Shard, StreamRef,
-    UserRecord,
+    Kinesis, UserRecord,
+    aws::StreamRef,
+    kpl::{DeaggregationStats, Deaggregator, HashRangePolicy},
+    record::KinesisRecord,
+    shards::Shard,
 };
 
 use crate::Local;

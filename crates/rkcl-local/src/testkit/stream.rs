@@ -3,8 +3,11 @@
 use std::time::Duration;
 
 use rkcl::{
-    DynamoDbLeaseStore, Kinesis, Producer, ProducerConfig, ProducerRecord, PutSummary, Shard,
-    StreamRef,
+    DynamoDbLeaseStore, Kinesis,
+    aws::StreamRef,
+    producer::{Producer, ProducerConfig, PutSummary},
+    record::ProducerRecord,
+    shards::Shard,
 };
 
 use crate::Local;

@@ -49,11 +49,11 @@ where
 /// [`POLL_INTERVAL`], and returns how long that took.
 ///
 /// ```no_run
-/// # async fn example(done: std::sync::atomic::AtomicBool, store: rkcl::InMemoryLeaseStore) {
+/// # async fn example(done: std::sync::atomic::AtomicBool, store: rkcl::leases::InMemoryLeaseStore) {
 /// use std::sync::atomic::Ordering;
 /// use std::time::Duration;
 ///
-/// use rkcl::LeaseStore;
+/// use rkcl::leases::LeaseStore;
 /// use rkcl_local::testkit::eventually;
 ///
 /// eventually("the job is done", Duration::from_secs(10), || done.load(Ordering::SeqCst)).await;

@@ -1,6 +1,6 @@
 //! The only module that names `aws_sdk_*` types.
 //!
-//! Everything above this layer speaks in domain types ([`Shard`](crate::Shard),
+//! Everything above this layer speaks in domain types ([`Shard`](crate::shards::Shard),
 //! [`SequenceNumber`](crate::SequenceNumber), [`Error`](crate::Error)); this
 //! layer turns SDK calls, shapes and errors into those. Retries of single
 //! calls (throttling, 5xx, connection errors) are the SDK's standard retry

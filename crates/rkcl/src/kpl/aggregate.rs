@@ -39,7 +39,7 @@ pub struct Aggregate {
 /// follow the order of [`add`](Self::add) calls.
 ///
 /// ```
-/// use rkcl::{Aggregator, ProducerRecord};
+/// use rkcl::{kpl::Aggregator, record::ProducerRecord};
 ///
 /// let mut aggregator = Aggregator::with_max_size(1024)?;
 /// let mut aggregates = Vec::new();

@@ -166,7 +166,7 @@ pub(super) fn parse(data: &Bytes) -> Result<proto::AggregatedRecord, PassThrough
 /// number and the number of user records. Record data is never logged.
 ///
 /// ```
-/// use rkcl::{Aggregator, Deaggregator, Decoded, ProducerRecord};
+/// use rkcl::{kpl::{Aggregator, Deaggregator, Decoded}, record::ProducerRecord};
 ///
 /// let mut aggregator = Aggregator::new();
 /// aggregator.add(ProducerRecord::new("key-1", "a"))?;

@@ -39,7 +39,7 @@ const EVENT_BUFFER: usize = 16;
 /// ```no_run
 /// # #[allow(dead_code)]
 /// # async fn example(kinesis: rkcl::Kinesis) -> rkcl::Result<()> {
-/// use rkcl::{PollingConfig, StartingPosition, StreamEvent, StreamReader, StreamRef};
+/// use rkcl::{aws::StreamRef, model::StartingPosition, retrieval::{PollingConfig, StreamEvent, StreamReader}};
 ///
 /// let stream = StreamRef::parse("orders");
 /// let mut reader =

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use rkcl::{PollingConfig, PollingConfigBuilder};
+use rkcl::retrieval::{PollingConfig, PollingConfigBuilder};
 
 /// Polling settings that keep tests quick: the shortest allowed pauses.
 pub fn quick_polling_builder() -> PollingConfigBuilder {
@@ -21,11 +21,16 @@ pub fn quick_polling() -> PollingConfig {
 }
 
 /// `key-K` records whose data is `K:N`, N counting per key.
-pub fn keyed_records(keys: usize, per_key: usize, first: usize) -> Vec<rkcl::ProducerRecord> {
+pub fn keyed_records(
+    keys: usize,
+    per_key: usize,
+    first: usize,
+) -> Vec<rkcl::record::ProducerRecord> {
     (first..first + per_key)
         .flat_map(|n| {
-            (0..keys)
-                .map(move |k| rkcl::ProducerRecord::new(format!("key-{k}"), format!("{k}:{n}")))
+            (0..keys).map(move |k| {
+                rkcl::record::ProducerRecord::new(format!("key-{k}"), format!("{k}:{n}"))
+            })
         })
         .collect()
 }
