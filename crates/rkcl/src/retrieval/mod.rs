@@ -15,10 +15,12 @@ use crate::model::ShardId;
 use crate::record::UserRecord;
 
 mod polling;
+mod polling_config;
 mod reader;
 mod shard_graph;
 
-pub use polling::{PollingConfig, PollingSource};
+pub use polling::PollingSource;
+pub use polling_config::PollingConfig;
 pub use reader::{StreamEvent, StreamReader};
 pub use shard_graph::ShardGraph;
 
