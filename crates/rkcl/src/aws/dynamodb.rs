@@ -1,4 +1,6 @@
-//! The lease table in DynamoDB, with the Java KCL's attribute names and types.
+//! The lease table in DynamoDB: [`DynamoDbLeaseStore`], the production
+//! [`LeaseStore`], and the requests it counts. Leases become items and back
+//! in `lease_item.rs`, in the Java KCL's attribute names and types.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,31 +17,10 @@ use aws_sdk_dynamodb::types::{
 use futures_util::FutureExt;
 
 use super::error::from_sdk;
+use super::lease_item::{attr, checkpoint_text, lease_from_item, lease_to_item, number};
 use crate::error::{Error, Result, Service};
 use crate::leases::{Lease, LeaseStore};
-use crate::model::{ExtendedSequenceNumber, HashKeyRange, ShardId};
-
-/// The Java KCL's attribute names: a wire contract.
-mod attr {
-    pub(super) const LEASE_KEY: &str = "leaseKey";
-    pub(super) const LEASE_OWNER: &str = "leaseOwner";
-    pub(super) const LEASE_COUNTER: &str = "leaseCounter";
-    pub(super) const CHECKPOINT: &str = "checkpoint";
-    pub(super) const CHECKPOINT_SUB_SEQUENCE_NUMBER: &str = "checkpointSubSequenceNumber";
-    pub(super) const OWNER_SWITCHES_SINCE_CHECKPOINT: &str = "ownerSwitchesSinceCheckpoint";
-    pub(super) const PARENT_SHARD_ID: &str = "parentShardId";
-    pub(super) const CHILD_SHARD_IDS: &str = "childShardIds";
-    pub(super) const PENDING_CHECKPOINT: &str = "pendingCheckpoint";
-    pub(super) const PENDING_CHECKPOINT_SUB_SEQUENCE_NUMBER: &str =
-        "pendingCheckpointSubSequenceNumber";
-    pub(super) const STARTING_HASH_KEY: &str = "startingHashKey";
-    pub(super) const ENDING_HASH_KEY: &str = "endingHashKey";
-    pub(super) const CHECKPOINT_OWNER: &str = "checkpointOwner";
-    pub(super) const ENTITY_TYPE: &str = "entityType";
-}
-
-/// The `entityType` of lease items in a KCL 3.5 single-table layout.
-const LEASE_ENTITY: &str = "LEASE";
+use crate::model::ExtendedSequenceNumber;
 
 /// How many requests of each kind a [`DynamoDbLeaseStore`] has sent.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -65,6 +46,7 @@ impl LeaseTableRequests {
     }
 }
 
+/// The request counters a store and its clones share.
 #[derive(Debug, Default)]
 struct Counters {
     get_item: AtomicU64,
@@ -75,6 +57,7 @@ struct Counters {
     table: AtomicU64,
 }
 
+/// Counts one request.
 fn count(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
@@ -234,6 +217,7 @@ impl DynamoDbLeaseStore {
 
 /// A lost conditional write: an expected outcome, not an error.
 const CONDITION_FAILED: &str = "ConditionalCheckFailedException";
+/// A missing table.
 const NOT_FOUND: &str = "ResourceNotFoundException";
 
 /// Whether DynamoDB answered with this error code.
@@ -243,10 +227,6 @@ where
 {
     err.as_service_error()
         .is_some_and(|e| e.code() == Some(code))
-}
-
-fn number(value: u64) -> AttributeValue {
-    AttributeValue::N(value.to_string())
 }
 
 /// The condition that the stored lease is the one the caller saw.
@@ -492,177 +472,5 @@ impl LeaseStore for DynamoDbLeaseStore {
             Err(err) if has_code(&err, CONDITION_FAILED) => Ok(false),
             Err(err) => Err(from_sdk(Service::DynamoDb, err)),
         }
-    }
-}
-
-/// How the KCL stores a checkpoint: a sentinel name or the sequence number.
-fn checkpoint_text(checkpoint: &ExtendedSequenceNumber) -> String {
-    match checkpoint.sequence_number() {
-        Some(seq) => seq.to_string(),
-        None => checkpoint.to_string(),
-    }
-}
-
-/// A lease as a DynamoDB item, in the KCL's attribute names and types.
-/// Empty sets and absent values are left out (DynamoDB has no empty sets).
-pub(crate) fn lease_to_item(lease: &Lease) -> HashMap<String, AttributeValue> {
-    let mut item = HashMap::new();
-    let mut put = |name: &str, value: AttributeValue| {
-        item.insert(name.to_owned(), value);
-    };
-    put(attr::LEASE_KEY, AttributeValue::S(lease.key.clone()));
-    if let Some(owner) = &lease.owner {
-        put(attr::LEASE_OWNER, AttributeValue::S(owner.clone()));
-    }
-    put(attr::LEASE_COUNTER, number(lease.counter));
-    put(
-        attr::CHECKPOINT,
-        AttributeValue::S(checkpoint_text(&lease.checkpoint)),
-    );
-    put(
-        attr::CHECKPOINT_SUB_SEQUENCE_NUMBER,
-        number(lease.checkpoint.sub_sequence_number()),
-    );
-    put(
-        attr::OWNER_SWITCHES_SINCE_CHECKPOINT,
-        number(lease.owner_switches_since_checkpoint),
-    );
-    if !lease.parent_shard_ids.is_empty() {
-        put(attr::PARENT_SHARD_ID, string_set(&lease.parent_shard_ids));
-    }
-    if !lease.child_shard_ids.is_empty() {
-        put(attr::CHILD_SHARD_IDS, string_set(&lease.child_shard_ids));
-    }
-    if let Some(pending) = &lease.pending_checkpoint {
-        put(
-            attr::PENDING_CHECKPOINT,
-            AttributeValue::S(checkpoint_text(pending)),
-        );
-        put(
-            attr::PENDING_CHECKPOINT_SUB_SEQUENCE_NUMBER,
-            number(pending.sub_sequence_number()),
-        );
-    }
-    if let Some(range) = &lease.hash_key_range {
-        put(
-            attr::STARTING_HASH_KEY,
-            AttributeValue::S(range.start().to_string()),
-        );
-        put(
-            attr::ENDING_HASH_KEY,
-            AttributeValue::S(range.end().to_string()),
-        );
-    }
-    if let Some(owner) = &lease.checkpoint_owner {
-        put(attr::CHECKPOINT_OWNER, AttributeValue::S(owner.clone()));
-    }
-    item
-}
-
-fn string_set(ids: &[ShardId]) -> AttributeValue {
-    AttributeValue::Ss(ids.iter().map(|id| id.as_str().to_owned()).collect())
-}
-
-/// Reads a lease item; `None` for items that are not leases (a KCL 3.5
-/// `entityType` other than `LEASE`).
-///
-/// # Errors
-///
-/// [`Error::InvalidInput`] naming the item when an attribute has the wrong
-/// type or cannot be read.
-pub(crate) fn lease_from_item(item: &HashMap<String, AttributeValue>) -> Result<Option<Lease>> {
-    if let Some(entity) = item.get(attr::ENTITY_TYPE)
-        && entity.as_s().map(String::as_str) != Ok(LEASE_ENTITY)
-    {
-        return Ok(None);
-    }
-    let key = string(item, attr::LEASE_KEY, "?")?
-        .ok_or_else(|| Error::InvalidInput("a lease item has no leaseKey".into()))?;
-    let bad = |what: &str| Error::InvalidInput(format!("lease {key}: {what}"));
-    let counter =
-        u64_attr(item, attr::LEASE_COUNTER, &key)?.ok_or_else(|| bad("no leaseCounter"))?;
-    let sub = u64_attr(item, attr::CHECKPOINT_SUB_SEQUENCE_NUMBER, &key)?.unwrap_or(0);
-    let checkpoint = match string(item, attr::CHECKPOINT, &key)? {
-        Some(text) => ExtendedSequenceNumber::parse(&text, sub).map_err(|e| bad(&e.to_string()))?,
-        None => return Err(bad("no checkpoint")),
-    };
-    let pending_checkpoint = match string(item, attr::PENDING_CHECKPOINT, &key)? {
-        Some(text) => {
-            let sub =
-                u64_attr(item, attr::PENDING_CHECKPOINT_SUB_SEQUENCE_NUMBER, &key)?.unwrap_or(0);
-            Some(ExtendedSequenceNumber::parse(&text, sub).map_err(|e| bad(&e.to_string()))?)
-        }
-        None => None,
-    };
-    let hash_key_range = match (
-        string(item, attr::STARTING_HASH_KEY, &key)?,
-        string(item, attr::ENDING_HASH_KEY, &key)?,
-    ) {
-        (Some(start), Some(end)) => Some(
-            HashKeyRange::new(
-                start.parse().map_err(|_| bad("bad startingHashKey"))?,
-                end.parse().map_err(|_| bad("bad endingHashKey"))?,
-            )
-            .map_err(|_| bad("inverted hash-key range"))?,
-        ),
-        _ => None,
-    };
-    Ok(Some(Lease {
-        owner: string(item, attr::LEASE_OWNER, &key)?,
-        counter,
-        checkpoint,
-        pending_checkpoint,
-        owner_switches_since_checkpoint: u64_attr(
-            item,
-            attr::OWNER_SWITCHES_SINCE_CHECKPOINT,
-            &key,
-        )?
-        .unwrap_or(0),
-        parent_shard_ids: shard_ids(item, attr::PARENT_SHARD_ID, &key)?,
-        child_shard_ids: shard_ids(item, attr::CHILD_SHARD_IDS, &key)?,
-        hash_key_range,
-        checkpoint_owner: string(item, attr::CHECKPOINT_OWNER, &key)?,
-        key,
-    }))
-}
-
-fn string(item: &HashMap<String, AttributeValue>, name: &str, key: &str) -> Result<Option<String>> {
-    match item.get(name) {
-        None | Some(AttributeValue::Null(_)) => Ok(None),
-        Some(AttributeValue::S(text)) => Ok(Some(text.clone())),
-        Some(_) => Err(Error::InvalidInput(format!(
-            "lease {key}: {name} is not a string"
-        ))),
-    }
-}
-
-fn u64_attr(item: &HashMap<String, AttributeValue>, name: &str, key: &str) -> Result<Option<u64>> {
-    match item.get(name) {
-        None | Some(AttributeValue::Null(_)) => Ok(None),
-        Some(AttributeValue::N(text)) => text
-            .parse::<u64>()
-            .map(Some)
-            .map_err(|_| Error::InvalidInput(format!("lease {key}: {name} is not a whole number"))),
-        Some(_) => Err(Error::InvalidInput(format!(
-            "lease {key}: {name} is not a number"
-        ))),
-    }
-}
-
-fn shard_ids(
-    item: &HashMap<String, AttributeValue>,
-    name: &str,
-    key: &str,
-) -> Result<Vec<ShardId>> {
-    match item.get(name) {
-        None | Some(AttributeValue::Null(_)) => Ok(Vec::new()),
-        Some(AttributeValue::Ss(ids)) => {
-            let mut ids: Vec<ShardId> = ids.iter().map(|id| ShardId::from(id.as_str())).collect();
-            ids.sort();
-            Ok(ids)
-        }
-        Some(_) => Err(Error::InvalidInput(format!(
-            "lease {key}: {name} is not a string set"
-        ))),
     }
 }

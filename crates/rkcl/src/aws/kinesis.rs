@@ -1,4 +1,6 @@
-//! Kinesis calls, in domain types.
+//! Kinesis calls, in domain types: [`Kinesis`], the client every Kinesis
+//! call of rkcl goes through. The shapes it takes and returns are in
+//! `kinesis_shapes.rs`; the paging driver of ListShards in `paging.rs`.
 
 use std::time::Duration;
 
@@ -11,175 +13,14 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 
 use super::error::from_sdk;
+use super::kinesis_shapes::{
+    ChildShard, GetRecordsOutput, PutEntry, PutOutcome, ShardFilter, StreamRef, StreamSummary,
+};
+use super::paging::collect_pages;
 use crate::error::{Error, Result, Service};
 use crate::model::{HashKey, HashKeyRange, SequenceNumber, ShardId, StartingPosition};
 use crate::record::KinesisRecord;
 use crate::shards::Shard;
-
-/// A stream named by its name or by its ARN.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum StreamRef {
-    /// The stream's name, in the client's account and region.
-    Name(String),
-    /// The stream's ARN, `arn:aws:kinesis:REGION:ACCOUNT:stream/NAME`.
-    Arn(String),
-}
-
-impl StreamRef {
-    /// Reads a stream name or, when the text starts with `arn:`, an ARN.
-    pub fn parse(text: &str) -> Self {
-        if text.starts_with("arn:") {
-            Self::Arn(text.to_owned())
-        } else {
-            Self::Name(text.to_owned())
-        }
-    }
-
-    /// The stream's name: the name itself, or the last part of the ARN.
-    pub fn name(&self) -> &str {
-        match self {
-            Self::Name(name) => name,
-            Self::Arn(arn) => arn.rsplit_once("stream/").map_or(arn.as_str(), |(_, n)| n),
-        }
-    }
-
-    fn name_and_arn(&self) -> (Option<String>, Option<String>) {
-        match self {
-            Self::Name(name) => (Some(name.clone()), None),
-            Self::Arn(arn) => (None, Some(arn.clone())),
-        }
-    }
-}
-
-impl std::fmt::Display for StreamRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Name(name) => f.write_str(name),
-            Self::Arn(arn) => f.write_str(arn),
-        }
-    }
-}
-
-/// Which shards ListShards returns.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ShardFilter {
-    /// The shards open now.
-    AtLatest,
-    /// The shards open at the trim horizon and their descendants.
-    AtTrimHorizon,
-    /// The shards open at a time and their descendants.
-    AtTimestamp(std::time::SystemTime),
-    /// The shards whose id sorts after this one (children of a shard have
-    /// higher ids than their parents).
-    AfterShardId(ShardId),
-}
-
-impl ShardFilter {
-    fn to_sdk(&self) -> Result<aws_sdk_kinesis::types::ShardFilter> {
-        use aws_sdk_kinesis::types::ShardFilterType;
-        let builder = aws_sdk_kinesis::types::ShardFilter::builder();
-        let builder = match self {
-            Self::AtLatest => builder.r#type(ShardFilterType::AtLatest),
-            Self::AtTrimHorizon => builder.r#type(ShardFilterType::AtTrimHorizon),
-            Self::AtTimestamp(time) => builder
-                .r#type(ShardFilterType::AtTimestamp)
-                .timestamp(DateTime::from(*time)),
-            Self::AfterShardId(id) => builder
-                .r#type(ShardFilterType::AfterShardId)
-                .shard_id(id.as_str()),
-        };
-        builder
-            .build()
-            .map_err(|e| Error::InvalidInput(e.to_string()))
-    }
-}
-
-/// Calls `fetch` with each page's token until a page has none, and gathers
-/// the items. A token that repeats ends the listing with an error instead of
-/// looping forever.
-pub(crate) async fn collect_pages<T, F, Fut>(mut fetch: F) -> Result<Vec<T>>
-where
-    F: FnMut(Option<String>) -> Fut,
-    Fut: std::future::Future<Output = Result<(Vec<T>, Option<String>)>>,
-{
-    let mut items = Vec::new();
-    let mut token: Option<String> = None;
-    let mut seen = std::collections::HashSet::new();
-    loop {
-        let (page, next) = fetch(token.take()).await?;
-        items.extend(page);
-        match next {
-            Some(next) if !next.is_empty() => {
-                if !seen.insert(next.clone()) {
-                    return Err(Error::Service {
-                        service: Service::Kinesis,
-                        code: "RepeatedNextToken".into(),
-                        message: "ListShards returned a page token it had returned before".into(),
-                        retryable: true,
-                    });
-                }
-                token = Some(next);
-            }
-            _ => return Ok(items),
-        }
-    }
-}
-
-/// What DescribeStreamSummary says of a stream.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StreamSummary {
-    /// The stream's name.
-    pub name: String,
-    /// The stream's ARN.
-    pub arn: String,
-    /// `CREATING`, `ACTIVE`, `UPDATING` or `DELETING`.
-    pub status: String,
-    /// How many shards are open.
-    pub open_shard_count: u32,
-    /// How long records are kept, in hours.
-    pub retention_period_hours: u32,
-}
-
-/// What one GetRecords call returned.
-#[derive(Clone, Debug, Default)]
-pub struct GetRecordsOutput {
-    /// The records, in sequence-number order.
-    pub records: Vec<KinesisRecord>,
-    /// The iterator for the next call; `None` once a closed shard is read to
-    /// its end.
-    pub next_shard_iterator: Option<String>,
-    /// How far behind the tip of the shard the last record is, if said.
-    pub millis_behind_latest: Option<u64>,
-    /// The children of a closed shard read to its end, when Kinesis says.
-    pub child_shards: Vec<ChildShard>,
-}
-
-/// A child shard as GetRecords reports it at the end of a closed shard.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ChildShard {
-    /// The child's id.
-    pub id: ShardId,
-    /// Its parents (one for a split, two for a merge).
-    pub parent_shard_ids: Vec<ShardId>,
-    /// The hash keys it receives.
-    pub hash_key_range: HashKeyRange,
-}
-
-/// One entry of a PutRecords call.
-#[derive(Clone, Debug)]
-pub(crate) struct PutEntry {
-    pub(crate) partition_key: String,
-    pub(crate) explicit_hash_key: Option<String>,
-    pub(crate) data: Bytes,
-}
-
-/// The outcome of one PutRecords entry.
-#[derive(Clone, Debug)]
-pub(crate) enum PutOutcome {
-    Written { shard_id: ShardId },
-    Failed { code: String, message: String },
-}
 
 /// The Kinesis client every Kinesis call of rkcl goes through.
 ///
@@ -572,6 +413,8 @@ impl Kinesis {
     }
 }
 
+/// A shard as ListShards describes it, checked: a shard without valid
+/// ranges is a malformed answer.
 fn shard_from_sdk(shard: &aws_sdk_kinesis::types::Shard) -> Result<Shard> {
     let bad = |what: &str| Error::Service {
         service: Service::Kinesis,
@@ -615,7 +458,6 @@ fn shard_from_sdk(shard: &aws_sdk_kinesis::types::Shard) -> Result<Shard> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::VecDeque;
 
     #[test]
     fn a_pending_call_keeps_the_sdk_future_on_the_heap() {
@@ -639,94 +481,5 @@ mod tests {
             "{}",
             std::mem::size_of_val(&iterator)
         );
-    }
-
-    #[test]
-    fn streams_are_named_by_name_or_arn() {
-        let arn = StreamRef::parse("arn:aws:kinesis:eu-west-1:123456789012:stream/orders");
-        assert!(matches!(arn, StreamRef::Arn(_)));
-        assert_eq!(arn.name(), "orders");
-        assert_eq!(arn.name_and_arn().0, None);
-        let name = StreamRef::parse("orders");
-        assert_eq!(name, StreamRef::Name("orders".into()));
-        assert_eq!(name.name_and_arn(), (Some("orders".into()), None));
-    }
-    use std::sync::Mutex;
-
-    /// Pages as a service would hand them out: (items, next token).
-    fn fake_pages(
-        pages: Vec<(Vec<u32>, Option<&str>)>,
-    ) -> Mutex<VecDeque<(Vec<u32>, Option<String>)>> {
-        Mutex::new(
-            pages
-                .into_iter()
-                .map(|(items, token)| (items, token.map(str::to_owned)))
-                .collect(),
-        )
-    }
-
-    #[tokio::test]
-    async fn follows_next_tokens_through_every_page() {
-        let pages = fake_pages(vec![
-            (vec![1, 2], Some("a")),
-            (vec![], Some("b")),
-            (vec![3], Some("c")),
-            (vec![4, 5], None),
-        ]);
-        let tokens = Mutex::new(Vec::new());
-        let items = collect_pages(|token| {
-            tokens.lock().unwrap().push(token);
-            let page = pages.lock().unwrap().pop_front().unwrap();
-            async move { Ok(page) }
-        })
-        .await
-        .unwrap();
-        assert_eq!(items, vec![1, 2, 3, 4, 5]);
-        assert_eq!(
-            *tokens.lock().unwrap(),
-            vec![None, Some("a".into()), Some("b".into()), Some("c".into())]
-        );
-    }
-
-    #[tokio::test]
-    async fn an_empty_token_ends_and_a_repeated_one_is_an_error() {
-        let pages = fake_pages(vec![(vec![1], Some(""))]);
-        let items = collect_pages(|_| {
-            let page = pages.lock().unwrap().pop_front().unwrap();
-            async move { Ok(page) }
-        })
-        .await
-        .unwrap();
-        assert_eq!(items, vec![1]);
-
-        let pages = fake_pages(vec![(vec![1], Some("x")), (vec![2], Some("x"))]);
-        let result = collect_pages(|_| {
-            let page = pages.lock().unwrap().pop_front().unwrap();
-            async move { Ok(page) }
-        })
-        .await;
-        assert!(result.is_err());
-    }
-
-    #[tokio::test]
-    async fn an_error_on_a_later_page_is_returned() {
-        let calls = Mutex::new(0);
-        let result: Result<Vec<u32>> = collect_pages(|_| {
-            let mut calls = calls.lock().unwrap();
-            *calls += 1;
-            let n = *calls;
-            async move {
-                if n == 1 {
-                    Ok((vec![1], Some("next".to_owned())))
-                } else {
-                    Err(Error::Throttled {
-                        service: Service::Kinesis,
-                        message: "slow down".into(),
-                    })
-                }
-            }
-        })
-        .await;
-        assert!(matches!(result, Err(Error::Throttled { .. })));
     }
 }

@@ -13,7 +13,11 @@
 mod dynamodb;
 mod error;
 mod kinesis;
+mod kinesis_shapes;
+mod lease_item;
+mod paging;
 
 pub use dynamodb::{DynamoDbLeaseStore, LeaseTableRequests};
-pub use kinesis::{ChildShard, GetRecordsOutput, Kinesis, ShardFilter, StreamRef, StreamSummary};
-pub(crate) use kinesis::{PutEntry, PutOutcome};
+pub use kinesis::Kinesis;
+pub use kinesis_shapes::{ChildShard, GetRecordsOutput, ShardFilter, StreamRef, StreamSummary};
+pub(crate) use kinesis_shapes::{PutEntry, PutOutcome};

@@ -14,12 +14,18 @@ use std::future::Future;
 use crate::error::Result;
 use crate::model::{ExtendedSequenceNumber, HashKeyRange, ShardId};
 
+mod access;
+mod config;
 mod coordinator;
+mod held;
 mod memory;
+mod renewer;
 pub(crate) mod taker;
+mod taking;
 
-pub(crate) use coordinator::LeaseAccess;
-pub use coordinator::{LeaseCoordinator, LeaseCoordinatorConfig, LeaseEvent};
+pub(crate) use access::LeaseAccess;
+pub use config::LeaseCoordinatorConfig;
+pub use coordinator::{LeaseCoordinator, LeaseEvent};
 pub use memory::InMemoryLeaseStore;
 
 /// The lease of one shard.

@@ -18,10 +18,12 @@ use crate::record::UserRecord;
 use crate::shards::Shard;
 
 mod polling;
+mod polling_config;
 mod reader;
 mod shard_graph;
 
-pub use polling::{PollingConfig, PollingConfigBuilder, PollingSource};
+pub use polling::PollingSource;
+pub use polling_config::{PollingConfig, PollingConfigBuilder};
 pub use reader::{StreamEvent, StreamReader};
 pub use shard_graph::ShardGraph;
 

@@ -1,0 +1,105 @@
+//! The leases a worker holds, and the state its loops and handles share.
+//!
+//! [`Shared`] is what every part of the coordinator sees: the store, the
+//! configuration, the held leases and the sender of lease events. Its
+//! operations take the lock on the held leases only for a moment and never
+//! across an `.await`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::{Lease, LeaseCoordinatorConfig, LeaseEvent};
+
+/// A held lease: the latest copy, when it was last renewed, whether a
+/// handoff was asked for, and the lock that keeps its writes one at a time.
+#[derive(Clone, Debug)]
+pub(super) struct Held {
+    /// The lease as last written by this worker.
+    pub(super) lease: Lease,
+    /// When the write that produced `lease` started (a renewal, a take or a
+    /// checkpoint).
+    pub(super) renewed: Instant,
+    /// When this worker first learned that another worker asked for the
+    /// lease; `None` while no handoff is in progress.
+    pub(super) handoff_since: Option<Instant>,
+    /// Held across each write to the lease, so writes never race each other.
+    pub(super) write: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// The shared state of a worker's loops.
+#[derive(Debug)]
+pub(super) struct Shared<S> {
+    /// The lease store.
+    pub(super) store: S,
+    /// The validated configuration.
+    pub(super) config: LeaseCoordinatorConfig,
+    /// The leases this worker holds, by key.
+    pub(super) held: Mutex<BTreeMap<String, Held>>,
+    /// Where lease events go; the receiver is the caller's.
+    pub(super) events: mpsc::UnboundedSender<LeaseEvent>,
+    /// Permits for the calls of shard consumers
+    /// ([`LeaseAccess`](super::LeaseAccess)).
+    pub(super) shard_calls: tokio::sync::Semaphore,
+}
+
+impl<S> Shared<S> {
+    /// A copy of the held lease `key`, if it is held.
+    pub(super) fn held_copy(&self, key: &str) -> Option<Held> {
+        self.held.lock().ok()?.get(key).cloned()
+    }
+
+    /// The keys of every held lease.
+    pub(super) fn held_keys(&self) -> HashSet<String> {
+        self.held
+            .lock()
+            .map(|held| held.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Stores a newer copy of a held lease, written at `written`.
+    pub(super) fn refresh(&self, lease: Lease, written: Instant) {
+        if let Ok(mut held) = self.held.lock()
+            && let Some(entry) = held.get_mut(&lease.key)
+            && lease.counter >= entry.lease.counter
+        {
+            entry.lease = lease;
+            entry.renewed = written;
+        }
+    }
+
+    /// Starts holding `lease`, renewed now and with no handoff in progress.
+    pub(super) fn insert(&self, lease: Lease) {
+        if let Ok(mut held) = self.held.lock() {
+            held.insert(
+                lease.key.clone(),
+                Held {
+                    lease,
+                    renewed: Instant::now(),
+                    handoff_since: None,
+                    write: Arc::default(),
+                },
+            );
+        }
+    }
+
+    /// Stops holding `key` without telling anyone; `true` if it was held.
+    pub(super) fn remove(&self, key: &str) -> bool {
+        self.held
+            .lock()
+            .map(|mut held| held.remove(key).is_some())
+            .unwrap_or(false)
+    }
+
+    /// Drops a lease and tells the caller, once.
+    pub(super) fn lose(&self, key: &str, why: &str) {
+        if self.remove(key) {
+            tracing::info!(lease_key = %key, why, "lost the lease");
+            let _ = self.events.send(LeaseEvent::Lost {
+                key: key.to_owned(),
+            });
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! The renewer: keeps every held lease alive, learns of handoffs asked of
+//! this worker, and reports a lease lost before another worker can take it.
+
+use futures_util::StreamExt;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::coordinator::pause;
+use super::held::Shared;
+use super::{LeaseEvent, LeaseStore};
+
+/// How many renewals (or releases) are in flight at once.
+pub(super) const WRITE_CONCURRENCY: usize = 32;
+
+/// Renews every held lease each `renew_interval`, up to
+/// [`WRITE_CONCURRENCY`] at once, until `cancel`.
+pub(super) async fn renew_loop<S: LeaseStore>(shared: &Shared<S>, cancel: &CancellationToken) {
+    while pause(cancel, Instant::now() + shared.config.renew_interval).await {
+        futures_util::stream::iter(shared.held_keys())
+            .for_each_concurrent(WRITE_CONCURRENCY, |key| renew_one(shared, key))
+            .await;
+    }
+}
+
+/// One renewal of the held lease `key`, under its write lock.
+///
+/// A lease a checkpoint wrote in the last half interval is left alone (that
+/// write was a renewal). A lease whose handoff ran past `handoff_timeout` is
+/// let go. A renewal that loses reports the lease lost; one that fails is
+/// retried next round, unless the lease has gone `lease_duration -
+/// safety_margin` without a renewal, when it is reported lost too.
+async fn renew_one<S: LeaseStore>(shared: &Shared<S>, key: String) {
+    let config = &shared.config;
+    let Some(held) = shared.held_copy(&key) else {
+        return;
+    };
+    let _one_at_a_time = held.write.lock().await;
+    let Some(held) = shared.held_copy(&key) else {
+        return;
+    };
+    let now = Instant::now();
+    if now.duration_since(held.renewed) < config.renew_interval / 2 {
+        // A checkpoint just moved the counter: that was a renewal.
+        return;
+    }
+    if let Some(since) = held.handoff_since
+        && now.duration_since(since) >= config.handoff_timeout
+    {
+        shared.lose(&key, "the handoff was not finished in time");
+        if let Err(err) = shared.store.release(&held.lease).await {
+            tracing::warn!(lease_key = %key, error = %err, "could not release the lease");
+        }
+        return;
+    }
+    match shared.store.renew(&held.lease).await {
+        Ok(Some(renewed)) => {
+            let handing_off = renewed.is_handing_off();
+            let handoff = held.handoff_since.is_none() && handing_off;
+            let next_owner = renewed.owner.clone().unwrap_or_default();
+            shared.refresh(renewed, now);
+            if let Ok(mut all) = shared.held.lock()
+                && let Some(entry) = all.get_mut(&key)
+            {
+                // A handoff the next owner withdrew no longer runs out.
+                entry.handoff_since = handing_off.then(|| entry.handoff_since.unwrap_or(now));
+            }
+            if handoff {
+                tracing::info!(lease_key = %key, next_owner = %next_owner, "asked to hand the lease over");
+                let _ = shared
+                    .events
+                    .send(LeaseEvent::HandoffRequested { key, next_owner });
+            }
+        }
+        Ok(None) => shared.lose(&key, "another worker has the lease"),
+        Err(err) => {
+            if now.duration_since(held.renewed) >= config.lease_duration - config.safety_margin {
+                shared.lose(
+                    &key,
+                    "not renewed within the lease duration less the safety margin",
+                );
+            } else {
+                tracing::warn!(lease_key = %key, error = %err, "could not renew the lease; will retry");
+            }
+        }
+    }
+}
