@@ -162,7 +162,8 @@ impl<S: LeaseStore + 'static> LeaseCoordinator<S> {
     }
 
     /// Stores a checkpoint in a held lease, fenced by its counter. Also
-    /// counts as a renewal.
+    /// counts as a renewal. Writes to one lease go one at a time; the stored
+    /// checkpoint again is answered without a write.
     ///
     /// # Errors
     ///
@@ -178,11 +179,16 @@ impl<S: LeaseStore + 'static> LeaseCoordinator<S> {
         let write = shared.held_copy(key).ok_or_else(lost)?.write;
         let _one_at_a_time = write.lock().await;
         let held = shared.held_copy(key).ok_or_else(lost)?;
+        // The one check that a checkpoint never moves backwards, under the
+        // lease's write lock; the same position again needs no write.
         if position < &held.lease.checkpoint {
             return Err(Error::InvalidCheckpoint {
                 lease_key: key.to_owned(),
                 message: format!("{position} is before the stored {}", held.lease.checkpoint),
             });
+        }
+        if position == &held.lease.checkpoint {
+            return Ok(held.lease);
         }
         let started = Instant::now();
         if let Some(lease) = shared
