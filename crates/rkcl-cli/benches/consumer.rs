@@ -139,7 +139,7 @@ async fn rkcl_worker(local: &Local, kinesis: &Kinesis, app: &str, stream: &str) 
     let done = Instant::now();
     assert_eq!(progress.records.load(Ordering::SeqCst), RECORDS);
     let report = worker.shutdown(Duration::from_secs(10)).await;
-    assert!(report.unfinished_shards.is_empty(), "{report:?}");
+    assert!(report.unfinished_leases.is_empty(), "{report:?}");
     let first = *progress.first_delivery.get().unwrap();
     (
         RECORDS as f64 / (done - started).as_secs_f64(),
@@ -298,7 +298,7 @@ async fn leave(local: &Local, kinesis: &Kinesis, app: &str, graceful: bool) -> D
     let started = Instant::now();
     if graceful {
         let report = a.shutdown(Duration::from_secs(10)).await;
-        assert!(report.unfinished_shards.is_empty(), "{report:?}");
+        assert!(report.unfinished_leases.is_empty(), "{report:?}");
     } else {
         drop(a);
     }

@@ -209,8 +209,8 @@ pub(crate) async fn run(aws: &AwsArgs, args: ConsumeArgs) -> anyhow::Result<Exit
     }
     let report = scheduler.shutdown(args.shutdown_timeout.into()).await;
     tracing::info!(
-        finished = report.finished_shards.len(),
-        unfinished = ?report.unfinished_shards,
+        finished = report.finished_leases.len(),
+        unfinished = ?report.unfinished_leases,
         unreleased = ?report.unreleased_leases,
         "stopped"
     );

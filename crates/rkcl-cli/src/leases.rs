@@ -6,6 +6,7 @@ use anyhow::{Context, bail};
 use rkcl::{
     ExtendedSequenceNumber,
     leases::{Lease, LeaseStore},
+    model::LeaseKey,
 };
 
 use crate::aws::AwsArgs;
@@ -99,7 +100,7 @@ async fn list(store: &rkcl::DynamoDbLeaseStore, app: &str, json: bool) -> anyhow
             write_json_line(
                 &mut out,
                 &serde_json::json!({
-                    "lease_key": lease.key,
+                    "lease_key": lease.key.as_str(),
                     "shard_id": lease.shard_id().as_str(),
                     "owner": lease.owner,
                     "counter": lease.counter,
@@ -153,8 +154,9 @@ async fn reset(
             0,
         ),
     };
+    let lease_key = LeaseKey::parse(key)?;
     let lease = store
-        .get(key)
+        .get(&lease_key)
         .await?
         .with_context(|| format!("no lease {key} in table {}", store.table()))?;
     if let Some(owner) = &lease.owner

@@ -8,7 +8,7 @@ use rkcl::{
     leases::{Lease, LeaseStore},
 };
 use rkcl_local::Local;
-use rkcl_local::testkit::lease_table;
+use rkcl_local::testkit::{lease_key, lease_table};
 
 fn rkcl(local: &Local) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_rkcl"));
@@ -33,14 +33,17 @@ async fn lists_leases_only_and_resets_with_care() {
     let local = Local::start().await.unwrap();
     let store = lease_table(&local, "orders-app").await;
     let owned = Lease::new(
-        "shardId-000000000001",
+        lease_key("shardId-000000000001"),
         ExtendedSequenceNumber::new("12345".parse().unwrap(), 3),
     );
     store.create_if_absent(&owned).await.unwrap();
     let owned = store.take(&owned, "worker-a").await.unwrap().unwrap();
     let finished = Lease {
         child_shard_ids: vec![ShardId::from("shardId-000000000002")],
-        ..Lease::new("shardId-000000000000", ExtendedSequenceNumber::ShardEnd)
+        ..Lease::new(
+            lease_key("shardId-000000000000"),
+            ExtendedSequenceNumber::ShardEnd,
+        )
     };
     store.create_if_absent(&finished).await.unwrap();
     local

@@ -21,6 +21,7 @@ use rkcl::{
     leases::{Lease, LeaseCoordinator, LeaseCoordinatorConfig, LeaseEvent, LeaseStore},
 };
 use rkcl_local::Local;
+use rkcl_local::testkit::lease_key;
 use rkcl_local::testkit::{eventually_every, lease_table};
 use tokio::task::JoinHandle;
 
@@ -87,7 +88,7 @@ async fn scenario(local: &Local, workers_count: usize, leases: usize) {
     let store = lease_table(local, &table).await;
     for i in 0..leases {
         let lease = Lease::new(
-            format!("shardId-{i:012}"),
+            lease_key(&format!("shardId-{i:012}")),
             ExtendedSequenceNumber::TrimHorizon,
         );
         store.create_if_absent(&lease).await.unwrap();

@@ -79,7 +79,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "processed {} records; finished shards: {:?}",
         total.load(Ordering::SeqCst),
-        report.finished_shards
+        report.finished_leases
     );
     Ok(())
 }

@@ -84,7 +84,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let report = shutdown.shutdown().await;
     println!(
         "wrote {written} records; final checkpoints for {:?}",
-        report.finished_shards
+        report.finished_leases
     );
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use crate::backoff::{Backoff, retry_up_to};
 use crate::error::{Error, Result};
 use crate::leases::{FencingToken, LeaseAccess};
-use crate::model::{ExtendedSequenceNumber, SequenceNumber, ShardId};
+use crate::model::{ExtendedSequenceNumber, LeaseKey, SequenceNumber, ShardId};
 use crate::record::UserRecord;
 
 /// How often a checkpoint write is tried when DynamoDB throttles or fails.
@@ -37,7 +37,7 @@ pub struct Checkpointer {
 #[derive(Debug)]
 struct Inner {
     shard_id: ShardId,
-    lease_key: String,
+    lease_key: LeaseKey,
     token: FencingToken,
     leases: Arc<dyn LeaseAccess>,
     state: Mutex<State>,
@@ -53,7 +53,7 @@ struct State {
 impl Checkpointer {
     pub(crate) fn new(
         shard_id: ShardId,
-        lease_key: String,
+        lease_key: LeaseKey,
         token: FencingToken,
         stored: ExtendedSequenceNumber,
         leases: Arc<dyn LeaseAccess>,
@@ -174,7 +174,7 @@ impl Checkpointer {
 
     fn invalid(&self, message: String) -> Error {
         Error::InvalidCheckpoint {
-            lease_key: self.inner.lease_key.clone(),
+            lease_key: self.inner.lease_key.to_string(),
             message,
         }
     }

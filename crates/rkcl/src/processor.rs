@@ -18,7 +18,7 @@ use futures_util::future::BoxFuture;
 use crate::checkpoint::Checkpointer;
 use crate::error::{Error, Result};
 use crate::leases::FencingToken;
-use crate::model::{ExtendedSequenceNumber, ShardId};
+use crate::model::{ExtendedSequenceNumber, LeaseKey, ShardId};
 use crate::record::UserRecord;
 use crate::stop::StopSignal;
 
@@ -31,7 +31,7 @@ pub struct ShardInfo {
     /// The shard.
     pub shard_id: ShardId,
     /// The lease key (the shard id for a single-stream application).
-    pub lease_key: String,
+    pub lease_key: LeaseKey,
     /// The lease counter when this worker took the lease: pass it with
     /// downstream writes so a store can refuse a stale owner.
     pub fencing_token: FencingToken,

@@ -17,7 +17,7 @@ use crate::leases::{
 };
 use crate::lifecycle::{self, Outcome, WorkerContext};
 use crate::metrics;
-use crate::model::InitialPosition;
+use crate::model::{InitialPosition, LeaseKey};
 use crate::processor::{FailurePolicy, RecordProcessorFactory};
 use crate::retrieval::{KinesisSources, PollingConfig, Retrieval};
 use crate::stop::{StopReason, StopSender};
@@ -229,16 +229,16 @@ impl SchedulerConfigBuilder {
     }
 }
 
-/// What a shutdown did.
+/// What a shutdown did, by lease.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ShutdownReport {
-    /// Shards whose processors finished (final checkpoint, lease released).
-    pub finished_shards: Vec<String>,
-    /// Shards whose processors did not finish in time; they were stopped
-    /// and their leases expire.
-    pub unfinished_shards: Vec<String>,
+    /// Leases whose processors finished (final checkpoint, lease released).
+    pub finished_leases: Vec<LeaseKey>,
+    /// Leases whose processors did not finish in time; they were stopped
+    /// and the leases expire.
+    pub unfinished_leases: Vec<LeaseKey>,
     /// Leases that could not be released (they expire instead).
-    pub unreleased_leases: Vec<String>,
+    pub unreleased_leases: Vec<LeaseKey>,
 }
 
 /// One worker of a consumer group.
@@ -485,8 +485,8 @@ struct Worker<S, F> {
     factory: Arc<F>,
     /// The root of the cancellation tree: every shard's stop is a child.
     stop: CancellationToken,
-    consumers: HashMap<String, StopSender>,
-    tasks: JoinSet<(String, Outcome)>,
+    consumers: HashMap<LeaseKey, StopSender>,
+    tasks: JoinSet<(LeaseKey, Outcome)>,
     failures: Option<mpsc::UnboundedSender<Error>>,
 }
 
@@ -548,7 +548,7 @@ where
             .set(self.coordinator.held().len() as f64);
     }
 
-    fn signal(&self, key: &str, reason: StopReason) {
+    fn signal(&self, key: &LeaseKey, reason: StopReason) {
         if let Some(stop) = self.consumers.get(key) {
             stop.request(reason);
         }
@@ -556,7 +556,7 @@ where
 
     fn on_consumer_done(
         &mut self,
-        done: std::result::Result<(String, Outcome), tokio::task::JoinError>,
+        done: std::result::Result<(LeaseKey, Outcome), tokio::task::JoinError>,
     ) {
         match done {
             Ok((key, outcome)) => {
@@ -598,9 +598,9 @@ where
                 Ok(Some(Ok((key, outcome)))) => {
                     self.consumers.remove(&key);
                     if matches!(outcome, Outcome::Released | Outcome::Ended) {
-                        report.finished_shards.push(key);
+                        report.finished_leases.push(key);
                     } else {
-                        report.unfinished_shards.push(key);
+                        report.unfinished_leases.push(key);
                     }
                 }
                 Ok(Some(Err(err))) => {
@@ -613,7 +613,7 @@ where
                         "shutdown timed out; stopping the rest"
                     );
                     report
-                        .unfinished_shards
+                        .unfinished_leases
                         .extend(self.consumers.keys().cloned());
                     self.tasks.abort_all();
                     break;
@@ -624,8 +624,8 @@ where
         metrics::LEASES_HELD
             .gauge(&[self.coordinator.worker_id()])
             .set(0.0);
-        report.finished_shards.sort();
-        report.unfinished_shards.sort();
+        report.finished_leases.sort();
+        report.unfinished_leases.sort();
         report
     }
 }

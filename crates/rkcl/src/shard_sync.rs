@@ -19,7 +19,7 @@ use crate::aws::Kinesis;
 use crate::aws::StreamRef;
 use crate::error::Result;
 use crate::leases::{Lease, LeaseStore};
-use crate::model::{ExtendedSequenceNumber, InitialPosition, ShardId};
+use crate::model::{ExtendedSequenceNumber, InitialPosition, LeaseKey, ShardId};
 use crate::shards::Shard;
 
 /// What one sync did.
@@ -84,7 +84,7 @@ pub(crate) fn plan_new_leases(
                 _ => continue,
             }
         };
-        let mut lease = Lease::new(shard.id.as_str(), checkpoint);
+        let mut lease = Lease::new(LeaseKey::for_shard(&shard.id), checkpoint);
         lease.parent_shard_ids = shard.parents().cloned().collect();
         lease.hash_key_range = Some(shard.hash_key_range);
         leased.insert(shard.id.clone());
@@ -189,7 +189,7 @@ mod tests {
     fn keys(leases: &[Lease]) -> Vec<(String, ExtendedSequenceNumber)> {
         leases
             .iter()
-            .map(|l| (l.key.clone(), l.checkpoint.clone()))
+            .map(|l| (l.key.to_string(), l.checkpoint.clone()))
             .collect()
     }
 
@@ -202,7 +202,7 @@ mod tests {
             shard("b", &[], false),
         ];
         let planned = plan_new_leases(&shards, &[], &InitialPosition::TrimHorizon);
-        let order: Vec<String> = planned.iter().map(|l| l.key.clone()).collect();
+        let order: Vec<String> = planned.iter().map(|l| l.key.to_string()).collect();
         assert_eq!(order.last().map(String::as_str), Some("c"));
         assert!(
             planned
@@ -237,7 +237,10 @@ mod tests {
     #[test]
     fn a_cleaned_up_parent_is_not_created_again() {
         let shards = [shard("a", &[], false), shard("b", &["a"], true)];
-        let child = Lease::new("b", ExtendedSequenceNumber::new("5".parse().unwrap(), 0));
+        let child = Lease::new(
+            crate::model::LeaseKey::parse("b").unwrap(),
+            ExtendedSequenceNumber::new("5".parse().unwrap(), 0),
+        );
         for initial in [InitialPosition::TrimHorizon, InitialPosition::Latest] {
             assert!(plan_new_leases(&shards, std::slice::from_ref(&child), &initial).is_empty());
         }
@@ -246,8 +249,14 @@ mod tests {
     #[test]
     fn a_finished_parent_is_deleted_only_after_its_children_progressed() {
         let shards = [shard("a", &[], false), shard("b", &["a"], true)];
-        let mut parent = Lease::new("a", ExtendedSequenceNumber::ShardEnd);
-        let mut child = Lease::new("b", ExtendedSequenceNumber::TrimHorizon);
+        let mut parent = Lease::new(
+            crate::model::LeaseKey::parse("a").unwrap(),
+            ExtendedSequenceNumber::ShardEnd,
+        );
+        let mut child = Lease::new(
+            crate::model::LeaseKey::parse("b").unwrap(),
+            ExtendedSequenceNumber::TrimHorizon,
+        );
         let both = [parent.clone(), child.clone()];
         assert!(finished_leases_to_delete(&shards, &both).is_empty());
         child.checkpoint = ExtendedSequenceNumber::new("5".parse().unwrap(), 0);

@@ -16,6 +16,7 @@ use rkcl::{
     ShardInfo,
     aws::StreamRef,
     leases::{InMemoryLeaseStore, Lease, LeaseStore},
+    model::LeaseKey,
 };
 use rkcl_local::Local;
 use rkcl_local::testkit::Packing::{Aggregated, Plain};
@@ -218,7 +219,7 @@ async fn three_workers_consume_every_record_in_shard_order_with_balanced_leases(
     .await;
     for worker in [a, b, c] {
         let report = worker.shutdown(Duration::from_secs(10)).await;
-        assert!(report.unfinished_shards.is_empty(), "{report:?}");
+        assert!(report.unfinished_leases.is_empty(), "{report:?}");
     }
     // Every lease is released and checkpointed at the last record.
     for lease in store.list().await.unwrap() {
@@ -246,7 +247,11 @@ async fn a_killed_worker_is_replaced_after_expiry_and_duplicates_come_only_after
         !a.held_leases().is_empty()
     })
     .await;
-    let dead_shards: BTreeSet<String> = a.held_leases().into_iter().map(|l| l.key).collect();
+    let dead_shards: BTreeSet<String> = a
+        .held_leases()
+        .into_iter()
+        .map(|l| l.key.to_string())
+        .collect();
     // Killed: no shutdown, nothing released.
     drop(a);
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -255,7 +260,7 @@ async fn a_killed_worker_is_replaced_after_expiry_and_duplicates_come_only_after
         .await
         .unwrap()
         .into_iter()
-        .map(|l| (l.key, l.checkpoint))
+        .map(|l| (l.key.to_string(), l.checkpoint))
         .collect();
     let deliveries_before = journal.snapshot().len();
     put(kinesis, stream, keyed_records(40, 250, 250), Aggregated).await;
@@ -305,7 +310,7 @@ async fn a_graceful_shutdown_hands_shards_over_within_a_cycle_without_duplicates
     })
     .await;
     let report = a.shutdown(Duration::from_secs(10)).await;
-    assert!(!report.finished_shards.is_empty() && report.unfinished_shards.is_empty());
+    assert!(!report.finished_leases.is_empty() && report.unfinished_leases.is_empty());
     let stopped = tokio::time::Instant::now();
     eventually(
         "survivors hold every lease",
@@ -404,7 +409,7 @@ async fn splits_and_merges_while_consuming_keep_key_order_and_children_wait_for_
             .await
             .unwrap()
             .iter()
-            .filter(|l| parents.contains(&l.key))
+            .filter(|l| parents.contains(l.key.as_str()))
             .count();
         if remaining == 0 {
             break;
@@ -669,7 +674,11 @@ async fn failed_batches_are_retried_or_dead_lettered_and_a_panicking_shard_does_
     assert!(journal.snapshot().iter().all(|d| d.shard != bad));
     // The panicking shard is still held and retried, never skipped.
     assert!(worker.held_leases().iter().any(|l| l.key == bad.as_str()));
-    let stored = store.get(bad.as_str()).await.unwrap().unwrap();
+    let stored = store
+        .get(&LeaseKey::parse(bad.as_str()).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(stored.checkpoint, ExtendedSequenceNumber::TrimHorizon);
     worker.shutdown(Duration::from_secs(5)).await;
 }
@@ -692,7 +701,7 @@ impl LeaseStore for Forbidden {
     async fn list(&self) -> rkcl::Result<Vec<Lease>> {
         Err(denied())
     }
-    async fn get(&self, key: &str) -> rkcl::Result<Option<Lease>> {
+    async fn get(&self, key: &LeaseKey) -> rkcl::Result<Option<Lease>> {
         self.0.get(key).await
     }
     async fn renew(&self, lease: &Lease) -> rkcl::Result<Option<Lease>> {

@@ -16,7 +16,9 @@ use rkcl::{
     leases::{
         InMemoryLeaseStore, Lease, LeaseCoordinator, LeaseCoordinatorConfig, LeaseEvent, LeaseStore,
     },
+    model::LeaseKey,
 };
+use rkcl_local::testkit::lease_key;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -27,7 +29,7 @@ async fn table(leases: usize) -> Arc<InMemoryLeaseStore> {
     let store = Arc::new(InMemoryLeaseStore::new());
     for i in 0..leases {
         let lease = Lease::new(
-            format!("shardId-{i:012}"),
+            lease_key(&format!("shardId-{i:012}")),
             ExtendedSequenceNumber::TrimHorizon,
         );
         store.create_if_absent(&lease).await.unwrap();
@@ -95,7 +97,7 @@ fn worker<S: LeaseStore + 'static>(store: S, id: &str, duration: Duration) -> Wo
     )
 }
 
-fn keys<S: LeaseStore + 'static>(worker: &Worker<S>) -> BTreeSet<String> {
+fn keys<S: LeaseStore + 'static>(worker: &Worker<S>) -> BTreeSet<LeaseKey> {
     worker
         .coordinator
         .held()
@@ -106,8 +108,8 @@ fn keys<S: LeaseStore + 'static>(worker: &Worker<S>) -> BTreeSet<String> {
 
 /// Held sets are disjoint and their sizes are fair shares.
 fn assert_balanced<S: LeaseStore + 'static>(workers: &[&Worker<S>], leases: usize) {
-    let sets: Vec<BTreeSet<String>> = workers.iter().map(|w| keys(w)).collect();
-    let all: BTreeSet<&String> = sets.iter().flatten().collect();
+    let sets: Vec<BTreeSet<LeaseKey>> = workers.iter().map(|w| keys(w)).collect();
+    let all: BTreeSet<&LeaseKey> = sets.iter().flatten().collect();
     assert_eq!(
         all.len(),
         sets.iter().map(BTreeSet::len).sum::<usize>(),
@@ -307,7 +309,7 @@ async fn a_next_owner_that_shuts_down_withdraws_its_handoff_and_the_owner_keeps_
         }
     };
     assert!(b.coordinator.held().is_empty());
-    assert_eq!(b.coordinator.shutdown().await, Vec::<String>::new());
+    assert_eq!(b.coordinator.shutdown().await, Vec::<LeaseKey>::new());
     let stored = store.get(&key).await.unwrap().unwrap();
     assert_eq!(
         (stored.owner.as_deref(), stored.checkpoint_owner.as_deref()),
@@ -414,7 +416,10 @@ fn holders(
     let mut holders = std::collections::BTreeMap::<String, Vec<String>>::new();
     for (id, worker) in workers {
         for lease in worker.coordinator.held() {
-            holders.entry(lease.key).or_default().push(id.clone());
+            holders
+                .entry(lease.key.to_string())
+                .or_default()
+                .push(id.clone());
         }
     }
     holders
@@ -487,7 +492,7 @@ async fn real_time_on_dynamodb_two_workers_balance_and_fail_over() {
     let store = rkcl_local::testkit::lease_table(&local, "coordinated").await;
     for i in 0..6 {
         let lease = Lease::new(
-            format!("shardId-{i:012}"),
+            lease_key(&format!("shardId-{i:012}")),
             ExtendedSequenceNumber::TrimHorizon,
         );
         store.create_if_absent(&lease).await.unwrap();

@@ -12,7 +12,7 @@ use rkcl::{
     model::HashKey,
 };
 use rkcl_local::Local;
-use rkcl_local::testkit::{lease_store_conformance, lease_table, sample_lease};
+use rkcl_local::testkit::{lease_key, lease_store_conformance, lease_table, sample_lease};
 
 fn seq(text: &str) -> SequenceNumber {
     text.parse().unwrap()
@@ -234,7 +234,7 @@ async fn a_table_written_by_the_kcl_is_read_and_its_other_items_left_alone() {
         ]
     );
     assert!(
-        store.get("Leader").await.unwrap().is_none(),
+        store.get(&lease_key("Leader")).await.unwrap().is_none(),
         "a non-lease item read as a lease"
     );
 

@@ -376,7 +376,7 @@ async fn a_worker_reports_exact_records_bytes_leases_and_latency_samples_per_sha
                 leases.len() == 2
                     && leases
                         .iter()
-                        .all(|l| Some(&l.checkpoint) == raw[&l.key].last.as_ref())
+                        .all(|l| Some(&l.checkpoint) == raw[l.key.as_str()].last.as_ref())
             }
         },
     )
@@ -452,7 +452,7 @@ async fn a_worker_reports_exact_records_bytes_leases_and_latency_samples_per_sha
     assert_eq!(captured.all(catalogue::RECORDS_PROCESSED.name).len(), 2);
 
     let report = worker.shutdown(Duration::from_secs(10)).await;
-    assert!(report.unfinished_shards.is_empty(), "{report:?}");
+    assert!(report.unfinished_leases.is_empty(), "{report:?}");
     // A worker that has shut down holds nothing.
     assert_eq!(
         captured.gauge(catalogue::LEASES_HELD.name, &worker_label),

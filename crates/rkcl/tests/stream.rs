@@ -19,12 +19,13 @@ use rkcl::{
     Kinesis, SchedulerConfig,
     aws::StreamRef,
     leases::LeaseStore,
+    model::LeaseKey,
     record::ProducerRecord,
     stream::{BatchError, BatchOptions, ConsumerConfigBuilder, FailureReason, Records},
 };
 use rkcl_local::Local;
 use rkcl_local::testkit::Packing::{Aggregated, Plain};
-use rkcl_local::testkit::{create_stream, eventually_every, lease_table, put};
+use rkcl_local::testkit::{create_stream, eventually_every, lease_key, lease_table, put};
 
 const LEASE: Duration = Duration::from_secs(2);
 
@@ -94,13 +95,13 @@ impl Setup {
             .unwrap()
     }
 
-    async fn checkpoint(&self, shard: &str) -> ExtendedSequenceNumber {
+    async fn checkpoint(&self, shard: &LeaseKey) -> ExtendedSequenceNumber {
         self.store.get(shard).await.unwrap().unwrap().checkpoint
     }
 
     /// Waits until the shard's checkpoint is `expected`, then checks it
     /// stays there.
-    async fn assert_checkpoint(&self, shard: &str, expected: &ExtendedSequenceNumber) {
+    async fn assert_checkpoint(&self, shard: &LeaseKey, expected: &ExtendedSequenceNumber) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while &self.checkpoint(shard).await != expected {
             assert!(
@@ -258,7 +259,7 @@ async fn a_record_never_committed_bounds_memory_warns_and_is_read_again_after_re
     );
     let shard = stuck.shard().lease_key.clone();
     let report = handle.shutdown().await;
-    assert_eq!(report.finished_shards, vec![shard.clone()]);
+    assert_eq!(report.finished_leases, vec![shard.clone()]);
     drop(stuck);
     drop(records);
 
@@ -326,8 +327,8 @@ async fn committed_progress_survives(stop: Stop) {
         }
     }
     let report = handle.shutdown().await;
-    assert_eq!(report.finished_shards.len(), 2, "{report:?}");
-    assert!(report.unfinished_shards.is_empty(), "{report:?}");
+    assert_eq!(report.finished_leases.len(), 2, "{report:?}");
+    assert!(report.unfinished_leases.is_empty(), "{report:?}");
 
     let mut again = setup.start(config).await.records();
     let rest = drain(&mut again, Duration::from_secs(3)).await;
@@ -463,7 +464,7 @@ async fn run_batches<H, Fut>(
     .await;
     handle.trigger();
     let report = running.await.unwrap().unwrap();
-    assert!(report.unfinished_shards.is_empty(), "{report:?}");
+    assert!(report.unfinished_leases.is_empty(), "{report:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -590,7 +591,10 @@ async fn bisect_isolates_one_poison_record_among_a_thousand() {
         .chain([failed[0].records[0].extended_sequence_number()])
         .max()
         .unwrap();
-    assert_eq!(setup.checkpoint("shardId-000000000000").await, last);
+    assert_eq!(
+        setup.checkpoint(&lease_key("shardId-000000000000")).await,
+        last
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -644,7 +648,10 @@ async fn a_partial_batch_failure_resumes_at_the_failed_record() {
     assert_eq!(calls[1], expected);
     // Everything handled: the checkpoint is the last record.
     let last = last.lock().unwrap().clone().unwrap();
-    assert_eq!(setup.checkpoint("shardId-000000000000").await, last);
+    assert_eq!(
+        setup.checkpoint(&lease_key("shardId-000000000000")).await,
+        last
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,8 +3,17 @@
 use rkcl::{
     ExtendedSequenceNumber, SequenceNumber, ShardId,
     leases::{Lease, LeaseStore},
-    model::{HashKey, HashKeyRange},
+    model::{HashKey, HashKeyRange, LeaseKey},
 };
+
+/// Parses a lease key written in a test.
+///
+/// # Panics
+///
+/// When `text` is not a lease key.
+pub fn lease_key(text: &str) -> LeaseKey {
+    LeaseKey::parse(text).unwrap_or_else(|err| panic!("{err}"))
+}
 
 fn seq(text: &str) -> SequenceNumber {
     text.parse().unwrap()
@@ -22,7 +31,7 @@ pub fn sample_lease(key: &str) -> Lease {
         hash_key_range: Some(
             HashKeyRange::new(HashKey::from_u128(0), HashKey::from_u128(u128::MAX / 2)).unwrap(),
         ),
-        ..Lease::new(key, ExtendedSequenceNumber::TrimHorizon)
+        ..Lease::new(lease_key(key), ExtendedSequenceNumber::TrimHorizon)
     }
 }
 
@@ -50,15 +59,21 @@ pub fn sample_lease(key: &str) -> Lease {
 /// At the first check the store fails, naming it, and on any error the
 /// store returns.
 pub async fn lease_store_conformance(store: &impl LeaseStore) {
-    let key = "shardId-000000000002";
-    let lease = sample_lease(key);
+    let key = &lease_key("shardId-000000000002");
+    let lease = sample_lease(key.as_str());
     assert!(store.create_if_absent(&lease).await.unwrap());
     assert!(
         !store.create_if_absent(&lease).await.unwrap(),
         "created twice"
     );
     assert_eq!(store.get(key).await.unwrap().as_ref(), Some(&lease));
-    assert!(store.get("shardId-999").await.unwrap().is_none());
+    assert!(
+        store
+            .get(&lease_key("shardId-999"))
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     // Take, renew; a stale copy loses cleanly.
     let w1 = store
@@ -157,7 +172,7 @@ pub async fn lease_store_conformance(store: &impl LeaseStore) {
 
     // Multi-stream keys.
     let multi = Lease::new(
-        "123456789012:orders:1700000000:shardId-000000000005",
+        lease_key("123456789012:orders:1700000000:shardId-000000000005"),
         ExtendedSequenceNumber::Latest,
     );
     assert!(store.create_if_absent(&multi).await.unwrap());
@@ -179,8 +194,8 @@ pub async fn lease_store_conformance(store: &impl LeaseStore) {
 /// A graceful handoff: the old owner keeps the lease (and may checkpoint)
 /// until it releases it; the next owner cannot write before that.
 async fn handoff_conformance(store: &impl LeaseStore) {
-    let key = "shardId-000000000007";
-    let lease = Lease::new(key, ExtendedSequenceNumber::TrimHorizon);
+    let key = &lease_key("shardId-000000000007");
+    let lease = Lease::new(key.clone(), ExtendedSequenceNumber::TrimHorizon);
     assert!(store.create_if_absent(&lease).await.unwrap());
     assert!(
         store.hand_off(&lease, "new").await.unwrap().is_none(),

@@ -47,7 +47,7 @@ mod raw;
 mod stream;
 mod wait;
 
-pub use conformance::{lease_store_conformance, sample_lease};
+pub use conformance::{lease_key, lease_store_conformance, sample_lease};
 pub use raw::{RawShard, RawStream, ReadLimits, plain_read_loop, read_all_raw, read_shard_raw};
 pub use stream::{
     ACTIVE_TIMEOUT, PUT_CHUNK, Packing, TABLE_TIMEOUT, create_stream, lease_table, merge, put,

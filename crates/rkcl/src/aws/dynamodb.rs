@@ -20,7 +20,7 @@ use super::error::from_sdk;
 use super::lease_item::{attr, checkpoint_text, lease_from_item, lease_to_item, number};
 use crate::error::{Error, Result, Service};
 use crate::leases::{Lease, LeaseStore};
-use crate::model::ExtendedSequenceNumber;
+use crate::model::{ExtendedSequenceNumber, LeaseKey};
 
 /// How many requests of each kind a [`DynamoDbLeaseStore`] has sent.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -186,7 +186,7 @@ impl DynamoDbLeaseStore {
     /// One conditional UpdateItem; `None` when the condition failed.
     async fn update(
         &self,
-        key: &str,
+        key: &LeaseKey,
         update: &str,
         condition: &str,
         values: Vec<(&str, AttributeValue)>,
@@ -196,7 +196,7 @@ impl DynamoDbLeaseStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .key(attr::LEASE_KEY, AttributeValue::S(key.to_owned()))
+            .key(attr::LEASE_KEY, AttributeValue::S(key.as_str().to_owned()))
             .update_expression(update)
             .condition_expression(condition)
             .return_values(ReturnValue::AllNew);
@@ -297,13 +297,13 @@ impl LeaseStore for DynamoDbLeaseStore {
         }
     }
 
-    async fn get(&self, key: &str) -> Result<Option<Lease>> {
+    async fn get(&self, key: &LeaseKey) -> Result<Option<Lease>> {
         count(&self.counters.get_item);
         let out = self
             .client
             .get_item()
             .table_name(&self.table)
-            .key(attr::LEASE_KEY, AttributeValue::S(key.to_owned()))
+            .key(attr::LEASE_KEY, AttributeValue::S(key.as_str().to_owned()))
             .consistent_read(true)
             .send()
             .boxed()
@@ -461,7 +461,10 @@ impl LeaseStore for DynamoDbLeaseStore {
             .client
             .delete_item()
             .table_name(&self.table)
-            .key(attr::LEASE_KEY, AttributeValue::S(lease.key.clone()))
+            .key(
+                attr::LEASE_KEY,
+                AttributeValue::S(lease.key.as_str().to_owned()),
+            )
             .condition_expression(SAME_COUNTER)
             .expression_attribute_values(":counter", number(lease.counter))
             .send()

@@ -10,7 +10,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 
 use crate::error::{Error, Result};
 use crate::leases::Lease;
-use crate::model::{ExtendedSequenceNumber, HashKeyRange, ShardId};
+use crate::model::{ExtendedSequenceNumber, HashKeyRange, LeaseKey, ShardId};
 
 /// The Java KCL's attribute names: a wire contract.
 pub(super) mod attr {
@@ -55,7 +55,10 @@ pub(super) fn lease_to_item(lease: &Lease) -> HashMap<String, AttributeValue> {
     let mut put = |name: &str, value: AttributeValue| {
         item.insert(name.to_owned(), value);
     };
-    put(attr::LEASE_KEY, AttributeValue::S(lease.key.clone()));
+    put(
+        attr::LEASE_KEY,
+        AttributeValue::S(lease.key.as_str().to_owned()),
+    );
     if let Some(owner) = &lease.owner {
         put(attr::LEASE_OWNER, AttributeValue::S(owner.clone()));
     }
@@ -168,7 +171,7 @@ pub(super) fn lease_from_item(item: &HashMap<String, AttributeValue>) -> Result<
         child_shard_ids: shard_ids(item, attr::CHILD_SHARD_IDS, &key)?,
         hash_key_range,
         checkpoint_owner: string(item, attr::CHECKPOINT_OWNER, &key)?,
-        key,
+        key: LeaseKey::parse(key)?,
     }))
 }
 

@@ -6,7 +6,7 @@ use futures_util::future::BoxFuture;
 
 use super::{Lease, LeaseCoordinator, LeaseStore};
 use crate::error::Result;
-use crate::model::ExtendedSequenceNumber;
+use crate::model::{ExtendedSequenceNumber, LeaseKey};
 
 /// How many calls of shard consumers (checkpoint, release, read) are in
 /// flight at once. At a shutdown every shard checkpoints and releases at the
@@ -21,16 +21,16 @@ pub(crate) trait LeaseAccess: Send + Sync + std::fmt::Debug {
     /// [`LeaseCoordinator::checkpoint`] does.
     fn checkpoint<'a>(
         &'a self,
-        key: &'a str,
+        key: &'a LeaseKey,
         position: &'a ExtendedSequenceNumber,
     ) -> BoxFuture<'a, Result<Lease>>;
 
     /// Lets go of the held lease `key`, as [`LeaseCoordinator::release`]
     /// does.
-    fn release<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool>>;
+    fn release<'a>(&'a self, key: &'a LeaseKey) -> BoxFuture<'a, Result<bool>>;
 
     /// Reads the lease `key` from the store, whoever holds it.
-    fn read<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Lease>>>;
+    fn read<'a>(&'a self, key: &'a LeaseKey) -> BoxFuture<'a, Result<Option<Lease>>>;
 
     /// The leases held now, as last written.
     fn held(&self) -> Vec<Lease>;
@@ -39,7 +39,7 @@ pub(crate) trait LeaseAccess: Send + Sync + std::fmt::Debug {
 impl<S: LeaseStore + std::fmt::Debug + 'static> LeaseAccess for LeaseCoordinator<S> {
     fn checkpoint<'a>(
         &'a self,
-        key: &'a str,
+        key: &'a LeaseKey,
         position: &'a ExtendedSequenceNumber,
     ) -> BoxFuture<'a, Result<Lease>> {
         Box::pin(async move {
@@ -48,14 +48,14 @@ impl<S: LeaseStore + std::fmt::Debug + 'static> LeaseAccess for LeaseCoordinator
         })
     }
 
-    fn release<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool>> {
+    fn release<'a>(&'a self, key: &'a LeaseKey) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
             let _permit = self.shared.shard_calls.acquire().await;
             LeaseCoordinator::release(self, key).await
         })
     }
 
-    fn read<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Lease>>> {
+    fn read<'a>(&'a self, key: &'a LeaseKey) -> BoxFuture<'a, Result<Option<Lease>>> {
         Box::pin(async move {
             let _permit = self.shared.shard_calls.acquire().await;
             self.shared.store.get(key).await
@@ -88,7 +88,8 @@ mod tests {
             .acquire_many(SHARD_CALL_CONCURRENCY as u32)
             .await
             .unwrap();
-        let mut read = access.read("shardId-0");
+        let key = LeaseKey::parse("shardId-0").unwrap();
+        let mut read = access.read(&key);
         assert!(
             tokio::time::timeout(Duration::from_secs(60), &mut read)
                 .await

@@ -25,7 +25,7 @@ use super::renewer::{WRITE_CONCURRENCY, renew_loop};
 use super::taking::take_loop;
 use super::{FencingToken, Lease, LeaseCoordinatorConfig, LeaseStore};
 use crate::error::{Error, Result};
-use crate::model::ExtendedSequenceNumber;
+use crate::model::{ExtendedSequenceNumber, LeaseKey};
 
 /// A change in the leases this worker holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,7 +43,7 @@ pub enum LeaseEvent {
     /// timeout the lease is let go anyway and [`LeaseEvent::Lost`] follows.
     HandoffRequested {
         /// The lease key.
-        key: String,
+        key: LeaseKey,
         /// The worker that takes over.
         next_owner: String,
     },
@@ -51,7 +51,7 @@ pub enum LeaseEvent {
     /// renewed in time). Stop its work; do not checkpoint.
     Lost {
         /// The lease key.
-        key: String,
+        key: LeaseKey,
     },
 }
 
@@ -157,7 +157,7 @@ impl<S: LeaseStore + 'static> LeaseCoordinator<S> {
     }
 
     /// The held copy of one lease.
-    pub fn lease(&self, key: &str) -> Option<Lease> {
+    pub fn lease(&self, key: &LeaseKey) -> Option<Lease> {
         self.shared.held_copy(key).map(|held| held.lease)
     }
 
@@ -171,10 +171,14 @@ impl<S: LeaseStore + 'static> LeaseCoordinator<S> {
     /// lease is then dropped and [`LeaseEvent::Lost`] sent);
     /// [`Error::InvalidCheckpoint`] when the checkpoint would move backwards; the
     /// store's error when the write failed (retry it).
-    pub async fn checkpoint(&self, key: &str, position: &ExtendedSequenceNumber) -> Result<Lease> {
+    pub async fn checkpoint(
+        &self,
+        key: &LeaseKey,
+        position: &ExtendedSequenceNumber,
+    ) -> Result<Lease> {
         let shared = &self.shared;
         let lost = || Error::LeaseLost {
-            lease_key: key.to_owned(),
+            lease_key: key.to_string(),
         };
         let write = shared.held_copy(key).ok_or_else(lost)?.write;
         let _one_at_a_time = write.lock().await;
@@ -183,7 +187,7 @@ impl<S: LeaseStore + 'static> LeaseCoordinator<S> {
         // lease's write lock; the same position again needs no write.
         if position < &held.lease.checkpoint {
             return Err(Error::InvalidCheckpoint {
-                lease_key: key.to_owned(),
+                lease_key: key.to_string(),
                 message: format!("{position} is before the stored {}", held.lease.checkpoint),
             });
         }
@@ -236,7 +240,7 @@ impl<S: LeaseStore + 'static> LeaseCoordinator<S> {
     ///
     /// The store's error when the write failed; the lease stays held (and
     /// renewed) so the release can be retried.
-    pub async fn release(&self, key: &str) -> Result<bool> {
+    pub async fn release(&self, key: &LeaseKey) -> Result<bool> {
         release_one(&self.shared, key).await
     }
 
@@ -251,7 +255,7 @@ impl<S: LeaseStore + 'static> LeaseCoordinator<S> {
     /// owner to notice) are given back too: a pending handoff is withdrawn,
     /// so the old owner keeps the lease. Returns the keys that could not be
     /// let go (they expire instead).
-    pub async fn shutdown(&self) -> Vec<String> {
+    pub async fn shutdown(&self) -> Vec<LeaseKey> {
         self.running.cancel.cancel();
         let tasks = self.running.tasks.lock().ok().and_then(|mut t| t.take());
         if let Some(mut tasks) = tasks {
@@ -284,7 +288,7 @@ impl<S: LeaseStore + 'static> LeaseCoordinator<S> {
 
 /// Lets go of every lease the table names this worker for that it does not
 /// hold, except `skip`: withdraws handoffs to it, releases the rest.
-async fn give_back_claims<S: LeaseStore>(shared: &Shared<S>, skip: &[String]) -> Result<()> {
+async fn give_back_claims<S: LeaseStore>(shared: &Shared<S>, skip: &[LeaseKey]) -> Result<()> {
     let me = Some(shared.config.worker_id.as_str());
     for lease in shared.store.list().await? {
         if skip.contains(&lease.key) {
@@ -305,7 +309,7 @@ async fn give_back_claims<S: LeaseStore>(shared: &Shared<S>, skip: &[String]) ->
 /// Releases the held lease `key` under its write lock; `false` when it was
 /// not held (any more). The lease is dropped from the held set before the
 /// write and put back if the write fails.
-async fn release_one<S: LeaseStore>(shared: &Shared<S>, key: &str) -> Result<bool> {
+async fn release_one<S: LeaseStore>(shared: &Shared<S>, key: &LeaseKey) -> Result<bool> {
     let Some(held) = shared.held_copy(key) else {
         return Ok(false);
     };

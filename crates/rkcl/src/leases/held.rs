@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{Lease, LeaseCoordinatorConfig, LeaseEvent};
+use crate::model::LeaseKey;
 
 /// A held lease: the latest copy, when it was last renewed, whether a
 /// handoff was asked for, and the lock that keeps its writes one at a time.
@@ -37,7 +38,7 @@ pub(super) struct Shared<S> {
     /// The validated configuration.
     pub(super) config: LeaseCoordinatorConfig,
     /// The leases this worker holds, by key.
-    pub(super) held: Mutex<BTreeMap<String, Held>>,
+    pub(super) held: Mutex<BTreeMap<LeaseKey, Held>>,
     /// Where lease events go; the receiver is the caller's.
     pub(super) events: mpsc::UnboundedSender<LeaseEvent>,
     /// Permits for the calls of shard consumers
@@ -47,12 +48,12 @@ pub(super) struct Shared<S> {
 
 impl<S> Shared<S> {
     /// A copy of the held lease `key`, if it is held.
-    pub(super) fn held_copy(&self, key: &str) -> Option<Held> {
+    pub(super) fn held_copy(&self, key: &LeaseKey) -> Option<Held> {
         self.held.lock().ok()?.get(key).cloned()
     }
 
     /// The keys of every held lease.
-    pub(super) fn held_keys(&self) -> HashSet<String> {
+    pub(super) fn held_keys(&self) -> HashSet<LeaseKey> {
         self.held
             .lock()
             .map(|held| held.keys().cloned().collect())
@@ -86,7 +87,7 @@ impl<S> Shared<S> {
     }
 
     /// Stops holding `key` without telling anyone; `true` if it was held.
-    pub(super) fn remove(&self, key: &str) -> bool {
+    pub(super) fn remove(&self, key: &LeaseKey) -> bool {
         self.held
             .lock()
             .map(|mut held| held.remove(key).is_some())
@@ -94,7 +95,7 @@ impl<S> Shared<S> {
     }
 
     /// Drops a lease and tells the caller, once.
-    pub(super) fn lose(&self, key: &str, why: &str) {
+    pub(super) fn lose(&self, key: &LeaseKey, why: &str) {
         if self.remove(key) {
             tracing::info!(lease_key = %key, why, "lost the lease");
             let _ = self.events.send(LeaseEvent::Lost {

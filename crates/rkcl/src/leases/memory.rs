@@ -5,13 +5,13 @@ use std::sync::Mutex;
 
 use super::{Lease, LeaseStore};
 use crate::error::{Error, Result};
-use crate::model::ExtendedSequenceNumber;
+use crate::model::{ExtendedSequenceNumber, LeaseKey};
 
 /// Leases in a map behind a lock, with the same conditional semantics as the
 /// DynamoDB store.
 #[derive(Debug, Default)]
 pub struct InMemoryLeaseStore {
-    leases: Mutex<BTreeMap<String, Lease>>,
+    leases: Mutex<BTreeMap<LeaseKey, Lease>>,
 }
 
 impl InMemoryLeaseStore {
@@ -23,7 +23,7 @@ impl InMemoryLeaseStore {
     /// Applies `change` to the stored lease if `condition` holds for it.
     fn update(
         &self,
-        key: &str,
+        key: &LeaseKey,
         condition: impl FnOnce(&Lease) -> bool,
         change: impl FnOnce(&mut Lease),
     ) -> Result<Option<Lease>> {
@@ -38,7 +38,7 @@ impl InMemoryLeaseStore {
         Ok(Some(stored.clone()))
     }
 
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, BTreeMap<String, Lease>>> {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, BTreeMap<LeaseKey, Lease>>> {
         self.leases
             .lock()
             .map_err(|_| Error::Config("the in-memory lease store was poisoned by a panic".into()))
@@ -66,7 +66,7 @@ impl LeaseStore for InMemoryLeaseStore {
         Ok(self.lock()?.values().cloned().collect())
     }
 
-    async fn get(&self, key: &str) -> Result<Option<Lease>> {
+    async fn get(&self, key: &LeaseKey) -> Result<Option<Lease>> {
         Ok(self.lock()?.get(key).cloned())
     }
 

@@ -12,7 +12,7 @@
 use std::future::Future;
 
 use crate::error::Result;
-use crate::model::{ExtendedSequenceNumber, HashKeyRange, ShardId};
+use crate::model::{ExtendedSequenceNumber, HashKeyRange, LeaseKey, ShardId};
 
 mod access;
 mod config;
@@ -33,7 +33,7 @@ pub use memory::InMemoryLeaseStore;
 pub struct Lease {
     /// The shard id, or `account:stream:creationEpoch:shardId` for a lease of
     /// a multi-stream application.
-    pub key: String,
+    pub key: LeaseKey,
     /// The worker that holds the lease; `None` while unassigned.
     pub owner: Option<String>,
     /// The fencing counter: it grows on every renewal, take, checkpoint and
@@ -59,9 +59,9 @@ pub struct Lease {
 
 impl Lease {
     /// A new, unowned lease for `key` at `checkpoint`, counter 0.
-    pub fn new(key: impl Into<String>, checkpoint: ExtendedSequenceNumber) -> Self {
+    pub fn new(key: LeaseKey, checkpoint: ExtendedSequenceNumber) -> Self {
         Self {
-            key: key.into(),
+            key,
             owner: None,
             counter: 0,
             checkpoint,
@@ -76,7 +76,7 @@ impl Lease {
 
     /// The shard id: the key itself, or its last part for a multi-stream key.
     pub fn shard_id(&self) -> ShardId {
-        ShardId::from(self.key.rsplit(':').next().unwrap_or(&self.key))
+        self.key.shard_id()
     }
 
     /// The worker that may write to the lease: the previous owner while a
@@ -108,7 +108,7 @@ impl Lease {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FencingToken {
     /// The lease key.
-    pub lease_key: String,
+    pub lease_key: LeaseKey,
     /// The lease counter when the token was made.
     pub counter: u64,
 }
@@ -133,7 +133,7 @@ pub trait LeaseStore: Send + Sync {
     fn list(&self) -> impl Future<Output = Result<Vec<Lease>>> + Send;
 
     /// The lease with this key.
-    fn get(&self, key: &str) -> impl Future<Output = Result<Option<Lease>>> + Send;
+    fn get(&self, key: &LeaseKey) -> impl Future<Output = Result<Option<Lease>>> + Send;
 
     /// Bumps the counter if the lease is still held by `lease`'s holder.
     /// When the counter moved but the holder did not (a handoff began or
@@ -203,7 +203,7 @@ impl<S: LeaseStore> LeaseStore for std::sync::Arc<S> {
         (**self).list()
     }
 
-    fn get(&self, key: &str) -> impl Future<Output = Result<Option<Lease>>> + Send {
+    fn get(&self, key: &LeaseKey) -> impl Future<Output = Result<Option<Lease>>> + Send {
         (**self).get(key)
     }
 

@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use super::coordinator::pause;
 use super::held::Shared;
 use super::{LeaseEvent, LeaseStore};
+use crate::model::LeaseKey;
 
 /// How many renewals (or releases) are in flight at once.
 pub(super) const WRITE_CONCURRENCY: usize = 32;
@@ -29,7 +30,7 @@ pub(super) async fn renew_loop<S: LeaseStore>(shared: &Shared<S>, cancel: &Cance
 /// let go. A renewal that loses reports the lease lost; one that fails is
 /// retried next round, unless the lease has gone `lease_duration -
 /// safety_margin` without a renewal, when it is reported lost too.
-async fn renew_one<S: LeaseStore>(shared: &Shared<S>, key: String) {
+async fn renew_one<S: LeaseStore>(shared: &Shared<S>, key: LeaseKey) {
     let config = &shared.config;
     let Some(held) = shared.held_copy(&key) else {
         return;

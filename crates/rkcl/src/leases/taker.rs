@@ -20,7 +20,7 @@ use rand::Rng;
 use rand::seq::SliceRandom;
 
 use super::Lease;
-use crate::model::ExtendedSequenceNumber;
+use crate::model::{ExtendedSequenceNumber, LeaseKey};
 
 /// A lease as the taker sees it in one cycle.
 #[derive(Clone, Copy, Debug)]
@@ -45,9 +45,9 @@ impl Candidate<'_> {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct TakePlan {
     /// Keys of available leases to take.
-    pub(crate) take: Vec<String>,
+    pub(crate) take: Vec<LeaseKey>,
     /// Keys of leases held by another worker to steal for balance.
-    pub(crate) steal: Vec<String>,
+    pub(crate) steal: Vec<LeaseKey>,
 }
 
 /// Decides what `worker` takes and steals this cycle.
@@ -59,7 +59,7 @@ pub(crate) fn plan(
     rng: &mut impl Rng,
 ) -> TakePlan {
     let active: Vec<&Candidate<'_>> = candidates.iter().filter(|c| !c.is_finished()).collect();
-    let mut held: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let mut held: BTreeMap<&str, Vec<&LeaseKey>> = BTreeMap::new();
     held.entry(worker).or_default();
     for candidate in active.iter().filter(|c| !c.is_available()) {
         if let Some(owner) = candidate.lease.owner.as_deref() {
@@ -74,10 +74,10 @@ pub(crate) fn plan(
         return TakePlan::default();
     }
 
-    let mut available: Vec<&str> = active
+    let mut available: Vec<&LeaseKey> = active
         .iter()
         .filter(|c| c.is_available())
-        .map(|c| c.lease.key.as_str())
+        .map(|c| &c.lease.key)
         .collect();
     if !available.is_empty() {
         // Shuffled, so workers starting together do not all race for the
@@ -85,7 +85,7 @@ pub(crate) fn plan(
         available.shuffle(rng);
         available.truncate(need);
         return TakePlan {
-            take: available.into_iter().map(str::to_owned).collect(),
+            take: available.into_iter().cloned().collect(),
             steal: Vec::new(),
         };
     }
@@ -105,20 +105,20 @@ pub(crate) fn plan(
     }
     .min(max_steals);
     // A lease already being handed over is not stolen again.
-    let mut victims: Vec<&str> = most
+    let mut victims: Vec<&LeaseKey> = most
         .iter()
         .copied()
         .filter(|key| {
             !active
                 .iter()
-                .any(|c| c.lease.key == *key && c.lease.is_handing_off())
+                .any(|c| &c.lease.key == *key && c.lease.is_handing_off())
         })
         .collect();
     victims.shuffle(rng);
     victims.truncate(count);
     TakePlan {
         take: Vec::new(),
-        steal: victims.into_iter().map(str::to_owned).collect(),
+        steal: victims.into_iter().cloned().collect(),
     }
 }
 
@@ -142,7 +142,7 @@ mod tests {
                 leases: (0..leases)
                     .map(|i| {
                         Lease::new(
-                            format!("shardId-{i:012}"),
+                            crate::model::LeaseKey::parse(format!("shardId-{i:012}")).unwrap(),
                             ExtendedSequenceNumber::TrimHorizon,
                         )
                     })
@@ -250,11 +250,17 @@ mod tests {
 
     #[test]
     fn finished_leases_are_not_load() {
-        let mut done = Lease::new("shardId-0", ExtendedSequenceNumber::ShardEnd);
+        let mut done = Lease::new(
+            crate::model::LeaseKey::parse("shardId-0").unwrap(),
+            ExtendedSequenceNumber::ShardEnd,
+        );
         done.owner = None;
         let mine = Lease {
             owner: Some("me".into()),
-            ..Lease::new("shardId-1", ExtendedSequenceNumber::TrimHorizon)
+            ..Lease::new(
+                crate::model::LeaseKey::parse("shardId-1").unwrap(),
+                ExtendedSequenceNumber::TrimHorizon,
+            )
         };
         let candidates = [
             Candidate {
@@ -279,7 +285,12 @@ mod tests {
     #[test]
     fn the_maximum_per_worker_is_kept() {
         let leases: Vec<Lease> = (0..10)
-            .map(|i| Lease::new(format!("shardId-{i}"), ExtendedSequenceNumber::TrimHorizon))
+            .map(|i| {
+                Lease::new(
+                    crate::model::LeaseKey::parse(format!("shardId-{i}")).unwrap(),
+                    ExtendedSequenceNumber::TrimHorizon,
+                )
+            })
             .collect();
         let candidates: Vec<_> = leases
             .iter()

@@ -19,7 +19,7 @@ use super::held::Shared;
 use super::taker::{self, Candidate};
 use super::{Lease, LeaseCoordinatorConfig, LeaseEvent, LeaseStore};
 use crate::error::Result;
-use crate::model::ExtendedSequenceNumber;
+use crate::model::{ExtendedSequenceNumber, LeaseKey};
 
 /// What the taker knows of a lease between cycles: the counter it saw, when
 /// it last saw it change (on this worker's monotonic clock), and whether it
@@ -39,17 +39,17 @@ struct Seen {
 #[derive(Debug, Default)]
 struct TakerState {
     /// Every lease in the table at the last scan, by key.
-    seen: HashMap<String, Seen>,
+    seen: HashMap<LeaseKey, Seen>,
     /// When the last scan of the whole table was read.
     last_scan: Option<Instant>,
     /// Nothing to take, steal or finish at the last scan.
     settled: bool,
     /// Handoffs to this worker not finished yet, with when they were seen
     /// first.
-    pending: HashMap<String, Instant>,
+    pending: HashMap<LeaseKey, Instant>,
     /// Leases stolen without a handoff, started only once the old owner has
     /// had a renewal to notice (so the two never both believe they hold it).
-    starting: HashMap<String, (Lease, Instant)>,
+    starting: HashMap<LeaseKey, (Lease, Instant)>,
 }
 
 impl TakerState {
@@ -177,7 +177,7 @@ fn handoff_done(
 /// Between scans: one read per pending handoff, no scan.
 async fn finish_handoffs<S: LeaseStore>(shared: &Shared<S>, state: &mut TakerState) -> Result<()> {
     let config = &shared.config;
-    let pending: Vec<(String, Instant)> =
+    let pending: Vec<(LeaseKey, Instant)> =
         state.pending.iter().map(|(k, t)| (k.clone(), *t)).collect();
     for (key, since) in pending {
         let now = Instant::now();
@@ -201,7 +201,7 @@ async fn finish_handoffs<S: LeaseStore>(shared: &Shared<S>, state: &mut TakerSta
 /// nobody changed them meanwhile.
 async fn start_stolen<S: LeaseStore>(shared: &Shared<S>, state: &mut TakerState) -> Result<()> {
     let now = Instant::now();
-    let due: Vec<String> = state
+    let due: Vec<LeaseKey> = state
         .starting
         .iter()
         .filter(|(_, (_, start))| *start <= now)
@@ -265,7 +265,7 @@ async fn scan_and_take<S: LeaseStore>(
     for lease in &leases {
         if let Some(since) = state.pending.get(&lease.key).copied()
             && (handoff_done(lease, since, now, config)
-                || state.expired(&lease.key, now, config.lease_duration))
+                || state.expired(lease.key.as_str(), now, config.lease_duration))
         {
             state.pending.remove(&lease.key);
             acquire(shared, lease, "handed over").await?;
@@ -281,7 +281,7 @@ async fn scan_and_take<S: LeaseStore>(
                 state.pending.contains_key(&lease.key) || state.starting.contains_key(&lease.key);
             let expired = !mine
                 && lease.holder().is_some()
-                && state.expired(&lease.key, now, config.lease_duration);
+                && state.expired(lease.key.as_str(), now, config.lease_duration);
             // A lease the table says is ours but we do not hold (a restart
             // with the same id) is taken back like an available one.
             let orphaned = !mine && !pending && lease.holder() == Some(me);
@@ -349,7 +349,10 @@ mod tests {
 
     /// A lease of `owner` at `counter`, not finished.
     fn lease(key: &str, owner: Option<&str>, counter: u64) -> Lease {
-        let mut lease = Lease::new(key, ExtendedSequenceNumber::TrimHorizon);
+        let mut lease = Lease::new(
+            crate::model::LeaseKey::parse(key).unwrap(),
+            ExtendedSequenceNumber::TrimHorizon,
+        );
         lease.owner = owner.map(str::to_owned);
         lease.counter = counter;
         lease
@@ -473,13 +476,17 @@ mod tests {
         assert_eq!(unsettled.next_cycle(t(0.0), &config, 0.1), t(2.2));
 
         let mut pending = settled(t(0.0));
-        pending.pending.insert("a".into(), t(0.0));
+        pending
+            .pending
+            .insert(LeaseKey::parse("a").unwrap(), t(0.0));
         assert_eq!(pending.next_cycle(t(0.0), &config, 0.0), t(2.0));
 
         // A lease stolen without a handoff, to start at 1 s.
         let mut stolen = settled(t(0.0));
         let taken = lease("a", Some(ME), 2);
-        stolen.starting.insert("a".into(), (taken, t(1.0)));
+        stolen
+            .starting
+            .insert(LeaseKey::parse("a").unwrap(), (taken, t(1.0)));
         assert_eq!(stolen.next_cycle(t(0.0), &config, 0.0), t(1.0));
     }
 
@@ -490,7 +497,9 @@ mod tests {
         // A stolen lease whose start has passed.
         let mut stolen = settled(t(19.0));
         let taken = lease("a", Some(ME), 2);
-        stolen.starting.insert("a".into(), (taken, t(0.0)));
+        stolen
+            .starting
+            .insert(LeaseKey::parse("a").unwrap(), (taken, t(0.0)));
         assert_eq!(stolen.next_cycle(now, &config, 0.0), now + EXPIRY_SLACK);
         // A watched lease that could have expired long ago.
         let mut watching = settled(t(19.0));

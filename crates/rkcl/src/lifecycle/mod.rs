@@ -81,14 +81,6 @@ pub(crate) struct WorkerContext {
     pub(crate) sync_now: Notify,
 }
 
-/// The key of another shard's lease in the same key space as `key`.
-pub(crate) fn lease_key_of(key: &str, shard: &ShardId) -> String {
-    match key.rsplit_once(':') {
-        Some((prefix, _)) => format!("{prefix}:{shard}"),
-        None => shard.as_str().to_owned(),
-    }
-}
-
 /// The states of a shard's consumer (see the module docs).
 enum State<P> {
     WaitingOnParents,
@@ -231,7 +223,7 @@ impl ShardConsumer {
             return State::Complete(Outcome::Ended);
         }
         for parent in &self.lease.parent_shard_ids {
-            let key = lease_key_of(&self.lease.key, parent);
+            let key = self.lease.key.sibling(parent);
             loop {
                 match self.context.leases.read(&key).await {
                     Ok(None) => break,

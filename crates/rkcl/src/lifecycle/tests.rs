@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::leases::{InMemoryLeaseStore, LeaseStore};
-use crate::model::{HashKey, SequenceNumber};
+use crate::model::{HashKey, LeaseKey, SequenceNumber};
 use crate::processor::ProcessorError;
 use crate::record::UserRecord;
 use crate::retrieval::{ShardEnd, ShardEndReason};
@@ -66,12 +66,12 @@ struct StoreAccess(Arc<InMemoryLeaseStore>);
 impl LeaseAccess for StoreAccess {
     fn checkpoint<'a>(
         &'a self,
-        key: &'a str,
+        key: &'a LeaseKey,
         position: &'a ExtendedSequenceNumber,
     ) -> BoxFuture<'a, Result<Lease>> {
         Box::pin(async move {
             let lost = || Error::LeaseLost {
-                lease_key: key.to_owned(),
+                lease_key: key.to_string(),
             };
             let lease = self.0.get(key).await?.ok_or_else(lost)?;
             if lease.holder() != Some(ME) {
@@ -84,7 +84,7 @@ impl LeaseAccess for StoreAccess {
         })
     }
 
-    fn release<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool>> {
+    fn release<'a>(&'a self, key: &'a LeaseKey) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
             match self.0.get(key).await? {
                 Some(lease) if lease.holder() == Some(ME) => {
@@ -95,7 +95,7 @@ impl LeaseAccess for StoreAccess {
         })
     }
 
-    fn read<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Lease>>> {
+    fn read<'a>(&'a self, key: &'a LeaseKey) -> BoxFuture<'a, Result<Option<Lease>>> {
         Box::pin(self.0.get(key))
     }
 
@@ -253,7 +253,7 @@ impl Harness {
     /// Puts the shard's lease (with `parents`, at `checkpoint`) in the
     /// store, held by this worker.
     async fn lease(&self, checkpoint: ExtendedSequenceNumber, parents: &[&str]) -> Lease {
-        let mut lease = Lease::new(SHARD, checkpoint);
+        let mut lease = Lease::new(crate::model::LeaseKey::parse(SHARD).unwrap(), checkpoint);
         lease.parent_shard_ids = parents.iter().map(|p| ShardId::from(*p)).collect();
         lease.hash_key_range = Some(HashKeyRange::new(HashKey::MIN, HashKey::MAX).unwrap());
         assert!(self.store.create_if_absent(&lease).await.unwrap());
@@ -308,7 +308,11 @@ impl Harness {
     }
 
     async fn stored(&self) -> Lease {
-        self.store.get(SHARD).await.unwrap().unwrap()
+        self.store
+            .get(&LeaseKey::parse(SHARD).unwrap())
+            .await
+            .unwrap()
+            .unwrap()
     }
 }
 
@@ -371,7 +375,10 @@ async fn a_lease_already_at_shard_end_completes_without_a_processor() {
 #[tokio::test(start_paused = true)]
 async fn a_child_waits_until_its_parent_is_at_shard_end() {
     let mut h = Harness::new(vec![Some(batch(0..1))]);
-    let parent = Lease::new(PARENT, ExtendedSequenceNumber::new(sequence(0), 0));
+    let parent = Lease::new(
+        crate::model::LeaseKey::parse(PARENT).unwrap(),
+        ExtendedSequenceNumber::new(sequence(0), 0),
+    );
     assert!(h.store.create_if_absent(&parent).await.unwrap());
     let parent = h.store.take(&parent, "worker-p").await.unwrap().unwrap();
     let lease = h
@@ -408,7 +415,10 @@ async fn a_child_waits_until_its_parent_is_at_shard_end() {
 #[tokio::test(start_paused = true)]
 async fn a_lease_lost_while_waiting_for_parents_is_not_released() {
     let h = Harness::new(vec![]);
-    let parent = Lease::new(PARENT, ExtendedSequenceNumber::TrimHorizon);
+    let parent = Lease::new(
+        crate::model::LeaseKey::parse(PARENT).unwrap(),
+        ExtendedSequenceNumber::TrimHorizon,
+    );
     assert!(h.store.create_if_absent(&parent).await.unwrap());
     let lease = h
         .lease(ExtendedSequenceNumber::TrimHorizon, &[PARENT])
@@ -615,17 +625,4 @@ async fn a_worker_shutdown_reaches_the_shard_through_the_tree() {
     assert_eq!(states.last(), Some(&Complete));
     assert!(states.contains(&ShuttingDown(StopReason::Shutdown)));
     assert_eq!(h.calls_so_far(), [Call::ShutdownRequested]);
-}
-
-#[test]
-fn parent_keys_follow_the_key_space() {
-    let parent = ShardId::from("shardId-000000000001");
-    assert_eq!(
-        lease_key_of("shardId-000000000003", &parent),
-        "shardId-000000000001"
-    );
-    assert_eq!(
-        lease_key_of("123:orders:170:shardId-000000000003", &parent),
-        "123:orders:170:shardId-000000000001"
-    );
 }

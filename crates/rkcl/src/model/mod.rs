@@ -11,8 +11,10 @@ use std::time::SystemTime;
 
 use crate::error::Error;
 
+mod lease_key;
 mod sequence;
 
+pub use lease_key::LeaseKey;
 pub use sequence::{ExtendedSequenceNumber, SequenceNumber};
 
 /// The identifier of a shard, such as `shardId-000000000001`.
