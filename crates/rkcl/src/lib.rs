@@ -31,7 +31,10 @@
 //! ```no_run
 //! use std::time::Duration;
 //!
-//! use rkcl::{//!     Checkpointer, DynamoDbLeaseStore, Kinesis, ProcessRecordsInput, ProcessorError, //!     RecordProcessor, Scheduler, SchedulerConfig, ShardInfo, //!};
+//! use rkcl::{
+//!     Checkpointer, DynamoDbLeaseStore, Kinesis, ProcessRecordsInput, ProcessorError,
+//!     RecordProcessor, Scheduler, SchedulerConfig, ShardInfo,
+//! };
 //!
 //! struct Counter;
 //!
@@ -47,6 +50,7 @@
 //!     }
 //! }
 //!
+//! # #[allow(dead_code)]
 //! # async fn example(
 //! #     kinesis_client: aws_sdk_kinesis::Client,
 //! #     dynamodb_client: aws_sdk_dynamodb::Client,
@@ -108,3 +112,9 @@ pub use record::UserRecord;
 pub use scheduler::{Scheduler, SchedulerConfig, ShutdownReport};
 pub use stop::{StopReason, StopSignal};
 pub use stream::{CommittableRecord, Consumer, ConsumerConfig};
+
+// The README's examples compile as doctests of this item, so they keep up
+// with the API. It exists only while doctests are collected.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;

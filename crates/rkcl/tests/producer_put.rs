@@ -1,19 +1,25 @@
 //! The producer against the local Kinesis: order per key, aggregation per
-//! predicted shard, and re-sending after a reshard.
+//! predicted shard, and re-sending after a reshard; and the testkit's puts
+//! that tell where each record landed.
 
 mod common;
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use common::{key_and_number, keyed_records};
 use rkcl::{
-    Kinesis, UserRecord,
+    Kinesis, SequenceNumber, ShardId, UserRecord,
     aws::StreamRef,
+    model::HashKey,
     producer::{Producer, ProducerConfig},
     record::ProducerRecord,
 };
 use rkcl_local::Local;
-use rkcl_local::testkit::{create_stream, put, read_all_raw, split};
+use rkcl_local::testkit::{
+    PUT_RECORDS_MAX_ENTRIES, RawStream, RecordPosition, create_stream, put, put_with_positions,
+    read_all_raw, split,
+};
 
 /// Every record exactly once, and per key in the order written.
 fn assert_complete_and_ordered(users: &[UserRecord], keys: usize, per_key: usize) {
@@ -178,4 +184,102 @@ async fn throttled_entries_are_retried_until_written_in_order() {
     );
     let users = read_all_raw(&local, &stream).await.user_records();
     assert_complete_and_ordered(&users, 600, 4);
+}
+
+/// Where a raw read finds each record, by its data (which the tests keep
+/// unique), with every Kinesis record of the stream counted once.
+fn positions_by_data(raw: &RawStream) -> HashMap<&[u8], RecordPosition> {
+    let mut found = HashMap::new();
+    for shard in &raw.shards {
+        for record in &shard.records {
+            let position = RecordPosition {
+                shard_id: shard.shard.id.clone(),
+                sequence_number: record.sequence_number.clone(),
+            };
+            let data: &[u8] = &record.data;
+            if let Some(earlier) = found.insert(data, position) {
+                panic!("{:?} found twice, first at {earlier:?}", record.data);
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn put_with_positions_tells_where_each_record_is_found() {
+    let local = Local::start().await.unwrap();
+    let kinesis = Kinesis::new(local.kinesis_client());
+    let stream = create_stream(&kinesis, "positions", 2).await;
+    // 1,200 records, three PutRecords calls; every tenth goes by an explicit
+    // hash key to the top of the key space, whatever its partition key.
+    let mut records = keyed_records(40, 30, 0);
+    assert!(records.len() > 2 * PUT_RECORDS_MAX_ENTRIES);
+    for record in records.iter_mut().step_by(10) {
+        record.explicit_hash_key = Some(u128::MAX.to_string());
+    }
+    let positions = put_with_positions(&local, &stream, &records).await;
+    assert_eq!(positions.len(), records.len());
+
+    let raw = read_all_raw(&local, &stream).await;
+    assert_eq!(raw.shards.len(), 2);
+    let found = positions_by_data(&raw);
+    assert_eq!(found.len(), records.len(), "every record written once");
+    let mut last: HashMap<&ShardId, &SequenceNumber> = HashMap::new();
+    for (i, (record, position)) in records.iter().zip(&positions).enumerate() {
+        let data: &[u8] = &record.data;
+        assert_eq!(found.get(data), Some(position), "record {i}");
+        let shard = &raw
+            .shards
+            .iter()
+            .find(|raw_shard| raw_shard.shard.id == position.shard_id)
+            .unwrap()
+            .shard;
+        let key =
+            HashKey::of_record(&record.partition_key, record.explicit_hash_key.as_deref()).unwrap();
+        assert!(
+            shard.hash_key_range.contains(key),
+            "record {i} landed in {} outside its hash key",
+            shard.id
+        );
+        if let Some(previous) = last.insert(&position.shard_id, &position.sequence_number) {
+            assert!(
+                *previous < position.sequence_number,
+                "record {i} at {position:?}, after {previous} in put order"
+            );
+        }
+    }
+    assert_eq!(last.len(), 2, "both shards written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_with_positions_sends_throttled_entries_again() {
+    // The local Kinesis writes at most 1,000 records per shard in a window
+    // of a second and throttles the rest.
+    let local = Local::builder()
+        .kinesis_settings(rkcl_local::KinesisSettings {
+            enforce_write_limits: true,
+            ..rkcl_local::KinesisSettings::default()
+        })
+        .start()
+        .await
+        .unwrap();
+    let kinesis = Kinesis::new(local.kinesis_client());
+    let stream = create_stream(&kinesis, "positions-throttled", 1).await;
+    let records = keyed_records(50, 50, 0);
+    let started = Instant::now();
+    let positions = put_with_positions(&local, &stream, &records).await;
+    // 2,500 records need three windows: the third call was throttled.
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "written in {:?}, faster than the write limit allows",
+        started.elapsed()
+    );
+    let raw = read_all_raw(&local, &stream).await;
+    let found = positions_by_data(&raw);
+    assert_eq!(found.len(), records.len(), "every record written once");
+    for (i, (record, position)) in records.iter().zip(&positions).enumerate() {
+        let data: &[u8] = &record.data;
+        assert_eq!(found.get(data), Some(position), "record {i}");
+    }
+    assert_eq!(positions.len(), records.len());
 }

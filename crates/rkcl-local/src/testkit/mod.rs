@@ -1,6 +1,7 @@
-//! Helpers for tests on the local servers: streams and records, raw reads
-//! with plain SDK calls, waiting for a condition, and the conformance suite
-//! every [`LeaseStore`](rkcl::leases::LeaseStore) must pass.
+//! Helpers for tests on the local servers: streams and records, puts that
+//! tell where each record landed, raw reads with plain SDK calls, waiting
+//! for a condition, and the conformance suite every
+//! [`LeaseStore`](rkcl::leases::LeaseStore) must pass.
 //!
 //! Enabled by the `testkit` feature, off by default:
 //!
@@ -43,11 +44,16 @@
 )]
 
 mod conformance;
+mod positions;
 mod raw;
 mod stream;
 mod wait;
 
 pub use conformance::{lease_key, lease_store_conformance, sample_lease};
+pub use positions::{
+    PUT_RECORDS_MAX_ATTEMPTS, PUT_RECORDS_MAX_ENTRIES, PUT_RECORDS_RETRY_PAUSE, RecordPosition,
+    put_with_positions,
+};
 pub use raw::{RawShard, RawStream, ReadLimits, plain_read_loop, read_all_raw, read_shard_raw};
 pub use stream::{
     ACTIVE_TIMEOUT, PUT_CHUNK, Packing, TABLE_TIMEOUT, create_stream, lease_table, merge, put,
