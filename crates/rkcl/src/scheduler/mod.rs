@@ -1,0 +1,215 @@
+//! The scheduler: one worker of a consumer group. It runs the lease
+//! coordinator, keeps the lease table in line with the stream's shards, and
+//! runs one shard consumer task per held lease on the caller's runtime.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use crate::aws::Kinesis;
+use crate::error::{Error, Result};
+use crate::leases::{Lease, LeaseAccess, LeaseCoordinator, LeaseStore};
+use crate::lifecycle::WorkerContext;
+use crate::model::{InitialPosition, LeaseKey};
+use crate::processor::RecordProcessorFactory;
+use crate::retrieval::KinesisSources;
+
+mod config;
+mod signals;
+mod worker;
+
+pub use config::{SchedulerConfig, SchedulerConfigBuilder};
+pub(crate) use signals::Signals;
+pub use signals::wait_for_signal;
+use worker::Worker;
+
+/// What a shutdown did, by lease.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Leases whose processors finished (final checkpoint, lease released).
+    pub finished_leases: Vec<LeaseKey>,
+    /// Leases whose processors did not finish in time; they were stopped
+    /// and the leases expire.
+    pub unfinished_leases: Vec<LeaseKey>,
+    /// Leases that could not be released (they expire instead).
+    pub unreleased_leases: Vec<LeaseKey>,
+}
+
+/// One worker of a consumer group.
+///
+/// [`start`](Self::start) it with a config, a Kinesis client, a lease store
+/// and a processor factory; [`shutdown`](Self::shutdown) it to finish every
+/// shard cleanly. Dropping it without a shutdown stops everything at once:
+/// acknowledged checkpoints are already stored, the leases expire and other
+/// workers resume from those checkpoints. Dropping it after a shutdown was
+/// requested lets that shutdown finish.
+#[derive(Debug)]
+pub struct Scheduler {
+    worker_id: String,
+    leases: Arc<dyn LeaseAccess>,
+    shutdown: Arc<ShutdownRequest>,
+    report: watch::Receiver<Option<ShutdownReport>>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// The root of the worker's cancellation tree, and the time its shutdown
+/// may take.
+#[derive(Debug, Default)]
+struct ShutdownRequest {
+    stop: CancellationToken,
+    timeout: OnceLock<Duration>,
+}
+
+impl Scheduler {
+    /// Checks the stream and the lease table, syncs shards and leases once,
+    /// and starts the worker. Create a DynamoDB lease table first with
+    /// [`DynamoDbLeaseStore::ensure_table`](crate::DynamoDbLeaseStore::ensure_table).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for an invalid config; [`Error::ResourceNotFound`]
+    /// when the stream or the lease table does not exist;
+    /// [`Error::AccessDenied`] without the permissions; other errors of the
+    /// first calls.
+    pub async fn start<S, F>(
+        config: SchedulerConfig,
+        kinesis: Kinesis,
+        store: S,
+        factory: F,
+    ) -> Result<Self>
+    where
+        S: LeaseStore + std::fmt::Debug + 'static,
+        F: RecordProcessorFactory,
+    {
+        Self::start_reporting(config, kinesis, store, factory, None).await
+    }
+
+    /// As [`start`](Self::start); errors that made a shard's consumer let
+    /// its lease go are also sent to `failures`.
+    pub(crate) async fn start_reporting<S, F>(
+        config: SchedulerConfig,
+        kinesis: Kinesis,
+        store: S,
+        factory: F,
+        failures: Option<mpsc::UnboundedSender<Error>>,
+    ) -> Result<Self>
+    where
+        S: LeaseStore + std::fmt::Debug + 'static,
+        F: RecordProcessorFactory,
+    {
+        config.validate()?;
+        kinesis.describe_stream_summary(&config.stream).await?;
+        store.list().await?;
+        let (shards, _) =
+            crate::shard_sync::sync(&kinesis, &config.stream, &store, &config.initial_position)
+                .await?;
+        let worker_id = config.leases.worker_id.clone();
+        let (coordinator, events) = LeaseCoordinator::start(store, config.leases.clone())?;
+        let leases: Arc<dyn LeaseAccess> = Arc::new(coordinator.clone());
+        let context = Arc::new(WorkerContext {
+            sources: Arc::new(KinesisSources {
+                kinesis: kinesis.clone(),
+                stream: config.stream.clone(),
+                retrieval: config.retrieval.clone(),
+            }),
+            initial_timestamp: match config.initial_position {
+                InitialPosition::AtTimestamp(at) => Some(at),
+                _ => None,
+            },
+            leases: leases.clone(),
+            failure: config.failure_policy.clone(),
+            parent_poll_interval: config.parent_poll_interval,
+            shards: Mutex::new(shards.into_iter().map(|s| (s.id.clone(), s)).collect()),
+            sync_now: tokio::sync::Notify::new(),
+        });
+        let shutdown = Arc::new(ShutdownRequest::default());
+        let (report, report_receiver) = watch::channel(None);
+        let worker = Worker {
+            config,
+            kinesis,
+            coordinator,
+            context,
+            factory: Arc::new(factory),
+            stop: shutdown.stop.clone(),
+            consumers: HashMap::new(),
+            tasks: JoinSet::new(),
+            failures,
+        };
+        let span = tracing::info_span!("worker", worker_id = %worker_id);
+        let task = tokio::spawn(tracing::Instrument::instrument(
+            worker.run(events, shutdown.clone(), report),
+            span,
+        ));
+        Ok(Self {
+            worker_id,
+            leases,
+            shutdown,
+            report: report_receiver,
+            task: Some(task),
+        })
+    }
+
+    /// This worker's id.
+    pub fn worker_id(&self) -> &str {
+        &self.worker_id
+    }
+
+    /// The leases this worker holds now.
+    pub fn held_leases(&self) -> Vec<Lease> {
+        self.leases.held()
+    }
+
+    /// Starts a graceful shutdown that may take `timeout`, and returns at
+    /// once. A second request changes nothing.
+    pub(crate) fn request_shutdown(&self, timeout: Duration) {
+        let _ = self.shutdown.timeout.set(timeout);
+        self.shutdown.stop.cancel();
+    }
+
+    /// Resolves with the report once a requested shutdown is done.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only waits.
+    pub(crate) fn shutdown_report(
+        &self,
+    ) -> impl std::future::Future<Output = ShutdownReport> + Send + 'static {
+        let mut report = self.report.clone();
+        async move {
+            match report.wait_for(Option::is_some).await {
+                Ok(done) => done.clone().unwrap_or_default(),
+                Err(_) => ShutdownReport::default(),
+            }
+        }
+    }
+
+    /// Shuts down gracefully: every processor gets `shutdown_requested`
+    /// (and checkpoints), leases are released for immediate pick-up by
+    /// other workers, tasks are joined. Processors still running after
+    /// `timeout` are stopped and reported.
+    pub async fn shutdown(self, timeout: Duration) -> ShutdownReport {
+        self.request_shutdown(timeout);
+        self.shutdown_report().await
+    }
+
+    /// Runs until SIGTERM or Ctrl-C, then shuts down with `timeout`.
+    pub async fn run_until_signal(self, timeout: Duration) -> ShutdownReport {
+        wait_for_signal().await;
+        tracing::info!("signal received; shutting down");
+        self.shutdown(timeout).await
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take()
+            && !self.shutdown.stop.is_cancelled()
+        {
+            task.abort();
+        }
+    }
+}

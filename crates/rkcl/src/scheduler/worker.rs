@@ -1,0 +1,173 @@
+//! The worker's task: lease events in, shard consumers out.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::{SchedulerConfig, ShutdownReport, ShutdownRequest};
+use crate::aws::Kinesis;
+use crate::error::Error;
+use crate::leases::{LeaseCoordinator, LeaseEvent, LeaseStore};
+use crate::lifecycle::{self, Outcome, WorkerContext};
+use crate::metrics;
+use crate::model::LeaseKey;
+use crate::processor::RecordProcessorFactory;
+use crate::stop::{StopReason, StopSender};
+
+/// The worker's task: lease events in, shard consumers out.
+pub(super) struct Worker<S, F> {
+    pub(super) config: SchedulerConfig,
+    pub(super) kinesis: Kinesis,
+    pub(super) coordinator: LeaseCoordinator<S>,
+    pub(super) context: Arc<WorkerContext>,
+    pub(super) factory: Arc<F>,
+    /// The root of the cancellation tree: every shard's stop is a child.
+    pub(super) stop: CancellationToken,
+    pub(super) consumers: HashMap<LeaseKey, StopSender>,
+    pub(super) tasks: JoinSet<(LeaseKey, Outcome)>,
+    pub(super) failures: Option<mpsc::UnboundedSender<Error>>,
+}
+
+impl<S, F> Worker<S, F>
+where
+    S: LeaseStore + std::fmt::Debug + 'static,
+    F: RecordProcessorFactory,
+{
+    pub(super) async fn run(
+        mut self,
+        mut events: mpsc::UnboundedReceiver<LeaseEvent>,
+        shutdown: Arc<ShutdownRequest>,
+        report: watch::Sender<Option<ShutdownReport>>,
+    ) {
+        let mut sync = tokio::time::interval(self.config.shard_sync_interval);
+        sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        sync.tick().await;
+        let context = self.context.clone();
+        loop {
+            tokio::select! {
+                () = shutdown.stop.cancelled() => break,
+                Some(event) = events.recv() => self.on_lease_event(event),
+                Some(done) = self.tasks.join_next() => self.on_consumer_done(done),
+                _ = sync.tick() => self.sync().await,
+                () = context.sync_now.notified() => self.sync().await,
+            }
+        }
+        let timeout = shutdown.timeout.get().copied().unwrap_or(Duration::ZERO);
+        report.send_replace(Some(self.shut_down(timeout).await));
+    }
+
+    fn on_lease_event(&mut self, event: LeaseEvent) {
+        let worker = [self.coordinator.worker_id()];
+        match event {
+            LeaseEvent::Acquired { lease, token } => {
+                metrics::LEASES_TAKEN.counter(&worker).increment(1);
+                let key = lease.key.clone();
+                let stop = StopSender::child_of(&self.stop);
+                let signal = stop.signal();
+                let (context, factory) = (self.context.clone(), self.factory.clone());
+                let span = tracing::info_span!("shard", shard_id = %lease.shard_id());
+                self.consumers.insert(key.clone(), stop);
+                self.tasks.spawn(tracing::Instrument::instrument(
+                    async move {
+                        let outcome = lifecycle::run(context, factory, *lease, token, signal).await;
+                        (key, outcome)
+                    },
+                    span,
+                ));
+            }
+            LeaseEvent::HandoffRequested { key, .. } => self.signal(&key, StopReason::Handoff),
+            LeaseEvent::Lost { key } => {
+                metrics::LEASES_LOST.counter(&worker).increment(1);
+                self.signal(&key, StopReason::LeaseLost);
+            }
+        }
+        metrics::LEASES_HELD
+            .gauge(&worker)
+            .set(self.coordinator.held().len() as f64);
+    }
+
+    fn signal(&self, key: &LeaseKey, reason: StopReason) {
+        if let Some(stop) = self.consumers.get(key) {
+            stop.request(reason);
+        }
+    }
+
+    fn on_consumer_done(
+        &mut self,
+        done: std::result::Result<(LeaseKey, Outcome), tokio::task::JoinError>,
+    ) {
+        match done {
+            Ok((key, outcome)) => {
+                tracing::info!(lease_key = %key, ?outcome, "the shard's consumer ended");
+                self.consumers.remove(&key);
+                if let (Outcome::Failed(err), Some(failures)) = (outcome, &self.failures) {
+                    let _ = failures.send(err);
+                }
+            }
+            Err(err) => tracing::error!(error = %err, "a shard's consumer task failed"),
+        }
+    }
+
+    async fn sync(&mut self) {
+        match crate::shard_sync::sync(
+            &self.kinesis,
+            &self.config.stream,
+            self.coordinator.store(),
+            &self.config.initial_position,
+        )
+        .await
+        {
+            Ok((shards, summary)) => {
+                if let Ok(mut known) = self.context.shards.lock() {
+                    known.extend(shards.into_iter().map(|s| (s.id.clone(), s)));
+                }
+                tracing::debug!(?summary, "shard sync");
+            }
+            Err(err) => tracing::warn!(error = %err, "shard sync failed; will retry"),
+        }
+    }
+
+    async fn shut_down(mut self, timeout: Duration) -> ShutdownReport {
+        // Every shard's stop is a child of the worker's, cancelled by now.
+        let mut report = ShutdownReport::default();
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.consumers.is_empty() {
+            match tokio::time::timeout_at(deadline, self.tasks.join_next()).await {
+                Ok(Some(Ok((key, outcome)))) => {
+                    self.consumers.remove(&key);
+                    if matches!(outcome, Outcome::Released | Outcome::Ended) {
+                        report.finished_leases.push(key);
+                    } else {
+                        report.unfinished_leases.push(key);
+                    }
+                }
+                Ok(Some(Err(err))) => {
+                    tracing::error!(error = %err, "a shard's consumer task failed")
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(
+                        shards = self.consumers.len(),
+                        "shutdown timed out; stopping the rest"
+                    );
+                    report
+                        .unfinished_leases
+                        .extend(self.consumers.keys().cloned());
+                    self.tasks.abort_all();
+                    break;
+                }
+            }
+        }
+        report.unreleased_leases = self.coordinator.shutdown().await;
+        metrics::LEASES_HELD
+            .gauge(&[self.coordinator.worker_id()])
+            .set(0.0);
+        report.finished_leases.sort();
+        report.unfinished_leases.sort();
+        report
+    }
+}
