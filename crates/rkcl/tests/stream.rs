@@ -21,7 +21,10 @@ use rkcl::{
     leases::LeaseStore,
     model::LeaseKey,
     record::ProducerRecord,
-    stream::{BatchError, BatchOptions, ConsumerConfigBuilder, FailureReason, Records},
+    stream::{
+        BatchError, BatchOptions, BatchOptionsBuilder, ConsumerConfigBuilder, FailureReason,
+        Records,
+    },
 };
 use rkcl_local::Local;
 use rkcl_local::testkit::Packing::{Aggregated, Plain};
@@ -147,14 +150,17 @@ fn text(record: &rkcl::UserRecord) -> String {
 
 /// A failure callback that keeps what it is given.
 fn keep_failures(
-    options: BatchOptions,
+    options: BatchOptionsBuilder,
 ) -> (BatchOptions, Arc<Mutex<Vec<rkcl::stream::BatchFailure>>>) {
     let failed = Arc::new(Mutex::new(Vec::new()));
     let kept = failed.clone();
-    let options = options.on_failure(move |failure| {
-        let kept = kept.clone();
-        async move { kept.lock().unwrap().push(failure) }
-    });
+    let options = options
+        .on_failure(move |failure| {
+            let kept = kept.clone();
+            async move { kept.lock().unwrap().push(failure) }
+        })
+        .build()
+        .unwrap();
     (options, failed)
 }
 
@@ -479,12 +485,12 @@ async fn batches_in_parallel_keep_per_key_order() {
     .await;
     let seen = Arc::new(Mutex::new(Vec::new()));
     let (active, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let options = BatchOptions {
-        batch_size: 10,
-        max_batching_window: Duration::from_millis(50),
-        parallelization_factor: 4,
-        ..BatchOptions::default()
-    };
+    let options = BatchOptions::builder()
+        .batch_size(10)
+        .max_batching_window(Duration::from_millis(50))
+        .parallelization_factor(4)
+        .build()
+        .unwrap();
     let handler = {
         let (seen, active, most) = (seen.clone(), active.clone(), most.clone());
         move |batch: rkcl::stream::Batch| {
@@ -538,14 +544,14 @@ async fn bisect_isolates_one_poison_record_among_a_thousand() {
     put(&setup.kinesis, &setup.stream, records, Aggregated).await;
     let handled = Arc::new(Mutex::new(BTreeSet::new()));
     let calls = Arc::new(AtomicUsize::new(0));
-    let (options, failed) = keep_failures(BatchOptions {
-        batch_size: 1000,
-        max_batching_window: Duration::from_secs(1),
-        bisect_on_error: true,
-        max_retries: Some(2),
-        retry_backoff: (Duration::from_millis(10), Duration::from_millis(50)),
-        ..BatchOptions::default()
-    });
+    let (options, failed) = keep_failures(
+        BatchOptions::builder()
+            .batch_size(1000)
+            .max_batching_window(Duration::from_secs(1))
+            .bisect_on_error(true)
+            .max_retries(Some(2))
+            .retry_backoff((Duration::from_millis(10), Duration::from_millis(50))),
+    );
     let handler = {
         let (handled, calls) = (handled.clone(), calls.clone());
         move |batch: rkcl::stream::Batch| {
@@ -611,12 +617,12 @@ async fn a_partial_batch_failure_resumes_at_the_failed_record() {
     .await;
     let calls = Arc::new(Mutex::new(Vec::<Vec<String>>::new()));
     let last = Arc::new(Mutex::new(None));
-    let options = BatchOptions {
-        batch_size: 100,
-        max_batching_window: Duration::from_secs(1),
-        retry_backoff: (Duration::from_millis(10), Duration::from_millis(50)),
-        ..BatchOptions::default()
-    };
+    let options = BatchOptions::builder()
+        .batch_size(100)
+        .max_batching_window(Duration::from_secs(1))
+        .retry_backoff((Duration::from_millis(10), Duration::from_millis(50)))
+        .build()
+        .unwrap();
     let handler = {
         let (calls, last) = (calls.clone(), last.clone());
         move |batch: rkcl::stream::Batch| {
@@ -677,11 +683,11 @@ async fn only_records_older_than_the_max_age_are_skipped_and_reported() {
     )
     .await;
     let handled = Arc::new(Mutex::new(Vec::new()));
-    let (options, failed) = keep_failures(BatchOptions {
-        batch_size: 25,
-        max_record_age: Some(Duration::from_secs(3)),
-        ..BatchOptions::default()
-    });
+    let (options, failed) = keep_failures(
+        BatchOptions::builder()
+            .batch_size(25)
+            .max_record_age(Some(Duration::from_secs(3))),
+    );
     let handler = {
         let handled = handled.clone();
         move |batch: rkcl::stream::Batch| {

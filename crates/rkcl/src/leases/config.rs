@@ -7,7 +7,10 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 
 /// How a worker's [`LeaseCoordinator`](super::LeaseCoordinator) behaves.
+/// Made with [`LeaseCoordinatorConfig::builder`] (or
+/// [`new`](LeaseCoordinatorConfig::new) for the defaults).
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct LeaseCoordinatorConfig {
     /// This worker's id, written as the lease owner.
     pub worker_id: String,
@@ -55,6 +58,26 @@ pub struct LeaseCoordinatorConfig {
 }
 
 impl LeaseCoordinatorConfig {
+    /// A builder with the defaults for a worker with this id.
+    pub fn builder(worker_id: impl Into<String>) -> LeaseCoordinatorConfigBuilder {
+        LeaseCoordinatorConfigBuilder {
+            config: Self::new(worker_id),
+        }
+    }
+
+    /// Sets the lease duration and the intervals derived from it (renew
+    /// interval, safety margin, taker and scan intervals, handoff timeout);
+    /// every other setting stays.
+    pub(crate) fn derive_from_lease_duration(&mut self, lease_duration: Duration) {
+        let derived = Self::with_lease_duration(String::new(), lease_duration);
+        self.lease_duration = derived.lease_duration;
+        self.renew_interval = derived.renew_interval;
+        self.safety_margin = derived.safety_margin;
+        self.taker_interval = derived.taker_interval;
+        self.scan_interval = derived.scan_interval;
+        self.handoff_timeout = derived.handoff_timeout;
+    }
+
     /// The default lease duration, 10 s (the Java KCL's failover time).
     pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(10);
 
@@ -118,5 +141,33 @@ impl LeaseCoordinatorConfig {
             return Err(Error::Config("handoff_timeout must be positive".into()));
         }
         Ok(())
+    }
+}
+
+crate::config::config_builder! {
+    /// Builds a [`LeaseCoordinatorConfig`]; [`build`](Self::build) validates
+    /// it. Set [`lease_duration`](Self::lease_duration) first: it derives the
+    /// intervals, which later setters may then change one by one.
+    LeaseCoordinatorConfigBuilder => LeaseCoordinatorConfig {
+        worker_id: String,
+        renew_interval: Duration,
+        safety_margin: Duration,
+        taker_interval: Duration,
+        scan_interval: Duration,
+        max_leases: usize,
+        max_steals_per_cycle: usize,
+        graceful_handoff: bool,
+        handoff_timeout: Duration,
+        rng_seed: Option<u64>,
+    }
+}
+
+impl LeaseCoordinatorConfigBuilder {
+    /// The lease duration, and the intervals derived from it (a third, a
+    /// fifth, a half, three times; see the fields). Default:
+    /// [`DEFAULT_LEASE_DURATION`](LeaseCoordinatorConfig::DEFAULT_LEASE_DURATION).
+    pub fn lease_duration(mut self, lease_duration: Duration) -> Self {
+        self.config.derive_from_lease_duration(lease_duration);
+        self
     }
 }

@@ -24,7 +24,7 @@ pub(crate) mod taker;
 mod taking;
 
 pub(crate) use access::LeaseAccess;
-pub use config::LeaseCoordinatorConfig;
+pub use config::{LeaseCoordinatorConfig, LeaseCoordinatorConfigBuilder};
 pub use coordinator::{LeaseCoordinator, LeaseEvent};
 pub use memory::InMemoryLeaseStore;
 

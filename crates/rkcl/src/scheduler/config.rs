@@ -151,14 +151,7 @@ impl SchedulerConfigBuilder {
     pub fn lease_duration(mut self, duration: Duration) -> Self {
         // Only the intervals derived from the lease duration change; every
         // other lease setting (worker id, limits, seed) is kept.
-        let derived = LeaseCoordinatorConfig::with_lease_duration(String::new(), duration);
-        let leases = &mut self.config.leases;
-        leases.lease_duration = derived.lease_duration;
-        leases.renew_interval = derived.renew_interval;
-        leases.safety_margin = derived.safety_margin;
-        leases.taker_interval = derived.taker_interval;
-        leases.scan_interval = derived.scan_interval;
-        leases.handoff_timeout = derived.handoff_timeout;
+        self.config.leases.derive_from_lease_duration(duration);
         self
     }
 

@@ -75,8 +75,10 @@ impl<E: Into<ProcessorError>> From<E> for BatchError {
     }
 }
 
-/// How [`Consumer::for_each_batch`] forms and retries batches.
+/// How [`Consumer::for_each_batch`] forms and retries batches. Made with
+/// [`BatchOptions::builder`] (or [`Default`]).
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct BatchOptions {
     /// The most records in one batch. Default: 100.
     pub batch_size: usize,
@@ -134,15 +136,38 @@ impl std::fmt::Debug for BatchOptions {
     }
 }
 
-impl BatchOptions {
-    /// Sets the failure callback.
+crate::config::config_builder! {
+    /// Builds [`BatchOptions`]; [`build`](Self::build) validates them.
+    BatchOptionsBuilder => BatchOptions {
+        batch_size: usize,
+        max_batching_window: Duration,
+        parallelization_factor: usize,
+        max_retries: Option<u32>,
+        retry_backoff: (Duration, Duration),
+        bisect_on_error: bool,
+        max_record_age: Option<Duration>,
+    }
+}
+
+impl BatchOptionsBuilder {
+    /// Sets the failure callback, which receives the records given up on.
+    /// Default: none (then nothing may be given up).
     pub fn on_failure<H, Fut>(mut self, handler: H) -> Self
     where
         H: Fn(BatchFailure) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        self.on_failure = Some(Arc::new(move |failure| Box::pin(handler(failure))));
+        self.config.on_failure = Some(Arc::new(move |failure| Box::pin(handler(failure))));
         self
+    }
+}
+
+impl BatchOptions {
+    /// A builder starting from the defaults.
+    pub fn builder() -> BatchOptionsBuilder {
+        BatchOptionsBuilder {
+            config: Self::default(),
+        }
     }
 
     /// Checks every value.

@@ -22,7 +22,8 @@ use futures_util::stream::{SelectAll, Stream, StreamExt};
 use tokio::sync::mpsc;
 
 pub use batch::{
-    Batch, BatchError, BatchFailure, BatchFailureHandler, BatchOptions, FailureReason,
+    Batch, BatchError, BatchFailure, BatchFailureHandler, BatchOptions, BatchOptionsBuilder,
+    FailureReason,
 };
 pub use committable::{CommitHandle, CommittableBatch, CommittableRecord};
 pub use config::{ConsumerConfig, ConsumerConfigBuilder};
