@@ -1,5 +1,10 @@
 //! Writing records with PutRecords: batching, retries of failed entries,
 //! per-key order, and KPL-style aggregation per predicted shard.
+//!
+//! One file on purpose: the config, the request building and the retry loop
+//! share the `Pending` bookkeeping of entries in flight, and splitting them
+//! would spread one algorithm (order per key under partial failures) over
+//! several files. It is just over 500 lines.
 
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;

@@ -167,12 +167,16 @@ fn the_code_map_has_one_entry_per_module() {
     let mut files = Vec::new();
     sources(&Path::new(ROOT).join("src"), &mut files);
     let modules: BTreeSet<String> = files.iter().filter_map(|f| module_of(f)).collect();
+    let src = Path::new(ROOT).join("src");
     let missing: Vec<_> = modules
         .iter()
         .filter(|module| {
-            let file = format!("### `crates/rkcl/src/{module}.rs`");
-            let dir = format!("### `crates/rkcl/src/{module}/`");
-            !text.contains(&file) && !text.contains(&dir)
+            let heading = if src.join(module.as_str()).is_dir() {
+                format!("### `crates/rkcl/src/{module}/`")
+            } else {
+                format!("### `crates/rkcl/src/{module}.rs`")
+            };
+            !text.contains(&heading)
         })
         .collect();
     assert!(missing.is_empty(), "no code-map entry for {missing:?}");
@@ -185,4 +189,31 @@ fn references_are_found_in_groups_and_paths() {
          // crate::nothing in a comment\nlet x = crate::metrics::ALL;",
     );
     assert_eq!(found, ["leases", "aws", "model", "metrics"]);
+}
+
+#[test]
+fn the_readme_lists_every_metric_of_the_catalogue() {
+    let readme = std::fs::read_to_string(Path::new(ROOT).join("../../README.md")).unwrap();
+    let rows: Vec<&str> = readme
+        .lines()
+        .filter(|l| l.starts_with("| `rkcl_"))
+        .collect();
+    assert_eq!(rows.len(), rkcl::metrics::ALL.len(), "one row per metric");
+    for metric in rkcl::metrics::ALL {
+        let row = rows
+            .iter()
+            .find(|r| r.starts_with(&format!("| `{}` |", metric.name)))
+            .unwrap_or_else(|| panic!("no README row for {}", metric.name));
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let kind = format!("{:?}", metric.kind).to_lowercase();
+        assert_eq!(cells[2], kind, "kind of {}", metric.name);
+        assert_eq!(
+            cells[3],
+            metric.unit.as_str(),
+            "unit of {}",
+            metric.name
+        );
+        let labels: Vec<String> = metric.labels.iter().map(|l| format!("`{l}`")).collect();
+        assert_eq!(cells[4], labels.join(", "), "labels of {}", metric.name);
+    }
 }

@@ -5,6 +5,10 @@
 //! Expiry is judged on this worker's monotonic clock: a lease has expired
 //! when the taker saw one counter on it for a whole lease duration.
 //! [`TakerState`], the memory between cycles, decides when to run and scan.
+//!
+//! One file on purpose: the loop and `TakerState` are one algorithm, and the
+//! unit tests of `TakerState` sit beside it; without them it is under 350
+//! lines.
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -28,6 +28,9 @@
 //! to open record sources, lease access, the shard list. It names no AWS
 //! type, so it is unit-tested with a scripted source and an in-memory lease
 //! store (`tests.rs`).
+//!
+//! One file on purpose: every state of the machine is one method here, so a
+//! reader sees all transitions in one place.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -1,6 +1,9 @@
 //! The shard consumer's state machine, driven by a scripted record source
 //! and an in-memory lease store: every transition, in the orders they
 //! happen in.
+//!
+//! Long on purpose: one test per transition, each with its own scripted
+//! shard, and the scripted source and lease access they share.
 
 use std::collections::VecDeque;
 use std::sync::Mutex as StdMutex;
