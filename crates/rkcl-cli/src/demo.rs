@@ -270,15 +270,8 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 .iter()
                 .find(|s| s.is_open())
                 .context("no open shard")?;
-            let middle = shard.hash_key_range.start().as_u128() / 2
-                + shard.hash_key_range.end().as_u128() / 2;
-            local
-                .kinesis_client()
-                .split_shard()
-                .stream_name(stream.name())
-                .shard_to_split(shard.id.as_str())
-                .new_starting_hash_key(middle.to_string())
-                .send()
+            kinesis
+                .split_shard(&stream, &shard.id, shard.hash_key_range.middle())
                 .await
                 .context("could not split a shard")?;
             kinesis

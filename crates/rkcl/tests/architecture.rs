@@ -207,12 +207,7 @@ fn the_readme_lists_every_metric_of_the_catalogue() {
         let cells: Vec<&str> = row.split('|').map(str::trim).collect();
         let kind = format!("{:?}", metric.kind).to_lowercase();
         assert_eq!(cells[2], kind, "kind of {}", metric.name);
-        assert_eq!(
-            cells[3],
-            metric.unit.as_str(),
-            "unit of {}",
-            metric.name
-        );
+        assert_eq!(cells[3], metric.unit.as_str(), "unit of {}", metric.name);
         let labels: Vec<String> = metric.labels.iter().map(|l| format!("`{l}`")).collect();
         assert_eq!(cells[4], labels.join(", "), "labels of {}", metric.name);
     }

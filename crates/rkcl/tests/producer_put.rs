@@ -160,14 +160,7 @@ async fn bad_records_are_refused_before_anything_is_sent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttled_entries_are_retried_until_written_in_order() {
     // The local Kinesis throttles writes above 1,000 records/s per shard.
-    let local = Local::builder()
-        .kinesis_settings(rkcl_local::KinesisSettings {
-            enforce_write_limits: true,
-            ..rkcl_local::KinesisSettings::default()
-        })
-        .start()
-        .await
-        .unwrap();
+    let local = throttling_local().await;
     let kinesis = Kinesis::new(local.kinesis_client());
     let stream = create_stream(&kinesis, "throttled", 1).await;
     let config = ProducerConfig::builder()
@@ -255,14 +248,7 @@ async fn put_with_positions_tells_where_each_record_is_found() {
 async fn put_with_positions_sends_throttled_entries_again() {
     // The local Kinesis writes at most 1,000 records per shard in a window
     // of a second and throttles the rest.
-    let local = Local::builder()
-        .kinesis_settings(rkcl_local::KinesisSettings {
-            enforce_write_limits: true,
-            ..rkcl_local::KinesisSettings::default()
-        })
-        .start()
-        .await
-        .unwrap();
+    let local = throttling_local().await;
     let kinesis = Kinesis::new(local.kinesis_client());
     let stream = create_stream(&kinesis, "positions-throttled", 1).await;
     let records = keyed_records(50, 50, 0);
@@ -282,4 +268,17 @@ async fn put_with_positions_sends_throttled_entries_again() {
         assert_eq!(found.get(data), Some(position), "record {i}");
     }
     assert_eq!(positions.len(), records.len());
+}
+
+/// Local services whose Kinesis throttles writes above 1,000 records/s per
+/// shard, as AWS does.
+async fn throttling_local() -> Local {
+    Local::builder()
+        .kinesis_settings(rkcl_local::KinesisSettings {
+            enforce_write_limits: true,
+            ..rkcl_local::KinesisSettings::default()
+        })
+        .start()
+        .await
+        .unwrap()
 }

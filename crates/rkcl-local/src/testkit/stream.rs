@@ -5,6 +5,7 @@ use std::time::Duration;
 use rkcl::{
     DynamoDbLeaseStore, Kinesis,
     aws::StreamRef,
+    model::HashKey,
     producer::{Producer, ProducerConfig, PutSummary},
     record::ProducerRecord,
     shards::Shard,
@@ -94,19 +95,13 @@ pub async fn put(
 /// When Kinesis refuses the split or the stream is not active again within
 /// [`ACTIVE_TIMEOUT`].
 pub async fn split(local: &Local, stream: &StreamRef, shard: &Shard, at: Option<u128>) {
-    let middle = at.unwrap_or(
-        shard.hash_key_range.start().as_u128() / 2 + shard.hash_key_range.end().as_u128() / 2,
-    );
-    local
-        .kinesis_client()
-        .split_shard()
-        .stream_name(stream.name())
-        .shard_to_split(shard.id.as_str())
-        .new_starting_hash_key(middle.to_string())
-        .send()
+    let kinesis = Kinesis::new(local.kinesis_client());
+    let at = at.map_or_else(|| shard.hash_key_range.middle(), HashKey::from_u128);
+    kinesis
+        .split_shard(stream, &shard.id, at)
         .await
-        .unwrap_or_else(|err| panic!("splitting {} of {stream}: {err:?}", shard.id));
-    wait_until_active(&Kinesis::new(local.kinesis_client()), stream).await;
+        .unwrap_or_else(|err| panic!("splitting {} of {stream}: {err}", shard.id));
+    wait_until_active(&kinesis, stream).await;
 }
 
 /// Merges two adjacent shards and waits until the stream is active again.
@@ -116,16 +111,12 @@ pub async fn split(local: &Local, stream: &StreamRef, shard: &Shard, at: Option<
 /// When Kinesis refuses the merge (the shards are not adjacent or not open)
 /// or the stream is not active again within [`ACTIVE_TIMEOUT`].
 pub async fn merge(local: &Local, stream: &StreamRef, a: &Shard, b: &Shard) {
-    local
-        .kinesis_client()
-        .merge_shards()
-        .stream_name(stream.name())
-        .shard_to_merge(a.id.as_str())
-        .adjacent_shard_to_merge(b.id.as_str())
-        .send()
+    let kinesis = Kinesis::new(local.kinesis_client());
+    kinesis
+        .merge_shards(stream, &a.id, &b.id)
         .await
-        .unwrap_or_else(|err| panic!("merging {} and {} of {stream}: {err:?}", a.id, b.id));
-    wait_until_active(&Kinesis::new(local.kinesis_client()), stream).await;
+        .unwrap_or_else(|err| panic!("merging {} and {} of {stream}: {err}", a.id, b.id));
+    wait_until_active(&kinesis, stream).await;
 }
 
 /// A lease table named `app` on the local DynamoDB, created if absent and

@@ -132,6 +132,59 @@ impl Kinesis {
         Ok(())
     }
 
+    /// Splits `shard` so that the second child starts at `new_starting_hash_key`
+    /// (SplitShard). The stream is `UPDATING` until the split is done; wait
+    /// with [`wait_until_active`](Self::wait_until_active).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidRequest`] when the shard is closed or the hash key is
+    /// outside its range; [`Error::ResourceNotFound`] for a missing stream
+    /// or shard; any error of the call.
+    pub async fn split_shard(
+        &self,
+        stream: &StreamRef,
+        shard: &ShardId,
+        new_starting_hash_key: HashKey,
+    ) -> Result<()> {
+        let (name, arn) = stream.name_and_arn();
+        self.client
+            .split_shard()
+            .set_stream_name(name)
+            .set_stream_arn(arn)
+            .shard_to_split(shard.as_str())
+            .new_starting_hash_key(new_starting_hash_key.as_u128().to_string())
+            .send()
+            .boxed()
+            .await
+            .map_err(|e| from_sdk(Service::Kinesis, e))?;
+        Ok(())
+    }
+
+    /// Merges two adjacent open shards (MergeShards). The stream is
+    /// `UPDATING` until the merge is done; wait with
+    /// [`wait_until_active`](Self::wait_until_active).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidRequest`] when the shards are not adjacent or not
+    /// open; [`Error::ResourceNotFound`] for a missing stream or shard; any
+    /// error of the call.
+    pub async fn merge_shards(&self, stream: &StreamRef, a: &ShardId, b: &ShardId) -> Result<()> {
+        let (name, arn) = stream.name_and_arn();
+        self.client
+            .merge_shards()
+            .set_stream_name(name)
+            .set_stream_arn(arn)
+            .shard_to_merge(a.as_str())
+            .adjacent_shard_to_merge(b.as_str())
+            .send()
+            .boxed()
+            .await
+            .map_err(|e| from_sdk(Service::Kinesis, e))?;
+        Ok(())
+    }
+
     /// What DescribeStreamSummary says of the stream.
     ///
     /// # Errors

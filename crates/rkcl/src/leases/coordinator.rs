@@ -62,7 +62,7 @@ pub enum LeaseEvent {
 /// `lease_duration - safety_margin` (before any other worker, which waits a
 /// full `lease_duration` since it saw the counter change, could take it).
 /// The taker judges expiry on the local monotonic clock (no clock sync),
-/// and takes and steals as [`taker`](super::taker) decides; it scans the
+/// and takes and steals as its pure planner decides (fair shares, balanced steals); it scans the
 /// table only when a scan can change something (see
 /// [`LeaseCoordinatorConfig::scan_interval`]).
 ///

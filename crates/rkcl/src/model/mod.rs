@@ -163,6 +163,12 @@ pub struct HashKeyRange {
 }
 
 impl HashKeyRange {
+    /// The hash key half-way through the range: where a split into two
+    /// equal halves starts its second child.
+    pub fn middle(&self) -> HashKey {
+        HashKey::from_u128(self.start.as_u128() / 2 + self.end.as_u128() / 2)
+    }
+
     /// Every hash key: the range of a stream with one shard.
     pub const FULL: HashKeyRange = HashKeyRange {
         start: HashKey::MIN,

@@ -9,7 +9,7 @@ use crate::model::InitialPosition;
 use crate::processor::FailurePolicy;
 use crate::retrieval::{PollingConfig, Retrieval};
 
-/// How a [`Scheduler`] runs. Made with [`SchedulerConfig::builder`].
+/// How a [`Scheduler`](super::Scheduler) runs. Made with [`SchedulerConfig::builder`].
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct SchedulerConfig {

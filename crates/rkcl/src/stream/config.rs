@@ -6,7 +6,7 @@ use super::feeder::FeedSettings;
 use crate::error::{Error, Result};
 use crate::scheduler::SchedulerConfig;
 
-/// How a [`Consumer`] runs: the scheduler's config plus checkpoints,
+/// How a [`Consumer`](super::Consumer) runs: the scheduler's config plus checkpoints,
 /// in-flight limits and shutdown. Made with [`ConsumerConfig::builder`].
 #[derive(Clone, Debug)]
 #[non_exhaustive]
