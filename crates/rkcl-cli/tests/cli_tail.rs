@@ -10,7 +10,7 @@ use common::rkcl;
 use rkcl::{Kinesis, aws::StreamRef, record::ProducerRecord};
 use rkcl_local::Local;
 use rkcl_local::testkit::Packing::{Aggregated, Plain};
-use rkcl_local::testkit::{create_stream, put};
+use rkcl_local::testkit::{create_stream, merge, put, split};
 
 async fn stream_with_records(local: &Local, name: &str, shards: u32, records: usize) -> StreamRef {
     let kinesis = Kinesis::new(local.kinesis_client());
@@ -130,4 +130,53 @@ async fn a_closed_pipe_and_max_records_end_tail_quietly() {
     .unwrap();
     assert!(status.0.success(), "{}", status.1);
     assert!(status.1.is_empty(), "{}", status.1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_exit_at_end_reads_the_children_of_a_stream_resharded_before_it_is_read() {
+    let local = Local::start().await.unwrap();
+    let stream = stream_with_records(&local, "tail-resharded", 4, 8_000).await;
+    let kinesis = Kinesis::new(local.kinesis_client());
+    let shards = kinesis.list_shards(&stream).await.unwrap();
+    split(&local, &stream, &shards[0], None).await;
+    merge(&local, &stream, &shards[2], &shards[3]).await;
+    // More records, plain and aggregated, land in the three children.
+    for (packing, range) in [(Plain, 8_000..11_000), (Aggregated, 11_000..14_000)] {
+        let batch: Vec<ProducerRecord> = range
+            .map(|i| ProducerRecord::new(format!("key-{}", i % 500), format!("record-{i}")))
+            .collect();
+        put(&kinesis, &stream, batch, packing).await;
+    }
+
+    let mut tail = rkcl(&local);
+    tail.args([
+        "tail",
+        "--stream",
+        "tail-resharded",
+        "--from",
+        "trim-horizon",
+        "--exit-at-end",
+    ]);
+    let output = tokio::task::spawn_blocking(move || tail.output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut seen = HashSet::new();
+    let mut last_per_key: HashMap<String, usize> = HashMap::new();
+    for line in String::from_utf8(output.stdout).unwrap().lines() {
+        let json: serde_json::Value = serde_json::from_str(line).unwrap();
+        let data = json["data"].as_str().unwrap();
+        let i: usize = data.strip_prefix("record-").unwrap().parse().unwrap();
+        assert!(seen.insert(i), "record {i} twice");
+        let key = json["partition_key"].as_str().unwrap().to_owned();
+        if let Some(&before) = last_per_key.get(&key) {
+            assert!(before < i, "key {key}: record {i} after {before}");
+        }
+        last_per_key.insert(key, i);
+    }
+    assert_eq!(seen.len(), 14_000, "every record, children included");
 }

@@ -588,3 +588,75 @@ async fn at_and_after_sequence_number_start_where_they_should() {
         assert_eq!(records[0].data, first.as_bytes());
     }
 }
+
+/// Reads with a `StreamReader` from TRIM_HORIZON until it says it has caught
+/// up; the records and the order of events.
+async fn read_until_caught_up(kinesis: Kinesis, stream: StreamRef) -> Vec<StreamEvent> {
+    let mut reader = StreamReader::start(
+        kinesis,
+        stream,
+        StartingPosition::TrimHorizon,
+        quick_polling(),
+    )
+    .await
+    .unwrap();
+    let mut log = Vec::new();
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(30), reader.next())
+            .await
+            .expect("the reader caught up in time")
+            .expect("the reader ended before it caught up")
+            .unwrap();
+        if matches!(event, StreamEvent::CaughtUp) {
+            return log;
+        }
+        log.push(event);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_resharded_before_it_is_read_is_caught_up_only_with_its_children_read() {
+    let local = Local::start().await.unwrap();
+    let kinesis = Kinesis::new(local.kinesis_client());
+    let stream = create_stream(&kinesis, "resharded-before", 4).await;
+    // Plain and aggregated records in the parents...
+    put(&kinesis, &stream, keyed_records(40, 50, 0), Plain).await;
+    put(&kinesis, &stream, keyed_records(40, 50, 50), Aggregated).await;
+    // ... a split and a merge before anything is read ...
+    let shards = kinesis.list_shards(&stream).await.unwrap();
+    split(&local, &stream, &shards[0], None).await;
+    merge(&local, &stream, &shards[2], &shards[3]).await;
+    // ... and more records, which land in the children.
+    put(&kinesis, &stream, keyed_records(40, 50, 100), Plain).await;
+    put(&kinesis, &stream, keyed_records(40, 50, 150), Aggregated).await;
+
+    let log = read_until_caught_up(kinesis.clone(), stream.clone()).await;
+    let mut next: HashMap<usize, usize> = HashMap::new();
+    let mut from_children = 0;
+    let children: Vec<String> = kinesis
+        .list_shards(&stream)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.parents().next().is_some())
+        .map(|s| s.id.to_string())
+        .collect();
+    assert_eq!(children.len(), 3, "two split children and a merge child");
+    for event in &log {
+        if let StreamEvent::Records(batch) = event {
+            if children.contains(&batch.shard_id.to_string()) {
+                from_children += batch.records.len();
+            }
+            for record in &batch.records {
+                let (k, n) = key_and_number(&record.data);
+                let expected = next.entry(k).or_default();
+                assert_eq!(n, *expected, "key {k} out of order or a record missing");
+                *expected += 1;
+            }
+        }
+    }
+    // Every record of every key, before the reader called itself caught up.
+    assert_eq!(next.len(), 40);
+    assert!(next.values().all(|&n| n == 200), "{next:?}");
+    assert!(from_children > 0, "the children were read");
+}

@@ -54,7 +54,11 @@ pub async fn read_shard_raw(
             data: record.data().as_ref().to_vec().into(),
             approximate_arrival_timestamp: None,
         }));
-        let at_tip = out.records().is_empty() && out.millis_behind_latest() == Some(0);
+        // An open shard is read to its tip; a closed one to its end (where
+        // Kinesis gives no next iterator), whatever it says of its lag.
+        let at_tip = shard.ending_sequence_number.is_none()
+            && out.records().is_empty()
+            && out.millis_behind_latest() == Some(0);
         iterator = if at_tip {
             None
         } else {

@@ -38,9 +38,11 @@ pub struct ShardBatch {
     pub millis_behind_latest: Option<u64>,
     /// The size of the Kinesis records' data.
     pub bytes: usize,
-    /// Whether the reader has caught up with the tip of the shard: Kinesis
-    /// says it is zero milliseconds behind and the call did not return as
-    /// many records as it asked for (a full batch may have more behind it).
+    /// Whether the reader has caught up with the tip of an open shard:
+    /// Kinesis says it is zero milliseconds behind and the call did not
+    /// return as many records as it asked for (a full batch may have more
+    /// behind it). Never true on a closed shard: it is done only at its
+    /// [`ShardEvent::End`].
     pub at_tip: bool,
 }
 

@@ -106,6 +106,7 @@ impl PollingSource {
             opened_latest_at: None,
             last_sequence_number: None,
             idled: false,
+            closed: shard.ending_sequence_number.is_some(),
             config,
         };
         let token = cancel.clone();
@@ -175,6 +176,9 @@ struct Fetcher {
     last_sequence_number: Option<SequenceNumber>,
     /// Whether the reader has paused at the tip before.
     idled: bool,
+    /// Whether the shard was listed as closed (it has an ending sequence
+    /// number) when the source started.
+    closed: bool,
 }
 
 /// The consumer dropped the source.
@@ -238,7 +242,12 @@ impl Fetcher {
                 Err(err) => return Err(err),
             };
             failures = 0;
-            let at_tip = response.millis_behind_latest == Some(0)
+            // A closed shard is never at its tip: it is done only at its
+            // end, which the next event says (Kinesis may call its last
+            // batch zero milliseconds behind).
+            let at_tip = !self.closed
+                && response.next_shard_iterator.is_some()
+                && response.millis_behind_latest == Some(0)
                 && response.records.len() < self.config.max_records as usize;
             let bytes: usize = response.records.iter().map(|r| r.data.len()).sum();
             let pause = if self
