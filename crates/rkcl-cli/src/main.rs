@@ -26,6 +26,10 @@ mod tail;
 struct Cli {
     #[command(flatten)]
     aws: aws::AwsArgs,
+    /// How logs are written to stderr: `text` for people, `json` (one
+    /// object per line) for log shippers. Levels come from `RKCL_LOG`.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -53,9 +57,18 @@ enum Command {
     Stream(stream::StreamCommand),
 }
 
+/// How logs are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines (colours only on a terminal).
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -95,14 +108,85 @@ fn report(err: &anyhow::Error) {
     }
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RKCL_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(
-            "warn,aws_config=error,dynoxide=error,ferrokinesis=error",
-        )
-    });
-    tracing_subscriber::fmt()
+/// What is logged when `RKCL_LOG` is not set: warnings, and only errors of
+/// the SDK's configuration and the embedded servers (whose expected errors,
+/// such as a conditional write that lost, would otherwise look alarming).
+const DEFAULT_LOG: &str = "warn,aws_config=error,dynoxide=error,ferrokinesis=error";
+
+/// The crates a bare level in `RKCL_LOG` applies to.
+const OWN_CRATES: [&str; 3] = ["rkcl", "rkcl_cli", "rkcl_local"];
+
+/// The filter directives for `RKCL_LOG`: a bare level (`debug`) applies to
+/// rkcl's own crates only, so `RKCL_LOG=debug` does not flood the output
+/// with the SDK's internals; directives that name a target
+/// (`aws_smithy_runtime=debug`) are kept as given.
+fn log_directives(rkcl_log: Option<&str>) -> String {
+    let mut directives = vec![DEFAULT_LOG.to_owned()];
+    for directive in rkcl_log.unwrap_or_default().split(',') {
+        let directive = directive.trim();
+        if directive.is_empty() {
+            continue;
+        }
+        if directive.contains('=') || directive.parse::<tracing::Level>().is_err() {
+            directives.push(directive.to_owned());
+        } else {
+            directives.extend(
+                OWN_CRATES
+                    .iter()
+                    .map(|krate| format!("{krate}={directive}")),
+            );
+        }
+    }
+    directives.join(",")
+}
+
+fn init_tracing(format: LogFormat) {
+    use std::io::IsTerminal;
+    let raw = std::env::var("RKCL_LOG").ok();
+    let filter = match tracing_subscriber::EnvFilter::try_new(log_directives(raw.as_deref())) {
+        Ok(filter) => filter,
+        Err(err) => {
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!(
+                    "rkcl: warning: RKCL_LOG is not a valid filter ({err}); using the default"
+                );
+            }
+            tracing_subscriber::EnvFilter::new(DEFAULT_LOG)
+        }
+    };
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_level_applies_to_rkcl_only() {
+        let directives = log_directives(Some("debug"));
+        assert!(directives.starts_with(DEFAULT_LOG));
+        assert!(directives.contains("rkcl=debug"));
+        assert!(directives.contains("rkcl_cli=debug"));
+        assert!(directives.contains("rkcl_local=debug"));
+        assert!(!directives.contains(",debug"), "{directives}");
+    }
+
+    #[test]
+    fn named_targets_are_kept_as_given() {
+        let directives = log_directives(Some("debug,aws_smithy_runtime=debug"));
+        assert!(
+            directives.ends_with(",aws_smithy_runtime=debug"),
+            "{directives}"
+        );
+        assert!(directives.contains("rkcl=debug"));
+        assert_eq!(log_directives(None), DEFAULT_LOG);
+        assert_eq!(log_directives(Some("")), DEFAULT_LOG);
+    }
 }
