@@ -120,6 +120,13 @@ impl Default for Retrieval {
     }
 }
 
+/// Polling with these settings.
+impl From<PollingConfig> for Retrieval {
+    fn from(config: PollingConfig) -> Self {
+        Retrieval::Polling(config)
+    }
+}
+
 impl Retrieval {
     /// Checks the settings.
     ///

@@ -6,11 +6,13 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use std::sync::Arc;
+
 use super::{
-    PollingConfig, PollingSource, RecordSource, ShardBatch, ShardEnd, ShardEvent, ShardGraph,
+    KinesisSources, OpenRecordSource, Retrieval, ShardBatch, ShardEnd, ShardEvent, ShardGraph,
 };
 use crate::aws::{Kinesis, ShardFilter, StreamRef};
-use crate::backoff::retry;
+use crate::backoff::{Backoff, retry};
 use crate::error::{Error, Result};
 use crate::model::{ShardId, StartingPosition};
 
@@ -29,6 +31,12 @@ pub enum StreamEvent {
 
 /// How much the reader buffers between its tasks, in events.
 const EVENT_BUFFER: usize = 16;
+
+/// The pauses between tries of ListShards when it is throttled or fails.
+const LIST_SHARDS_BACKOFF: Backoff = Backoff {
+    base: std::time::Duration::from_millis(100),
+    max: std::time::Duration::from_secs(5),
+};
 
 /// Reads every shard of a stream: from the oldest shards down through their
 /// children (or from the open shards, for `LATEST`), each child only after
@@ -78,9 +86,9 @@ impl StreamReader {
         kinesis: Kinesis,
         stream: StreamRef,
         start: StartingPosition,
-        config: PollingConfig,
+        retrieval: impl Into<Retrieval>,
     ) -> Result<Self> {
-        Self::start_at(kinesis, stream, start, None, config).await
+        Self::start_at(kinesis, stream, start, None, retrieval.into()).await
     }
 
     /// Like [`start`](Self::start), reading only `shard_id` from `start` and
@@ -94,9 +102,9 @@ impl StreamReader {
         stream: StreamRef,
         shard_id: ShardId,
         start: StartingPosition,
-        config: PollingConfig,
+        retrieval: impl Into<Retrieval>,
     ) -> Result<Self> {
-        Self::start_at(kinesis, stream, start, Some(shard_id), config).await
+        Self::start_at(kinesis, stream, start, Some(shard_id), retrieval.into()).await
     }
 
     async fn start_at(
@@ -104,14 +112,13 @@ impl StreamReader {
         stream: StreamRef,
         start: StartingPosition,
         only: Option<ShardId>,
-        config: PollingConfig,
+        retrieval: Retrieval,
     ) -> Result<Self> {
-        config.validate()?;
+        retrieval.validate()?;
         // From LATEST only the open shards matter; Kinesis can leave out the
         // closed ones.
         let filter = matches!(start, StartingPosition::Latest).then_some(ShardFilter::AtLatest);
-        let backoff = config.backoff();
-        let shards = retry(backoff, "ListShards", || {
+        let shards = retry(LIST_SHARDS_BACKOFF, "ListShards", || {
             kinesis.list_shards_with(&stream, filter.as_ref())
         })
         .await?;
@@ -143,10 +150,16 @@ impl StreamReader {
         };
         let (sender, receiver) = mpsc::channel(EVENT_BUFFER);
         let cancel = CancellationToken::new();
+        let sources: Arc<dyn OpenRecordSource> = Arc::new(KinesisSources {
+            kinesis: kinesis.clone(),
+            stream: stream.clone(),
+            retrieval,
+        });
         let mut coordinator = Coordinator {
             kinesis,
             stream,
-            config,
+            sources,
+            cancel: cancel.clone(),
             graph,
             child_start,
             finished: BTreeSet::new(),
@@ -191,7 +204,10 @@ impl Drop for StreamReader {
 struct Coordinator {
     kinesis: Kinesis,
     stream: StreamRef,
-    config: PollingConfig,
+    /// Opens each shard's source, as the reader's retrieval setting says.
+    sources: Arc<dyn OpenRecordSource>,
+    /// The reader's token: every shard's source stops under it.
+    cancel: CancellationToken,
     graph: ShardGraph,
     child_start: StartingPosition,
     finished: BTreeSet<ShardId>,
@@ -260,13 +276,9 @@ impl Coordinator {
         let Some(shard) = self.graph.get(shard_id) else {
             return Ok(());
         };
-        let mut source = PollingSource::start(
-            self.kinesis.clone(),
-            self.stream.clone(),
-            shard,
-            position,
-            self.config.clone(),
-        )?;
+        let mut source = self
+            .sources
+            .open(shard, position, self.cancel.child_token())?;
         tracing::debug!(shard_id = %shard_id, "reading shard");
         self.started.insert(shard_id.clone());
         self.at_tip.insert(shard_id.clone(), false);
