@@ -10,7 +10,7 @@ use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
 use crate::aws::{Kinesis, PutEntry, PutOutcome, ShardFilter, StreamRef};
-use crate::backoff::Backoff;
+use crate::backoff::{Backoff, FailureStreak};
 use crate::error::{Error, Result};
 use crate::kpl::{Aggregator, MAX_KINESIS_RECORD_SIZE};
 use crate::model::{HashKey, ShardId};
@@ -236,7 +236,7 @@ impl Producer {
             records.into_iter().map(plain_entry).collect()
         };
         let mut queue: VecDeque<Pending> = pending.into();
-        let mut failures_in_a_row = 0u32;
+        let mut streak = FailureStreak::new("PutRecords");
         while !queue.is_empty() {
             let batch = self.take_batch(&mut queue);
             let entries: Vec<PutEntry> = batch.iter().map(|p| p.entry.clone()).collect();
@@ -244,8 +244,7 @@ impl Producer {
             let outcomes = match self.kinesis.put_records(&self.stream, &entries).await {
                 Ok(outcomes) => outcomes,
                 Err(err) if err.is_retryable() => {
-                    failures_in_a_row += 1;
-                    tracing::warn!(error = %err, entries = batch.len(), "PutRecords failed; retrying");
+                    let failures_in_a_row = streak.failed(&err);
                     let mut back = Vec::with_capacity(batch.len());
                     for mut pending in batch {
                         pending.attempts += 1;
@@ -292,10 +291,12 @@ impl Producer {
                 failed.extend(resend);
             }
             if failed.is_empty() {
-                failures_in_a_row = 0;
+                streak.succeeded();
             } else {
-                failures_in_a_row += 1;
-                tracing::debug!(failed = failed.len(), last_error, "retrying failed entries");
+                let failures_in_a_row = streak.failed(&format_args!(
+                    "{} entries failed, the last with {last_error}",
+                    failed.len()
+                ));
                 requeue_front(&mut queue, failed);
                 self.pause(failures_in_a_row).await;
             }

@@ -8,6 +8,8 @@ use tokio_util::sync::CancellationToken;
 use super::coordinator::pause;
 use super::held::Shared;
 use super::{LeaseEvent, LeaseStore};
+use crate::backoff::FailureStreak;
+use crate::error::Error;
 use crate::model::LeaseKey;
 
 /// How many renewals (or releases) are in flight at once.
@@ -15,11 +17,27 @@ pub(super) const WRITE_CONCURRENCY: usize = 32;
 
 /// Renews every held lease each `renew_interval`, up to
 /// [`WRITE_CONCURRENCY`] at once, until `cancel`.
+/// Renewals that fail are retried next round; a round with failures is one
+/// failure of the renewer's [`FailureStreak`], so a storm of throttled
+/// renewals is one warning at most, not one per lease and round.
 pub(super) async fn renew_loop<S: LeaseStore>(shared: &Shared<S>, cancel: &CancellationToken) {
+    let mut streak = FailureStreak::new("lease renewal");
     while pause(cancel, Instant::now() + shared.config.renew_interval).await {
-        futures_util::stream::iter(shared.held_keys())
-            .for_each_concurrent(WRITE_CONCURRENCY, |key| renew_one(shared, key))
+        let failed: Vec<Error> = futures_util::stream::iter(shared.held_keys())
+            .map(|key| renew_one(shared, key))
+            .buffer_unordered(WRITE_CONCURRENCY)
+            .filter_map(std::future::ready)
+            .collect()
             .await;
+        match failed.first() {
+            Some(err) => {
+                streak.failed(&format_args!(
+                    "{} renewals failed, one with {err}",
+                    failed.len()
+                ));
+            }
+            None => streak.succeeded(),
+        }
     }
 }
 
@@ -30,19 +48,15 @@ pub(super) async fn renew_loop<S: LeaseStore>(shared: &Shared<S>, cancel: &Cance
 /// let go. A renewal that loses reports the lease lost; one that fails is
 /// retried next round, unless the lease has gone `lease_duration -
 /// safety_margin` without a renewal, when it is reported lost too.
-async fn renew_one<S: LeaseStore>(shared: &Shared<S>, key: LeaseKey) {
+async fn renew_one<S: LeaseStore>(shared: &Shared<S>, key: LeaseKey) -> Option<Error> {
     let config = &shared.config;
-    let Some(held) = shared.held_copy(&key) else {
-        return;
-    };
+    let held = shared.held_copy(&key)?;
     let _one_at_a_time = held.write.lock().await;
-    let Some(held) = shared.held_copy(&key) else {
-        return;
-    };
+    let held = shared.held_copy(&key)?;
     let now = Instant::now();
     if now.duration_since(held.renewed) < config.renew_interval / 2 {
         // A checkpoint just moved the counter: that was a renewal.
-        return;
+        return None;
     }
     if let Some(since) = held.handoff_since
         && now.duration_since(since) >= config.handoff_timeout
@@ -51,7 +65,7 @@ async fn renew_one<S: LeaseStore>(shared: &Shared<S>, key: LeaseKey) {
         if let Err(err) = shared.store.release(&held.lease).await {
             tracing::warn!(lease_key = %key, error = %err, "could not release the lease");
         }
-        return;
+        return None;
     }
     match shared.store.renew(&held.lease).await {
         Ok(Some(renewed)) => {
@@ -80,8 +94,10 @@ async fn renew_one<S: LeaseStore>(shared: &Shared<S>, key: LeaseKey) {
                     "not renewed within the lease duration less the safety margin",
                 );
             } else {
-                tracing::warn!(lease_key = %key, error = %err, "could not renew the lease; will retry");
+                tracing::debug!(lease_key = %key, error = %err, "could not renew the lease; will retry");
+                return Some(err);
             }
         }
     }
+    None
 }

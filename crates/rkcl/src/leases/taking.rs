@@ -22,6 +22,7 @@ use super::coordinator::pause;
 use super::held::Shared;
 use super::taker::{self, Candidate};
 use super::{Lease, LeaseCoordinatorConfig, LeaseEvent, LeaseStore};
+use crate::backoff::FailureStreak;
 use crate::error::Result;
 use crate::model::{ExtendedSequenceNumber, LeaseKey};
 
@@ -128,6 +129,7 @@ pub(super) async fn take_loop<S: LeaseStore>(shared: &Shared<S>, cancel: &Cancel
         .rng_seed
         .map_or_else(StdRng::from_os_rng, StdRng::seed_from_u64);
     let mut state = TakerState::default();
+    let mut streak = FailureStreak::new("taker cycle");
     loop {
         let now = Instant::now();
         let cycle = if state.scan_due(now, config) {
@@ -139,9 +141,12 @@ pub(super) async fn take_loop<S: LeaseStore>(shared: &Shared<S>, cancel: &Cancel
             Ok(()) => start_stolen(shared, &mut state).await,
             failed => failed,
         };
-        if let Err(err) = cycle {
-            state.settled = false;
-            tracing::warn!(error = %err, "the taker cycle failed; trying again next cycle");
+        match cycle {
+            Ok(()) => streak.succeeded(),
+            Err(err) => {
+                state.settled = false;
+                streak.failed(&err);
+            }
         }
         // Up to a tenth of jitter so workers do not stampede.
         let jitter = rng.random_range(0.0..0.1);

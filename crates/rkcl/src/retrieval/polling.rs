@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::polling_config::{PollingConfig, ReadBudget};
 use super::{RecordSource, ShardBatch, ShardEnd, ShardEndReason, ShardEvent};
 use crate::aws::{Kinesis, ShardFilter, StreamRef};
-use crate::backoff::retry;
+use crate::backoff::{FailureStreak, retry};
 use crate::error::{Error, Result};
 use crate::kpl::Deaggregator;
 use crate::model::{ExtendedSequenceNumber, SequenceNumber, ShardId, StartingPosition};
@@ -206,7 +206,7 @@ impl Fetcher {
             return self.end(sender, Vec::new(), ShardEndReason::NotFound).await;
         };
         let backoff = self.config.backoff();
-        let mut failures = 0u32;
+        let mut streak = FailureStreak::new("GetRecords");
         let mut next_call = Instant::now();
         let mut budget = ReadBudget::new(self.config.bytes_per_second, next_call);
         loop {
@@ -234,14 +234,13 @@ impl Fetcher {
                     return self.end(sender, Vec::new(), ShardEndReason::NotFound).await;
                 }
                 Err(err) if err.is_retryable() => {
-                    failures += 1;
-                    tracing::debug!(error = %err, failures, "GetRecords failed; backing off");
+                    let failures = streak.failed(&err);
                     next_call = Instant::now() + backoff.delay(failures);
                     continue;
                 }
                 Err(err) => return Err(err),
             };
-            failures = 0;
+            streak.succeeded();
             // A closed shard is never at its tip: it is done only at its
             // end, which the next event says (Kinesis may call its last
             // batch zero milliseconds behind).
@@ -328,7 +327,7 @@ impl Fetcher {
 
     async fn open_iterator(&mut self, position: &StartingPosition) -> Result<Option<String>> {
         let backoff = self.config.backoff();
-        let mut failures = 0;
+        let mut streak = FailureStreak::new("GetShardIterator");
         loop {
             let opened_at = SystemTime::now();
             match self
@@ -337,6 +336,7 @@ impl Fetcher {
                 .await
             {
                 Ok(iterator) => {
+                    streak.succeeded();
                     if matches!(position, StartingPosition::Latest) {
                         self.opened_latest_at = Some(opened_at);
                     }
@@ -344,9 +344,7 @@ impl Fetcher {
                 }
                 Err(Error::ResourceNotFound { .. }) => return Ok(None),
                 Err(err) if err.is_retryable() => {
-                    failures += 1;
-                    tracing::debug!(error = %err, failures, "GetShardIterator failed; backing off");
-                    backoff.sleep(failures).await;
+                    backoff.sleep(streak.failed(&err)).await;
                 }
                 Err(err) => return Err(err),
             }

@@ -138,6 +138,7 @@ impl Scheduler {
             consumers: HashMap::new(),
             tasks: JoinSet::new(),
             failures,
+            sync_streak: crate::backoff::FailureStreak::new("shard sync"),
         };
         let span = tracing::info_span!("worker", worker_id = %worker_id);
         let task = tokio::spawn(tracing::Instrument::instrument(

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{SchedulerConfig, ShutdownReport, ShutdownRequest};
 use crate::aws::Kinesis;
+use crate::backoff::FailureStreak;
 use crate::error::Error;
 use crate::leases::{LeaseCoordinator, LeaseEvent, LeaseStore};
 use crate::lifecycle::{self, Outcome, WorkerContext};
@@ -30,6 +31,8 @@ pub(super) struct Worker<S, F> {
     pub(super) consumers: HashMap<LeaseKey, StopSender>,
     pub(super) tasks: JoinSet<(LeaseKey, Outcome)>,
     pub(super) failures: Option<mpsc::UnboundedSender<Error>>,
+    /// Shard syncs that failed in a row (retried at the next one).
+    pub(super) sync_streak: FailureStreak,
 }
 
 impl<S, F> Worker<S, F>
@@ -122,12 +125,15 @@ where
         .await
         {
             Ok((shards, summary)) => {
+                self.sync_streak.succeeded();
                 if let Ok(mut known) = self.context.shards.lock() {
                     known.extend(shards.into_iter().map(|s| (s.id.clone(), s)));
                 }
                 tracing::debug!(?summary, "shard sync");
             }
-            Err(err) => tracing::warn!(error = %err, "shard sync failed; will retry"),
+            Err(err) => {
+                self.sync_streak.failed(&err);
+            }
         }
     }
 

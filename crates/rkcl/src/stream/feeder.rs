@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use super::ShardRecords;
 use super::budget::{Budget, ShardBudget};
 use super::committable::{CommittableRecord, ShardState};
+use crate::backoff::FailureStreak;
 use crate::checkpoint::Checkpointer;
 use crate::error::Error;
 use crate::model::ExtendedSequenceNumber;
@@ -159,14 +160,18 @@ async fn checkpoint_loop(
         .max(Duration::from_millis(10));
     let mut due = Instant::now() + settings.checkpoint_interval;
     let mut warned = None;
+    let mut streak = FailureStreak::new("checkpoint of the watermark");
     loop {
         let now = Instant::now();
         if now >= due || state.take_commit_trigger() {
             match checkpoint_mark(&state, &checkpointer).await {
-                Ok(()) => due = Instant::now() + settings.checkpoint_interval,
+                Ok(()) => {
+                    streak.succeeded();
+                    due = Instant::now() + settings.checkpoint_interval;
+                }
                 Err(Error::LeaseLost { .. }) => return,
                 Err(err) => {
-                    tracing::warn!(error = %err, "could not checkpoint the watermark; will retry");
+                    streak.failed(&err);
                     due = Instant::now() + check;
                 }
             }
