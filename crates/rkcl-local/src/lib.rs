@@ -295,13 +295,13 @@ impl LocalBuilder {
             faults: injector,
         };
         if local.faults.is_some() {
-            wait_until_ready(
+            Local::wait_until_ready(
                 &kinesis_client(&format!("http://{kinesis_served}")),
                 &dynamodb_client(&format!("http://{dynamodb_served}")),
             )
             .await?;
         } else {
-            wait_until_ready(&local.kinesis, &local.dynamodb).await?;
+            Local::wait_until_ready(&local.kinesis, &local.dynamodb).await?;
         }
         tracing::info!(
             kinesis = %local.kinesis_endpoint,
@@ -393,36 +393,37 @@ impl Local {
             self.tasks.abort_all();
         }
     }
-}
 
-async fn wait_until_ready(
-    kinesis: &aws_sdk_kinesis::Client,
-    dynamodb: &aws_sdk_dynamodb::Client,
-) -> Result<(), LocalError> {
-    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
-    let kinesis_ready = async {
-        loop {
-            match kinesis.list_streams().send().await {
-                Ok(_) => return Ok(()),
-                Err(err) if tokio::time::Instant::now() >= deadline => {
-                    return Err(not_ready("Kinesis", &err));
+    /// Waits until both servers answer, asking them through these clients.
+    async fn wait_until_ready(
+        probe_kinesis: &aws_sdk_kinesis::Client,
+        probe_dynamodb: &aws_sdk_dynamodb::Client,
+    ) -> Result<(), LocalError> {
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        let kinesis = async {
+            loop {
+                match probe_kinesis.list_streams().send().await {
+                    Ok(_) => return Ok(()),
+                    Err(err) if tokio::time::Instant::now() >= deadline => {
+                        return Err(not_ready("Kinesis", &err));
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
                 }
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
-        }
-    };
-    let dynamodb_ready = async {
-        loop {
-            match dynamodb.list_tables().send().await {
-                Ok(_) => return Ok(()),
-                Err(err) if tokio::time::Instant::now() >= deadline => {
-                    return Err(not_ready("DynamoDB", &err));
+        };
+        let dynamodb = async {
+            loop {
+                match probe_dynamodb.list_tables().send().await {
+                    Ok(_) => return Ok(()),
+                    Err(err) if tokio::time::Instant::now() >= deadline => {
+                        return Err(not_ready("DynamoDB", &err));
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
                 }
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
-        }
-    };
-    tokio::try_join!(kinesis_ready, dynamodb_ready).map(|_| ())
+        };
+        tokio::try_join!(kinesis, dynamodb).map(|_| ())
+    }
 }
 
 impl Drop for Local {

@@ -303,6 +303,29 @@ mod tests {
     }
 
     #[test]
+    fn delays_are_drawn_across_their_range() {
+        let injector = Injector::new(FaultPlan::parse("*:latency=10..20ms").unwrap(), 3);
+        let delays: Vec<_> = (0..200)
+            .map(|_| {
+                injector
+                    .decide(Service::Kinesis, "ListShards")
+                    .delay
+                    .unwrap()
+            })
+            .collect();
+        let (min, max) = (Duration::from_millis(10), Duration::from_millis(20));
+        assert!(delays.iter().all(|d| (min..=max).contains(d)));
+        assert!(delays.iter().any(|d| *d < Duration::from_millis(13)));
+        assert!(delays.iter().any(|d| *d > Duration::from_millis(17)));
+        assert_eq!(
+            Injector::new(FaultPlan::parse("kinesis.*:latency=5ms").unwrap(), 3)
+                .decide(Service::DynamoDb, "GetItem")
+                .delay,
+            None
+        );
+    }
+
+    #[test]
     fn counts_follow_the_decisions() {
         let injector = Injector::new(FaultPlan::parse("dynamodb.Scan:reset=50%").unwrap(), 1);
         let resets = (0..100)

@@ -29,6 +29,9 @@ use crate::LocalError;
 const RESET_BODY_LIMIT: usize = 32 << 20;
 /// How long a reset waits for the first bytes of a streamed body.
 const RESET_FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a reset waits between the part of the answer it sends and
+/// dropping the connection: long enough for the server to flush that part.
+const RESET_PAUSE: Duration = Duration::from_millis(2);
 /// How long idle connections to the real server are kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -297,7 +300,7 @@ async fn cut(response: Response) -> Response {
     // The error comes after a pause, so the head and the first half are
     // flushed before the server drops the connection.
     let abort = futures_util::stream::once(async {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(RESET_PAUSE).await;
         Err(std::io::Error::new(
             std::io::ErrorKind::ConnectionReset,
             "connection reset (a fault injected by rkcl-local)",
