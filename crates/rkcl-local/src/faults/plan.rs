@@ -591,11 +591,25 @@ pub enum FaultSpecErrorKind {
     Duplicate(FaultKind),
 }
 
+/// ` (did you mean `GetRecords`?)` when one operation differs only in case,
+/// or is the only one that starts with the name or that the name starts
+/// with; nothing otherwise.
 fn suggest(service: Service, operation: &str) -> String {
-    service
-        .operations()
+    let operations = service.operations();
+    let lower = operation.to_ascii_lowercase();
+    let same_but_case = operations
         .iter()
-        .find(|op| op.eq_ignore_ascii_case(operation))
+        .find(|op| op.eq_ignore_ascii_case(operation));
+    let mut prefixed = operations.iter().filter(|op| {
+        let op = op.to_ascii_lowercase();
+        !lower.is_empty() && (op.starts_with(&lower) || lower.starts_with(&op))
+    });
+    let only_prefixed = match (prefixed.next(), prefixed.next()) {
+        (Some(op), None) => Some(op),
+        _ => None,
+    };
+    same_but_case
+        .or(only_prefixed)
         .map_or_else(String::new, |op| format!(" (did you mean `{op}`?)"))
 }
 
@@ -641,7 +655,7 @@ mod tests {
     }
 
     #[test]
-    fn a_case_slip_in_an_operation_is_pointed_out() {
+    fn a_slip_in_an_operation_name_is_pointed_out() {
         let err = FaultPlan::parse("kinesis.getRecords:throttle=1%").unwrap_err();
         assert!(
             err.to_string().contains("did you mean `GetRecords`"),
