@@ -1,4 +1,5 @@
-//! `rkcl local`: the embedded Kinesis and DynamoDB until Ctrl-C.
+//! `rkcl local`: the embedded Kinesis and DynamoDB until Ctrl-C, with
+//! faults on demand.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -17,6 +18,17 @@ pub(crate) struct LocalArgs {
     /// Keep streams and tables in this directory across restarts.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Inject faults: comma-separated TARGET:KIND=VALUE, where TARGET is *,
+    /// kinesis.*, dynamodb.* or SERVICE.Operation and KIND=VALUE one of
+    /// throttle=P%, error=P%, latency=A..Bms, reset=P%, expired=P% (Kinesis
+    /// GetRecords only). Example:
+    /// kinesis.GetRecords:throttle=2%,dynamodb.UpdateItem:error=1%,*:latency=0..300ms
+    #[arg(long, value_name = "SPEC")]
+    faults: Option<String>,
+    /// The seed of the injected faults, to replay a run (default: random,
+    /// printed at start).
+    #[arg(long, value_name = "N", requires = "faults")]
+    seed: Option<u64>,
 }
 
 pub(crate) async fn run(args: LocalArgs) -> anyhow::Result<ExitCode> {
@@ -25,6 +37,12 @@ pub(crate) async fn run(args: LocalArgs) -> anyhow::Result<ExitCode> {
         .dynamodb_port(args.dynamodb_port);
     if let Some(dir) = &args.data_dir {
         builder = builder.data_dir(dir);
+    }
+    if let Some(spec) = &args.faults {
+        let plan = rkcl_local::FaultPlan::parse(spec).context("--faults")?;
+        builder = builder
+            .faults(plan)
+            .fault_seed(args.seed.unwrap_or_else(rand::random));
     }
     let local = builder.start().await?;
     {
@@ -35,6 +53,17 @@ pub(crate) async fn run(args: LocalArgs) -> anyhow::Result<ExitCode> {
         );
         writeln!(out, "Kinesis:  {}", local.kinesis_endpoint())?;
         writeln!(out, "DynamoDB: {} (data {data})", local.dynamodb_endpoint())?;
+        if let (Some(plan), Some(seed)) = (local.fault_plan(), local.fault_seed()) {
+            let plan = if plan.is_empty() {
+                "none".to_owned()
+            } else {
+                plan.to_string()
+            };
+            writeln!(
+                out,
+                "Faults:   {plan} (seed {seed}: replay with --seed {seed})"
+            )?;
+        }
         writeln!(out)?;
         writeln!(
             out,
@@ -64,7 +93,17 @@ pub(crate) async fn run(args: LocalArgs) -> anyhow::Result<ExitCode> {
     shutdown_signal()
         .await
         .context("could not wait for Ctrl-C")?;
+    let counts = local.fault_counts();
+    let seed = local.fault_seed();
     local.shutdown().await;
+    if let Some(seed) = seed {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "Faults injected (seed {seed}):")?;
+        for line in counts.to_string().lines() {
+            writeln!(out, "  {line}")?;
+        }
+        out.flush()?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -23,6 +23,25 @@
 //! # }
 //! ```
 //!
+//! With [`LocalBuilder::faults`], both services answer through a fault
+//! layer that throttles, fails, delays or cuts requests at the rates of a
+//! [`FaultPlan`], with seeded random numbers so a failing run replays; see
+//! [`FaultPlan`] for the spec and [`Local::fault_counts`] for what was
+//! injected:
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let local = rkcl_local::Local::builder()
+//!     .faults("kinesis.GetRecords:throttle=2%,dynamodb.UpdateItem:error=1%,*:latency=0..300ms".parse()?)
+//!     .fault_seed(42)
+//!     .start()
+//!     .await?;
+//! // ... run the application against local.kinesis_client() ...
+//! println!("{}", local.fault_counts());
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! With the `testkit` feature, [`testkit`] adds helpers for tests on these
 //! servers (streams, records, raw reads, waiting) and the conformance suite
 //! of rkcl's `LeaseStore` trait.
@@ -44,11 +63,18 @@
     )
 )]
 
+mod faults;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
+pub use faults::{
+    DEFAULT_FAULT_SEED, FaultCounts, FaultKind, FaultPlan, FaultSpecError, FaultSpecErrorKind,
+    Service,
+};
+
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_credential_types::Credentials;
@@ -146,6 +172,8 @@ pub struct LocalBuilder {
     dynamodb_port: u16,
     data_dir: Option<PathBuf>,
     kinesis: KinesisSettings,
+    faults: Option<FaultPlan>,
+    fault_seed: Option<u64>,
 }
 
 impl LocalBuilder {
@@ -175,6 +203,21 @@ impl LocalBuilder {
         self
     }
 
+    /// Serve both services through the fault layer, injecting the faults of
+    /// `plan` (see [`FaultPlan`]). An empty plan puts the layer in place and
+    /// injects nothing. Default: no fault layer.
+    pub fn faults(mut self, plan: FaultPlan) -> Self {
+        self.faults = Some(plan);
+        self
+    }
+
+    /// The seed of the fault layer's random numbers: the same seed, plan and
+    /// calls give the same faults. Default: [`DEFAULT_FAULT_SEED`].
+    pub fn fault_seed(mut self, seed: u64) -> Self {
+        self.fault_seed = Some(seed);
+        self
+    }
+
     /// Binds both ports, starts both servers on the current tokio runtime
     /// and waits until both answer a request.
     ///
@@ -189,11 +232,35 @@ impl LocalBuilder {
         let kinesis_addr = local_addr("Kinesis", &kinesis_listener, self.kinesis_port)?;
         let dynamodb_addr = local_addr("DynamoDB", &dynamodb_listener, self.dynamodb_port)?;
 
+        let shutdown = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let injector = self.faults.map(|plan| {
+            let seed = self.fault_seed.unwrap_or(DEFAULT_FAULT_SEED);
+            Arc::new(faults::Injector::new(plan, seed))
+        });
+        let kinesis_listener = faults::interpose(
+            injector.as_ref(),
+            Service::Kinesis,
+            kinesis_listener,
+            &shutdown,
+            &mut tasks,
+        )
+        .await?;
+        let dynamodb_listener = faults::interpose(
+            injector.as_ref(),
+            Service::DynamoDb,
+            dynamodb_listener,
+            &shutdown,
+            &mut tasks,
+        )
+        .await?;
+        // Readiness is probed on the servers themselves, past the faults.
+        let kinesis_served = local_addr("Kinesis", &kinesis_listener, 0)?;
+        let dynamodb_served = local_addr("DynamoDB", &dynamodb_listener, 0)?;
+
         let database = open_database(self.data_dir.as_deref())?;
         let store_options = store_options(&self.kinesis, self.data_dir.as_deref())?;
 
-        let shutdown = CancellationToken::new();
-        let mut tasks = JoinSet::new();
         let (router, _store) = ferrokinesis::create_app(store_options);
         let router = router.layer(axum::extract::DefaultBodyLimit::max(KINESIS_BODY_LIMIT));
         let token = shutdown.clone();
@@ -225,8 +292,17 @@ impl LocalBuilder {
             dynamodb: dynamodb_client(&format!("http://{dynamodb_addr}")),
             shutdown,
             tasks,
+            faults: injector,
         };
-        local.wait_until_ready().await?;
+        if local.faults.is_some() {
+            Local::wait_until_ready(
+                &kinesis_client(&format!("http://{kinesis_served}")),
+                &dynamodb_client(&format!("http://{dynamodb_served}")),
+            )
+            .await?;
+        } else {
+            Local::wait_until_ready(&local.kinesis, &local.dynamodb).await?;
+        }
         tracing::info!(
             kinesis = %local.kinesis_endpoint,
             dynamodb = %local.dynamodb_endpoint,
@@ -248,6 +324,7 @@ pub struct Local {
     dynamodb: aws_sdk_dynamodb::Client,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
+    faults: Option<Arc<faults::Injector>>,
 }
 
 impl Local {
@@ -285,6 +362,24 @@ impl Local {
         self.dynamodb.clone()
     }
 
+    /// How many faults the fault layer has injected so far, per service,
+    /// operation and kind; empty without a fault layer.
+    pub fn fault_counts(&self) -> FaultCounts {
+        self.faults
+            .as_ref()
+            .map_or_else(FaultCounts::default, |injector| injector.counts())
+    }
+
+    /// The seed of the fault layer, `None` without one.
+    pub fn fault_seed(&self) -> Option<u64> {
+        self.faults.as_ref().map(|injector| injector.seed())
+    }
+
+    /// The fault plan being injected, `None` without a fault layer.
+    pub fn fault_plan(&self) -> Option<&FaultPlan> {
+        self.faults.as_ref().map(|injector| injector.plan())
+    }
+
     /// Stops both servers and waits (up to [`SHUTDOWN_TIMEOUT`]) for open
     /// connections to finish.
     pub async fn shutdown(mut self) {
@@ -299,11 +394,15 @@ impl Local {
         }
     }
 
-    async fn wait_until_ready(&self) -> Result<(), LocalError> {
+    /// Waits until both servers answer, asking them through these clients.
+    async fn wait_until_ready(
+        probe_kinesis: &aws_sdk_kinesis::Client,
+        probe_dynamodb: &aws_sdk_dynamodb::Client,
+    ) -> Result<(), LocalError> {
         let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
         let kinesis = async {
             loop {
-                match self.kinesis.list_streams().send().await {
+                match probe_kinesis.list_streams().send().await {
                     Ok(_) => return Ok(()),
                     Err(err) if tokio::time::Instant::now() >= deadline => {
                         return Err(not_ready("Kinesis", &err));
@@ -314,7 +413,7 @@ impl Local {
         };
         let dynamodb = async {
             loop {
-                match self.dynamodb.list_tables().send().await {
+                match probe_dynamodb.list_tables().send().await {
                     Ok(_) => return Ok(()),
                     Err(err) if tokio::time::Instant::now() >= deadline => {
                         return Err(not_ready("DynamoDB", &err));
