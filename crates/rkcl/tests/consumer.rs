@@ -18,11 +18,11 @@ use rkcl::{
     leases::{InMemoryLeaseStore, Lease, LeaseStore},
     model::LeaseKey,
 };
-use rkcl_local::Local;
 use rkcl_local::testkit::Packing::{Aggregated, Plain};
 use rkcl_local::testkit::{
     create_stream, eventually, lease_table, merge, put, read_all_raw, split,
 };
+use rkcl_local::{FaultKind, FaultPlan, Local};
 
 /// One delivery of one user record.
 #[derive(Clone, Debug)]
@@ -795,5 +795,78 @@ async fn bad_input_is_a_clear_error_at_start_up() {
         ),
     ] {
         assert!(matches!(built, Err(Error::Config(_))), "{what}: {built:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_on_every_consumer_call_cost_no_record_and_no_order() {
+    // Throttles, 5xx, expired iterators, dropped connections and latency on
+    // the calls a worker makes, on both services; the writer's PutRecords is
+    // spared so the stream holds exactly what was written.
+    let plan = FaultPlan::parse(
+        "kinesis.GetRecords:throttle=10%,kinesis.GetRecords:error=5%,\
+         kinesis.GetRecords:expired=3%,kinesis.GetRecords:reset=2%,\
+         kinesis.GetShardIterator:error=10%,kinesis.ListShards:throttle=10%,\
+         dynamodb.*:throttle=5%,dynamodb.*:error=3%,dynamodb.UpdateItem:reset=2%,\
+         *:latency=0..20ms",
+    )
+    .unwrap();
+    let local = Local::builder()
+        .faults(plan)
+        .fault_seed(7)
+        .start()
+        .await
+        .unwrap();
+    let writer = Kinesis::new(local.kinesis_client());
+    let stream = create_stream(&writer, "faulty", 4).await;
+    put(&writer, &stream, keyed_records(50, 100, 0), Plain).await;
+    put(&writer, &stream, keyed_records(50, 100, 100), Aggregated).await;
+    let store = lease_table(&local, "faulty-app").await;
+    let journal = Arc::new(Journal::default());
+    let a = start(&local, &store, "faulty", "a", &journal).await;
+    let b = start(&local, &store, "faulty", "b", &journal).await;
+    eventually(
+        "10,000 records consumed under faults",
+        Duration::from_secs(120),
+        || journal.unique() == 10_000,
+    )
+    .await;
+    assert_shard_order(&journal.snapshot());
+    // Per key, first deliveries come in the order written.
+    let mut next: HashMap<usize, usize> = HashMap::new();
+    let mut first = BTreeSet::new();
+    for delivery in journal.snapshot() {
+        if first.insert((delivery.key, delivery.number)) {
+            let expected = next.entry(delivery.key).or_default();
+            assert_eq!(
+                delivery.number, *expected,
+                "key {} out of order",
+                delivery.key
+            );
+            *expected += 1;
+        }
+    }
+    // The workers go on reading at the tip until every kind of fault has
+    // hit them at least once; nothing more may arrive meanwhile.
+    eventually(
+        "every kind of fault injected",
+        Duration::from_secs(60),
+        || {
+            let counts = local.fault_counts();
+            [
+                FaultKind::Throttle,
+                FaultKind::Error,
+                FaultKind::Expired,
+                FaultKind::Reset,
+            ]
+            .iter()
+            .all(|kind| counts.total(*kind) > 0)
+        },
+    )
+    .await;
+    assert_eq!(journal.unique(), 10_000);
+    assert_shard_order(&journal.snapshot());
+    for worker in [a, b] {
+        worker.shutdown(Duration::from_secs(20)).await;
     }
 }
