@@ -2,6 +2,7 @@
 //! [`Subscription`], whose events come as [`SubscriptionEvent`]s in domain
 //! types.
 
+use aws_sdk_kinesis::config::retry::RetryConfig;
 use aws_sdk_kinesis::error::SdkError;
 use aws_sdk_kinesis::primitives::DateTime;
 use aws_sdk_kinesis::primitives::event_stream::EventReceiver;
@@ -114,7 +115,9 @@ impl Kinesis {
     /// caller's part.
     ///
     /// Kinesis allows one subscription per shard and consumer at a time, and
-    /// one call per second per shard and consumer.
+    /// one call per second per shard and consumer; a call within five
+    /// seconds of a successful one is refused as in use. The SDK's retries
+    /// are off for this call, so the caller's pacing holds.
     ///
     /// # Errors
     ///
@@ -155,6 +158,12 @@ impl Kinesis {
             .consumer_arn(consumer_arn)
             .shard_id(shard_id.as_str())
             .starting_position(starting_position)
+            // The caller paces subscriptions (one per second per shard is
+            // all Kinesis allows); the SDK's own retries would not.
+            .customize()
+            .config_override(
+                aws_sdk_kinesis::config::Builder::default().retry_config(RetryConfig::disabled()),
+            )
             .send()
             .boxed()
             .await
