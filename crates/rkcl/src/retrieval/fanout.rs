@@ -12,7 +12,7 @@
 //! (some services name the children on every event of a closed shard); it
 //! is confirmed by ListShards (the shard is closed and what was read is at
 //! or past its ending sequence number) or by the next subscription, after
-//! the last continuation, whose first event has no records and names the
+//! the last continuation: an event of it with no records that names the
 //! children.
 
 use std::sync::Arc;
@@ -413,7 +413,7 @@ impl Subscriber {
         mut subscription: Subscription,
         sender: &mpsc::Sender<Box<Prefetched>>,
     ) -> Result<Next> {
-        let mut first = true;
+        let confirming = self.children_seen;
         loop {
             // Room first: an event is taken from the subscription only when
             // the queue and both budgets have room for more.
@@ -442,37 +442,46 @@ impl Subscriber {
             };
             self.failures = 0;
             self.in_use = 0;
-            match self.take(event, first, slot, (records, bytes)).await? {
-                None => {}
-                Some(next) => return Ok(next),
+            if let Some(next) = self.take(event, confirming, slot, (records, bytes)).await? {
+                return Ok(next);
             }
-            first = false;
         }
     }
 
     /// Handles one event: queues its records, and ends the shard when the
-    /// event says it is over.
+    /// event says it is over. `confirming`: the subscription was opened
+    /// after an event named children.
     async fn take(
         &mut self,
         event: SubscriptionEvent,
-        first: bool,
+        confirming: bool,
         slot: mpsc::Permit<'_, Box<Prefetched>>,
         room: (OwnedSemaphorePermit, OwnedSemaphorePermit),
     ) -> Result<Option<Next>> {
         let SubscriptionEvent {
-            records: kinesis_records,
+            records: mut kinesis_records,
             continuation_sequence_number,
             millis_behind_latest,
             child_shards,
             ..
         } = event;
         let count = kinesis_records.len();
+        // Records at or below the last one read are not read again. After a
+        // continuation Kinesis sends none, so this drops nothing; it keeps
+        // a service that sends a shard again from its start (as the local
+        // emulator does, ignoring the sequence number) from duplicating.
+        if let Some(last) = &self.last_record {
+            kinesis_records.retain(|record| &record.sequence_number > last);
+        }
+        let replayed = kinesis_records.len() < count;
         let bytes: usize = kinesis_records.iter().map(|r| r.data.len()).sum();
         if let Some(last) = kinesis_records.last() {
             self.last_record = Some(last.sequence_number.clone());
         }
         let at_end = continuation_sequence_number.is_none();
-        if let Some(continuation) = continuation_sequence_number {
+        if let Some(continuation) = continuation_sequence_number
+            && self.continuation.as_ref() < Some(&continuation)
+        {
             self.continuation = Some(continuation);
         }
         let names_children = !child_shards.is_empty();
@@ -481,42 +490,44 @@ impl Subscriber {
         // may follow, however far behind Kinesis says the reader is.
         let at_tip = millis_behind_latest == Some(0)
             && count < FULL_EVENT_RECORDS
+            && !replayed
             && !self.known_closed
             && !self.children_seen;
-        let mut records = Vec::with_capacity(count);
+        let mut records = Vec::with_capacity(kinesis_records.len());
         for record in kinesis_records {
             self.deaggregator.deaggregate_into(record, &mut records);
         }
         if let Some(skip) = &self.skip_through {
+            // Resuming inside an aggregate: only the user records up to the
+            // checkpoint go, and only until a record past it is read.
             records.retain(|user| &user.extended_sequence_number() > skip);
             if self.last_record.as_ref() > skip.sequence_number() {
                 self.skip_through = None;
             }
         }
-        if at_end {
+        let end = if at_end {
             // Kinesis' end of a closed shard: no continuation.
-            let children = self.children_of(child_shards).await?;
-            if !records.is_empty() {
-                let batch = self.batch(records, millis_behind_latest, bytes, false);
-                let Ok(permits) = self.admit(room, batch.records.len(), bytes).await else {
-                    return Ok(Some(Next::Gone));
-                };
-                self.queue(slot, Ok(ShardEvent::Records(batch)), permits);
-            }
-            return Ok(Some(Next::End(children, ShardEndReason::Closed)));
-        }
-        if first && count == 0 && names_children {
-            // A subscription after everything read finds nothing and names
-            // the children: the end, confirmed.
-            let children = self.children_of(child_shards).await?;
-            return Ok(Some(Next::End(children, ShardEndReason::Closed)));
-        }
-        let batch = self.batch(records, millis_behind_latest, bytes, at_tip);
-        let Ok(permits) = self.admit(room, batch.records.len(), bytes).await else {
-            return Ok(Some(Next::Gone));
+            Some(self.children_of(child_shards).await?)
+        } else if confirming && count == 0 && names_children {
+            // A subscription after an event that named children finds no
+            // record and names them again: the end, confirmed.
+            Some(self.children_of(child_shards).await?)
+        } else {
+            None
         };
-        self.queue(slot, Ok(ShardEvent::Records(batch)), permits);
-        Ok(None)
+        if end.is_none() || !records.is_empty() {
+            let batch = self.batch(
+                records,
+                millis_behind_latest,
+                bytes,
+                at_tip && end.is_none(),
+            );
+            let Ok(permits) = self.admit(room, batch.records.len(), bytes).await else {
+                return Ok(Some(Next::Gone));
+            };
+            self.queue(slot, Ok(ShardEvent::Records(batch)), permits);
+        }
+        Ok(end.map(|children| Next::End(children, ShardEndReason::Closed)))
     }
 
     fn batch(
