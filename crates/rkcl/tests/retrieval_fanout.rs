@@ -433,12 +433,17 @@ async fn short_sessions_and_failed_subscriptions_cost_no_record_and_no_duplicate
         assert!(total(cause) >= 1, "no resubscription for {cause:?}");
     }
     assert_eq!(total(ResubscribeCause::Idle), 0);
-    // Every call either opened a subscription or failed as planned.
+    // Every call opened a subscription or failed as planned (but for one
+    // call per source that may have been in flight when it stopped).
     let opened: u64 = sources.iter().map(FanOutSource::subscriptions).sum();
     let failed = total(ResubscribeCause::Throttled)
         + total(ResubscribeCause::InUse)
         + total(ResubscribeCause::Error);
-    assert_eq!(opened + failed, calls(&counts, "SubscribeToShard") as u64);
+    let asked = calls(&counts, "SubscribeToShard") as u64;
+    assert!(
+        (asked.saturating_sub(sources.len() as u64)..=asked).contains(&(opened + failed)),
+        "{opened} opened and {failed} failed of {asked} calls"
+    );
 }
 
 /// Checkpoints at one chosen user record and never at shutdown.

@@ -15,6 +15,27 @@ use crate::kpl::HashRangePolicy;
 /// Each stream consumer has its own read budget of 2 MiB/s per shard, so
 /// applications on one stream do not share a budget as they do with
 /// polling.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// use rkcl::SchedulerConfig;
+/// use rkcl::retrieval::FanOutConfig;
+///
+/// # fn main() -> rkcl::Result<()> {
+/// // Read through the stream consumer "orders-app" (the application's
+/// // name), registered by the first worker that starts.
+/// let config = SchedulerConfig::builder("orders-app", "orders")
+///     .fan_out(
+///         FanOutConfig::builder()
+///             .idle_timeout(Duration::from_secs(30))
+///             .build()?,
+///     )
+///     .build()?;
+/// # drop(config);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct FanOutConfig {

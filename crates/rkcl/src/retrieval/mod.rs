@@ -136,7 +136,7 @@ impl Retrieval {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`](crate::Error::Config) naming the first value out of
+    /// [`Error::Config`] naming the first value out of
     /// range.
     pub fn validate(&self) -> Result<()> {
         match self {

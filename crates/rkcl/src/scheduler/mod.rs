@@ -77,7 +77,7 @@ impl Scheduler {
     /// [`Error::ResourceNotFound`] when the stream or the lease table does
     /// not exist; [`Error::AccessDenied`] without the permissions; with
     /// fan-out, the errors of
-    /// [`resolve_consumer`](crate::retrieval::resolve_consumer); other
+    /// [`resolve_consumer`]; other
     /// errors of the first calls.
     pub async fn start<S, F>(
         config: SchedulerConfig,
