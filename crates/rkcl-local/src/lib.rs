@@ -150,6 +150,11 @@ pub struct KinesisSettings {
     /// Throttle writes above 1 MiB/s or 1,000 records/s per shard, as AWS
     /// does. Default: off.
     pub enforce_write_limits: bool,
+    /// How long a SubscribeToShard session lasts before the server ends it
+    /// (the event stream simply ends; the subscriber opens a new one after
+    /// its last continuation sequence number). Default: 300 s, as on AWS;
+    /// tests make it short to cross many session ends.
+    pub subscription_session: Duration,
 }
 
 impl Default for KinesisSettings {
@@ -161,6 +166,7 @@ impl Default for KinesisSettings {
             shard_limit: 1_000,
             iterator_ttl: Duration::from_secs(300),
             enforce_write_limits: false,
+            subscription_session: Duration::from_secs(300),
         }
     }
 }
@@ -511,6 +517,7 @@ fn store_options(
         shard_limit: settings.shard_limit,
         iterator_ttl_seconds: settings.iterator_ttl.as_secs().max(1),
         enforce_limits: settings.enforce_write_limits,
+        subscribe_to_shard_session_ms: millis(settings.subscription_session).max(1),
         durable,
         aws_region: REGION.to_owned(),
         ..ferrokinesis::store::StoreOptions::default()

@@ -50,6 +50,22 @@ pub enum Error {
         /// The service's message.
         message: String,
     },
+    /// The resource is busy or not in a state that allows the operation:
+    /// a stream consumer still being created or being deleted, a shard
+    /// already subscribed to by the same consumer, a stream that exists
+    /// already or is being updated.
+    ///
+    /// Not retryable as such: the same call fails the same way while the
+    /// state lasts, and some states last (a stream that exists). Callers
+    /// that know the state is passing (a subscription being replaced, a
+    /// consumer being registered) wait and try again.
+    #[error("{service}: resource in use: {message}")]
+    ResourceInUse {
+        /// The service that answered.
+        service: Service,
+        /// The service's message.
+        message: String,
+    },
     /// The credentials in use may not perform the operation (IAM or KMS).
     #[error("{service}: access denied: {message}")]
     AccessDenied {
@@ -143,6 +159,7 @@ impl Error {
             }
             Error::Service { retryable, .. } => *retryable,
             Error::ResourceNotFound { .. }
+            | Error::ResourceInUse { .. }
             | Error::AccessDenied { .. }
             | Error::Credentials { .. }
             | Error::InvalidRequest { .. }
@@ -189,5 +206,12 @@ mod tests {
             .is_retryable()
         );
         assert!(!Error::Config("x".into()).is_retryable());
+        assert!(
+            !Error::ResourceInUse {
+                service: Service::Kinesis,
+                message: String::new()
+            }
+            .is_retryable()
+        );
     }
 }

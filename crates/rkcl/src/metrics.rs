@@ -5,8 +5,8 @@
 //! [`Metric`] here names one series: its name, kind, unit, labels and
 //! meaning. Code that emits a metric goes through these constants, so no
 //! name is spelled twice, and tests and dashboards can read the same list
-//! ([`ALL`]). Labels are bounded: a shard id or a worker id, never a
-//! sequence number or anything per record.
+//! ([`ALL`]). Labels are bounded: a shard id, a worker id, or a cause out
+//! of a closed set, never a sequence number or anything per record.
 //!
 //! ```
 //! // Register descriptions (units, help text) with the installed recorder.
@@ -78,6 +78,13 @@ impl Metric {
 pub const SHARD: &str = "shard";
 /// The label naming a worker.
 pub const WORKER: &str = "worker";
+/// The label naming why something happened, out of a closed set of
+/// causes named where the metric is described (never free text, never an
+/// error message).
+pub const CAUSE: &str = "cause";
+
+/// Every value the `cause` label of [`RESUBSCRIPTIONS`] takes.
+pub const RESUBSCRIPTION_CAUSES: &[&str] = &["session_end", "idle", "throttled", "in_use", "error"];
 
 /// User records handed to processors and processed without error.
 pub const RECORDS_PROCESSED: Metric = Metric {
@@ -169,6 +176,27 @@ pub const LEASES_HELD: Metric = Metric {
     description: "Leases this worker holds now.",
 };
 
+/// SubscribeToShard sessions opened (enhanced fan-out).
+pub const SUBSCRIPTIONS: Metric = Metric {
+    name: "rkcl_subscriptions",
+    kind: MetricKind::Counter,
+    unit: Unit::Count,
+    labels: &[SHARD],
+    description: "Enhanced fan-out subscriptions opened.",
+};
+
+/// Subscriptions opened again, by cause: `session_end` (Kinesis ended the
+/// session, every five minutes on AWS), `idle` (no event for the idle
+/// timeout), `throttled`, `in_use` (the shard was still subscribed, or the
+/// consumer not active) and `error` (5xx, connection errors).
+pub const RESUBSCRIPTIONS: Metric = Metric {
+    name: "rkcl_resubscriptions",
+    kind: MetricKind::Counter,
+    unit: Unit::Count,
+    labels: &[SHARD, CAUSE],
+    description: "Enhanced fan-out subscriptions opened again, by cause.",
+};
+
 /// Every metric rkcl emits.
 pub const ALL: &[Metric] = &[
     RECORDS_PROCESSED,
@@ -181,6 +209,8 @@ pub const ALL: &[Metric] = &[
     LEASES_TAKEN,
     LEASES_LOST,
     LEASES_HELD,
+    SUBSCRIPTIONS,
+    RESUBSCRIPTIONS,
 ];
 
 /// Registers the unit and description of every metric with the installed
@@ -213,12 +243,25 @@ mod tests {
         for metric in ALL {
             assert!(names.insert(metric.name), "{} twice", metric.name);
             assert!(metric.name.starts_with("rkcl_"), "{}", metric.name);
+            // A label is a shard, a worker, or a cause out of a closed set;
+            // a metric with a cause names every cause in its description.
             assert!(
-                metric.labels.iter().all(|l| [SHARD, WORKER].contains(l)),
+                metric
+                    .labels
+                    .iter()
+                    .all(|l| [SHARD, WORKER, CAUSE].contains(l)),
                 "{} has an unbounded label",
                 metric.name
             );
         }
+        assert_eq!(
+            ALL.iter()
+                .filter(|m| m.labels.contains(&CAUSE))
+                .map(|m| m.name)
+                .collect::<Vec<_>>(),
+            [RESUBSCRIPTIONS.name],
+            "a new metric with a cause needs its closed set of causes here"
+        );
     }
 
     #[test]

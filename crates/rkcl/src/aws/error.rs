@@ -5,10 +5,30 @@ use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 
 use crate::error::{Error, Service};
 
-/// Maps any SDK error of `service` to an [`Error`] a caller can branch on.
+/// Maps any SDK error of a call to `service` to an [`Error`] a caller can
+/// branch on.
 pub(crate) fn from_sdk<E>(service: Service, err: SdkError<E, HttpResponse>) -> Error
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    convert(service, err, |raw| Some(raw.status().as_u16()))
+}
+
+/// Maps an error read from an event stream (SubscribeToShard's events) to
+/// an [`Error`]: as [`from_sdk`], without an HTTP status (the error came in
+/// a message of a stream that had answered 200).
+pub(crate) fn from_event_stream<E, R>(service: Service, err: SdkError<E, R>) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug + 'static,
+{
+    convert(service, err, |_| None)
+}
+
+fn convert<E, R>(service: Service, err: SdkError<E, R>, status: impl Fn(&R) -> Option<u16>) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug + 'static,
 {
     let full = chain(&err);
     match &err {
@@ -16,8 +36,7 @@ where
             let inner = service_err.err();
             let code = inner.code().unwrap_or("Unknown").to_owned();
             let message = inner.message().unwrap_or_default().to_owned();
-            let status = service_err.raw().status().as_u16();
-            classify(service, &code, message, Some(status))
+            classify(service, &code, message, status(service_err.raw()))
         }
         SdkError::TimeoutError(_) => Error::Transport {
             service,
@@ -102,13 +121,13 @@ pub(crate) fn classify(
         | "IncompleteSignature" => Error::Credentials {
             message: format!("{code}: {message}"),
         },
-        "ValidationException"
-        | "InvalidArgumentException"
-        | "SerializationException"
-        | "ResourceInUseException" => Error::InvalidRequest {
-            service,
-            message: format!("{code}: {message}"),
-        },
+        "ResourceInUseException" => Error::ResourceInUse { service, message },
+        "ValidationException" | "InvalidArgumentException" | "SerializationException" => {
+            Error::InvalidRequest {
+                service,
+                message: format!("{code}: {message}"),
+            }
+        }
         _ => {
             let retryable = status.is_some_and(|s| s >= 500)
                 || matches!(
@@ -160,6 +179,12 @@ mod tests {
             kind("InvalidArgumentException"),
             Error::InvalidRequest { .. }
         ));
+        assert!(matches!(
+            kind("ResourceInUseException"),
+            Error::ResourceInUse { .. }
+        ));
+        assert!(!kind("ResourceInUseException").is_retryable());
+        assert!(kind("InternalFailureException").is_retryable());
         assert!(kind("InternalFailure").is_retryable());
         assert!(!kind("SomethingNew").is_retryable());
         assert!(

@@ -1,6 +1,8 @@
 //! Kinesis calls, in domain types: [`Kinesis`], the client every Kinesis
 //! call of rkcl goes through. The shapes it takes and returns are in
-//! `kinesis_shapes.rs`; the paging driver of ListShards in `paging.rs`.
+//! `kinesis_shapes.rs`; the paging drivers in `paging.rs`; the calls on
+//! stream consumers in `consumers.rs` and SubscribeToShard in
+//! `subscription.rs`.
 
 use std::time::Duration;
 
@@ -8,18 +10,17 @@ use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::primitives::DateTime;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ShardIteratorType, StreamStatus};
-use bytes::Bytes;
 
 use futures_util::FutureExt;
 
 use super::error::from_sdk;
 use super::kinesis_shapes::{
-    ChildShard, GetRecordsOutput, PutEntry, PutOutcome, ShardFilter, StreamRef, StreamSummary,
+    GetRecordsOutput, PutEntry, PutOutcome, ShardFilter, StreamRef, StreamSummary,
+    child_shards_from_sdk, records_from_sdk,
 };
 use super::paging::collect_pages;
 use crate::error::{Error, Result, Service};
 use crate::model::{HashKey, HashKeyRange, SequenceNumber, ShardId, StartingPosition};
-use crate::record::KinesisRecord;
 use crate::shards::Shard;
 
 /// The Kinesis client every Kinesis call of rkcl goes through.
@@ -46,6 +47,12 @@ impl Kinesis {
     /// Wraps an SDK client.
     pub fn new(client: Client) -> Self {
         Self { client }
+    }
+
+    /// The SDK client, for the calls kept in the other files of this layer
+    /// (stream consumers, subscriptions).
+    pub(super) fn client(&self) -> &Client {
+        &self.client
     }
 
     /// Every shard of the stream, open and closed, following ListShards'
@@ -116,8 +123,9 @@ impl Kinesis {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidRequest`] when the stream exists or the count is not
-    /// allowed; any error of the call.
+    /// [`Error::ResourceInUse`] when the stream exists;
+    /// [`Error::InvalidRequest`] when the count is not allowed; any error of
+    /// the call.
     pub async fn create_stream(&self, name: &str, shard_count: u32) -> Result<()> {
         let count = i32::try_from(shard_count)
             .map_err(|_| Error::InvalidInput(format!("too many shards: {shard_count}")))?;
@@ -139,8 +147,9 @@ impl Kinesis {
     /// # Errors
     ///
     /// [`Error::InvalidRequest`] when the shard is closed or the hash key is
-    /// outside its range; [`Error::ResourceNotFound`] for a missing stream
-    /// or shard; any error of the call.
+    /// outside its range; [`Error::ResourceInUse`] while the stream is not
+    /// `ACTIVE`; [`Error::ResourceNotFound`] for a missing stream or shard;
+    /// any error of the call.
     pub async fn split_shard(
         &self,
         stream: &StreamRef,
@@ -168,8 +177,9 @@ impl Kinesis {
     /// # Errors
     ///
     /// [`Error::InvalidRequest`] when the shards are not adjacent or not
-    /// open; [`Error::ResourceNotFound`] for a missing stream or shard; any
-    /// error of the call.
+    /// open; [`Error::ResourceInUse`] while the stream is not `ACTIVE`;
+    /// [`Error::ResourceNotFound`] for a missing stream or shard; any error
+    /// of the call.
     pub async fn merge_shards(&self, stream: &StreamRef, a: &ShardId, b: &ShardId) -> Result<()> {
         let (name, arn) = stream.name_and_arn();
         self.client
@@ -341,60 +351,9 @@ impl Kinesis {
             .await
             .map_err(|e| from_sdk(Service::Kinesis, e))?;
         let mut out = out;
-        let mut records = Vec::with_capacity(out.records.len());
         // Moving the SDK's strings and buffers avoids a copy per record.
-        for record in std::mem::take(&mut out.records) {
-            let sequence_number = record.sequence_number.parse().map_err(|_| Error::Service {
-                service: Service::Kinesis,
-                code: "MalformedRecord".into(),
-                message: format!("a record has sequence number {:?}", record.sequence_number),
-                retryable: false,
-            })?;
-            records.push(KinesisRecord {
-                sequence_number,
-                partition_key: record.partition_key,
-                data: Bytes::from(record.data.into_inner()),
-                approximate_arrival_timestamp: record
-                    .approximate_arrival_timestamp
-                    .and_then(|t| std::time::SystemTime::try_from(t).ok()),
-            });
-        }
-        let mut child_shards = Vec::new();
-        for child in out.child_shards() {
-            let range = child.hash_key_range();
-            let (Ok(start), Ok(end)) = (
-                range
-                    .and_then(|r| r.starting_hash_key().parse::<HashKey>().ok())
-                    .ok_or(()),
-                range
-                    .and_then(|r| r.ending_hash_key().parse::<HashKey>().ok())
-                    .ok_or(()),
-            ) else {
-                tracing::warn!(
-                    child = child.shard_id(),
-                    "GetRecords named a child shard without a valid hash-key range; \
-                     the child is left to the next shard sync"
-                );
-                continue;
-            };
-            let Ok(hash_key_range) = HashKeyRange::new(start, end) else {
-                tracing::warn!(
-                    child = child.shard_id(),
-                    "GetRecords named a child shard with an empty hash-key range; \
-                     the child is left to the next shard sync"
-                );
-                continue;
-            };
-            child_shards.push(ChildShard {
-                id: ShardId::from(child.shard_id()),
-                parent_shard_ids: child
-                    .parent_shards()
-                    .iter()
-                    .map(|p| ShardId::from(p.as_str()))
-                    .collect(),
-                hash_key_range,
-            });
-        }
+        let records = records_from_sdk(std::mem::take(&mut out.records))?;
+        let child_shards = child_shards_from_sdk(out.child_shards(), "GetRecords");
         Ok(GetRecordsOutput {
             records,
             next_shard_iterator: out.next_shard_iterator().map(str::to_owned),

@@ -7,8 +7,8 @@
 use aws_sdk_kinesis::primitives::DateTime;
 use bytes::Bytes;
 
-use crate::error::{Error, Result};
-use crate::model::{HashKeyRange, ShardId};
+use crate::error::{Error, Result, Service};
+use crate::model::{HashKey, HashKeyRange, ShardId};
 use crate::record::KinesisRecord;
 
 /// A stream named by its name or by its ARN.
@@ -130,6 +130,73 @@ pub struct ChildShard {
     pub parent_shard_ids: Vec<ShardId>,
     /// The hash keys it receives.
     pub hash_key_range: HashKeyRange,
+}
+
+/// Records as GetRecords and SubscribeToShard return them, in domain
+/// types. The SDK's strings and buffers are moved, not copied.
+///
+/// # Errors
+///
+/// A record whose sequence number is not a number is a malformed answer
+/// (not retryable: asking again gives the same record).
+pub(super) fn records_from_sdk(
+    records: Vec<aws_sdk_kinesis::types::Record>,
+) -> Result<Vec<KinesisRecord>> {
+    let mut out = Vec::with_capacity(records.len());
+    for record in records {
+        let sequence_number = record.sequence_number.parse().map_err(|_| Error::Service {
+            service: Service::Kinesis,
+            code: "MalformedRecord".into(),
+            message: format!("a record has sequence number {:?}", record.sequence_number),
+            retryable: false,
+        })?;
+        out.push(KinesisRecord {
+            sequence_number,
+            partition_key: record.partition_key,
+            data: Bytes::from(record.data.into_inner()),
+            approximate_arrival_timestamp: record
+                .approximate_arrival_timestamp
+                .and_then(|t| std::time::SystemTime::try_from(t).ok()),
+        });
+    }
+    Ok(out)
+}
+
+/// Child shards as GetRecords and SubscribeToShard name them. A child
+/// without a valid hash-key range is left out (and logged): the next shard
+/// sync finds it with ListShards. `call` names the call in the log.
+pub(super) fn child_shards_from_sdk(
+    children: &[aws_sdk_kinesis::types::ChildShard],
+    call: &str,
+) -> Vec<ChildShard> {
+    let mut out = Vec::with_capacity(children.len());
+    for child in children {
+        let range = child.hash_key_range();
+        let start = range.and_then(|r| r.starting_hash_key().parse::<HashKey>().ok());
+        let end = range.and_then(|r| r.ending_hash_key().parse::<HashKey>().ok());
+        let Some(hash_key_range) = start
+            .zip(end)
+            .and_then(|(start, end)| HashKeyRange::new(start, end).ok())
+        else {
+            tracing::warn!(
+                call,
+                child = child.shard_id(),
+                "a child shard without a valid hash-key range; \
+                 the child is left to the next shard sync"
+            );
+            continue;
+        };
+        out.push(ChildShard {
+            id: ShardId::from(child.shard_id()),
+            parent_shard_ids: child
+                .parent_shards()
+                .iter()
+                .map(|p| ShardId::from(p.as_str()))
+                .collect(),
+            hash_key_range,
+        });
+    }
+    out
 }
 
 /// One entry of a PutRecords call.

@@ -10,14 +10,18 @@
 //! request future is several KiB, and a long-lived task that awaited one
 //! inline would carry that size for its whole life, once per shard.
 
+mod consumers;
 mod dynamodb;
 mod error;
 mod kinesis;
 mod kinesis_shapes;
 mod lease_item;
 mod paging;
+mod subscription;
 
+pub use consumers::{ConsumerStatus, StreamConsumer};
 pub use dynamodb::{DynamoDbLeaseStore, LeaseTableRequests};
 pub use kinesis::Kinesis;
 pub use kinesis_shapes::{ChildShard, GetRecordsOutput, ShardFilter, StreamRef, StreamSummary};
 pub(crate) use kinesis_shapes::{PutEntry, PutOutcome};
+pub use subscription::{Subscription, SubscriptionEvent};

@@ -1,5 +1,9 @@
-//! Following page tokens: the paging driver of ListShards, kept apart from
-//! the client so that it is tested without a server.
+//! Following page tokens: the paging drivers of ListShards and
+//! ListStreamConsumers, kept apart from the client so that they are tested
+//! without a server.
+
+use std::collections::HashSet;
+use std::hash::Hash;
 
 use crate::error::{Error, Result, Service};
 
@@ -32,6 +36,38 @@ where
             _ => return Ok(items),
         }
     }
+}
+
+/// Calls `fetch` with each page's token and gathers the items that `key`
+/// has not seen before, until a page has no token, a page adds nothing
+/// new, or `max_pages` pages were read.
+///
+/// For listings whose token may not move on (a service that always
+/// answers the same token): the items decide when the listing is done,
+/// not the token.
+pub(super) async fn collect_new_pages<T, K, F, Fut>(
+    max_pages: usize,
+    key: impl Fn(&T) -> K,
+    mut fetch: F,
+) -> Result<Vec<T>>
+where
+    K: Eq + Hash,
+    F: FnMut(Option<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, Option<String>)>>,
+{
+    let mut items = Vec::new();
+    let mut seen = HashSet::new();
+    let mut token: Option<String> = None;
+    for _ in 0..max_pages.max(1) {
+        let (page, next) = fetch(token.take()).await?;
+        let before = items.len();
+        items.extend(page.into_iter().filter(|item| seen.insert(key(item))));
+        match next {
+            Some(next) if !next.is_empty() && items.len() > before => token = Some(next),
+            _ => break,
+        }
+    }
+    Ok(items)
 }
 
 #[cfg(test)]
@@ -115,5 +151,53 @@ mod tests {
         })
         .await;
         assert!(matches!(result, Err(Error::Throttled { .. })));
+    }
+
+    #[tokio::test]
+    async fn new_pages_stop_when_a_page_adds_nothing_or_at_the_cap() {
+        // A service that answers the same token forever, with the same items.
+        let calls = Mutex::new(0);
+        let items = collect_new_pages(
+            10,
+            |item: &u32| *item,
+            |_| {
+                *calls.lock().unwrap() += 1;
+                async { Ok((vec![1, 2], Some("next".to_owned()))) }
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(items, vec![1, 2]);
+        assert_eq!(*calls.lock().unwrap(), 2);
+
+        // Pages that keep adding stop at the cap.
+        let calls = Mutex::new(0u32);
+        let items = collect_new_pages(
+            3,
+            |item: &u32| *item,
+            |_| {
+                let mut calls = calls.lock().unwrap();
+                *calls += 1;
+                let n = *calls;
+                async move { Ok((vec![n], Some("next".to_owned()))) }
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(items, vec![1, 2, 3]);
+
+        // The last page has no token; repeats are dropped.
+        let pages = fake_pages(vec![(vec![1, 2], Some("a")), (vec![2, 3], None)]);
+        let items = collect_new_pages(
+            10,
+            |item: &u32| *item,
+            |_| {
+                let page = pages.lock().unwrap().pop_front().unwrap();
+                async move { Ok(page) }
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(items, vec![1, 2, 3]);
     }
 }

@@ -1,30 +1,38 @@
-//! Reading shards: the shard graph, the polling source, and a reader that
-//! follows a whole stream through resharding.
+//! Reading shards: the shard graph, the polling and enhanced fan-out
+//! sources, and a reader that follows a whole stream through resharding.
 //!
 //! Everything a consumer reads comes through a [`RecordSource`]: one per
 //! shard, yielding batches of de-aggregated user records and, at the end of
 //! a closed shard, its children. [`PollingSource`] implements it with
-//! GetRecords. [`StreamReader`] reads every shard of a stream, each child
-//! only after all its parents are read to their end, without leases or
-//! checkpoints (what `rkcl tail` uses).
+//! GetRecords, [`FanOutSource`] with SubscribeToShard through a stream
+//! consumer ([`resolve_consumer`] finds or registers it). [`StreamReader`]
+//! reads every shard of a stream, each child only after all its parents
+//! are read to their end, without leases or checkpoints (what `rkcl tail`
+//! uses).
 
 use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
 use crate::aws::{Kinesis, StreamRef};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::{ShardId, StartingPosition};
 use crate::record::UserRecord;
 use crate::shards::Shard;
 
+mod consumer;
+mod fanout;
+mod fanout_config;
 mod polling;
 mod polling_config;
 mod reader;
 mod shard_graph;
 
+pub use consumer::resolve_consumer;
+pub use fanout::{FanOutSource, Prefetch, ResubscribeCause};
+pub use fanout_config::{FanOutConfig, FanOutConfigBuilder};
 pub use polling::PollingSource;
 pub use polling_config::{PollingConfig, PollingConfigBuilder};
-pub use reader::{StreamEvent, StreamReader};
+pub use reader::{DEFAULT_CONSUMER_NAME, StreamEvent, StreamReader};
 pub use shard_graph::ShardGraph;
 
 /// The records of one GetRecords call, de-aggregated.
@@ -112,6 +120,11 @@ pub enum Retrieval {
     /// GetRecords calls, paced within the shard's read limits
     /// ([`PollingSource`]).
     Polling(PollingConfig),
+    /// Enhanced fan-out: Kinesis pushes records over SubscribeToShard
+    /// sessions, through a stream consumer of the application's own, with
+    /// a read budget of its own ([`FanOutSource`]). The worker finds or
+    /// registers the consumer when it starts.
+    FanOut(FanOutConfig),
 }
 
 impl Default for Retrieval {
@@ -132,11 +145,12 @@ impl Retrieval {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`](crate::Error::Config) naming the first value out of
+    /// [`Error::Config`] naming the first value out of
     /// range.
     pub fn validate(&self) -> Result<()> {
         match self {
             Retrieval::Polling(config) => config.validate(),
+            Retrieval::FanOut(config) => config.validate(),
         }
     }
 }
@@ -162,6 +176,9 @@ pub(crate) struct KinesisSources {
     pub(crate) kinesis: Kinesis,
     pub(crate) stream: StreamRef,
     pub(crate) retrieval: Retrieval,
+    /// The ARN of the stream consumer fan-out reads through, resolved when
+    /// the worker started; `None` for polling.
+    pub(crate) consumer_arn: Option<String>,
 }
 
 impl OpenRecordSource for KinesisSources {
@@ -180,6 +197,20 @@ impl OpenRecordSource for KinesisSources {
                 config.clone(),
                 stop,
             )?)),
+            Retrieval::FanOut(config) => {
+                let consumer_arn = self.consumer_arn.clone().ok_or_else(|| {
+                    Error::Config("enhanced fan-out without a resolved stream consumer".into())
+                })?;
+                Ok(Box::new(FanOutSource::start_under(
+                    self.kinesis.clone(),
+                    self.stream.clone(),
+                    consumer_arn,
+                    shard,
+                    start,
+                    config.clone(),
+                    stop,
+                )?))
+            }
         }
     }
 }

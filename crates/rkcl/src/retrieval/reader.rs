@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use super::{
     KinesisSources, OpenRecordSource, Retrieval, ShardBatch, ShardEnd, ShardEvent, ShardGraph,
+    resolve_consumer,
 };
 use crate::aws::{Kinesis, ShardFilter, StreamRef};
 use crate::backoff::{Backoff, retry};
@@ -31,6 +32,11 @@ pub enum StreamEvent {
 
 /// How much the reader buffers between its tasks, in events.
 const EVENT_BUFFER: usize = 16;
+
+/// The stream consumer a reader with fan-out reads through when its config
+/// names none. Two readers reading at once through one consumer would take
+/// each other's subscriptions: give each its own name.
+pub const DEFAULT_CONSUMER_NAME: &str = "rkcl-reader";
 
 /// The pauses between tries of ListShards when it is throttled or fails.
 const LIST_SHARDS_BACKOFF: Backoff = Backoff {
@@ -72,7 +78,10 @@ pub struct StreamReader {
 }
 
 impl StreamReader {
-    /// Lists the stream's shards and starts reading at `start`:
+    /// Lists the stream's shards and starts reading at `start`, by polling
+    /// or through enhanced fan-out as `retrieval` says (fan-out reads through
+    /// the configured stream consumer, or [`DEFAULT_CONSUMER_NAME`],
+    /// registered if missing):
     /// `TRIM_HORIZON` and `AT_TIMESTAMP` begin with the oldest shards,
     /// `LATEST` with the open ones, and a sequence number with its shard
     /// only (and then its descendants). Children are read from
@@ -150,10 +159,20 @@ impl StreamReader {
         };
         let (sender, receiver) = mpsc::channel(EVENT_BUFFER);
         let cancel = CancellationToken::new();
+        // Fan-out reads through a stream consumer, registered if missing.
+        let consumer_arn = match &retrieval {
+            Retrieval::FanOut(config) => Some(
+                resolve_consumer(&kinesis, &stream, config, DEFAULT_CONSUMER_NAME)
+                    .await?
+                    .arn,
+            ),
+            _ => None,
+        };
         let sources: Arc<dyn OpenRecordSource> = Arc::new(KinesisSources {
             kinesis: kinesis.clone(),
             stream: stream.clone(),
             retrieval,
+            consumer_arn,
         });
         let mut coordinator = Coordinator {
             kinesis,

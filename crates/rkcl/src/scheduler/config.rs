@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::leases::LeaseCoordinatorConfig;
 use crate::model::InitialPosition;
 use crate::processor::FailurePolicy;
-use crate::retrieval::{PollingConfig, Retrieval};
+use crate::retrieval::{FanOutConfig, PollingConfig, Retrieval};
 
 /// How a [`Scheduler`](super::Scheduler) runs. Made with [`SchedulerConfig::builder`].
 #[derive(Clone, Debug)]
@@ -22,7 +22,9 @@ pub struct SchedulerConfig {
     pub initial_position: InitialPosition,
     /// The lease loops' settings (its `worker_id` is this worker's id).
     pub leases: LeaseCoordinatorConfig,
-    /// How shards are read. Default: polling with GetRecords.
+    /// How shards are read. Default: polling with GetRecords. With
+    /// enhanced fan-out, the stream consumer is named after the
+    /// application unless the [`FanOutConfig`] names one.
     pub retrieval: Retrieval,
     /// How often the shard list is compared with the lease table (also
     /// done at once when a shard ends). Default: 60 s.
@@ -80,6 +82,15 @@ impl SchedulerConfig {
         }
         self.leases.validate()?;
         self.retrieval.validate()?;
+        if let Retrieval::FanOut(fanout) = &self.retrieval
+            && let Some(consumer) = fanout.consumer_name_or(name)
+            && consumer.len() > 128
+        {
+            return Err(Error::Config(format!(
+                "retrieval: the application name {name:?} is too long for a stream consumer's \
+                 name (at most 128 characters); set the FanOutConfig's consumer_name"
+            )));
+        }
         self.failure_policy.validate()?;
         if self.shard_sync_interval < Duration::from_secs(1) {
             return Err(Error::Config(
@@ -180,6 +191,12 @@ impl SchedulerConfigBuilder {
         self.retrieval(Retrieval::Polling(polling))
     }
 
+    /// Reads shards with enhanced fan-out with these settings (shorthand
+    /// for [`retrieval`](Self::retrieval)).
+    pub fn fan_out(self, fan_out: FanOutConfig) -> Self {
+        self.retrieval(Retrieval::FanOut(fan_out))
+    }
+
     /// How often shards and leases are compared. Default: 60 s.
     pub fn shard_sync_interval(mut self, interval: Duration) -> Self {
         self.config.shard_sync_interval = interval;
@@ -267,6 +284,27 @@ mod tests {
                 .build(),
             Err(Error::Config(_))
         ));
+    }
+
+    #[test]
+    fn fan_out_needs_a_consumer_name_kinesis_accepts() {
+        let long = "a".repeat(200);
+        let message = config_error(
+            SchedulerConfig::builder(long.as_str(), "orders")
+                .fan_out(FanOutConfig::default())
+                .build(),
+        );
+        assert!(message.contains("consumer_name"), "{message}");
+        let named = FanOutConfig::builder()
+            .consumer_name(Some("short".into()))
+            .build()
+            .unwrap();
+        assert!(
+            SchedulerConfig::builder(long.as_str(), "orders")
+                .fan_out(named)
+                .build()
+                .is_ok()
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::leases::{Lease, LeaseAccess, LeaseCoordinator, LeaseStore};
 use crate::lifecycle::WorkerContext;
 use crate::model::{InitialPosition, LeaseKey};
 use crate::processor::RecordProcessorFactory;
-use crate::retrieval::KinesisSources;
+use crate::retrieval::{KinesisSources, Retrieval, resolve_consumer};
 
 mod config;
 mod signals;
@@ -65,16 +65,20 @@ struct ShutdownRequest {
 }
 
 impl Scheduler {
-    /// Checks the stream and the lease table, syncs shards and leases once,
-    /// and starts the worker. Create a DynamoDB lease table first with
+    /// Checks the stream and the lease table, finds or registers the stream
+    /// consumer when shards are read with enhanced fan-out, syncs shards and
+    /// leases once, and starts the worker. Create a DynamoDB lease table first with
     /// [`DynamoDbLeaseStore::ensure_table`](crate::DynamoDbLeaseStore::ensure_table).
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for an invalid config; [`Error::ResourceNotFound`]
-    /// when the stream or the lease table does not exist;
-    /// [`Error::AccessDenied`] without the permissions; other errors of the
-    /// first calls.
+    /// [`Error::Config`] for an invalid config (with fan-out, also a
+    /// configured consumer ARN that names no consumer of the stream);
+    /// [`Error::ResourceNotFound`] when the stream or the lease table does
+    /// not exist; [`Error::AccessDenied`] without the permissions; with
+    /// fan-out, the errors of
+    /// [`resolve_consumer`]; other
+    /// errors of the first calls.
     pub async fn start<S, F>(
         config: SchedulerConfig,
         kinesis: Kinesis,
@@ -104,6 +108,16 @@ impl Scheduler {
         config.validate()?;
         kinesis.describe_stream_summary(&config.stream).await?;
         store.list().await?;
+        // Fan-out reads through a stream consumer: found or registered
+        // once, here, before any shard is read.
+        let consumer_arn = match &config.retrieval {
+            Retrieval::FanOut(fanout) => Some(
+                resolve_consumer(&kinesis, &config.stream, fanout, &config.application_name)
+                    .await?
+                    .arn,
+            ),
+            _ => None,
+        };
         let (shards, _) =
             crate::shard_sync::sync(&kinesis, &config.stream, &store, &config.initial_position)
                 .await?;
@@ -115,6 +129,7 @@ impl Scheduler {
                 kinesis: kinesis.clone(),
                 stream: config.stream.clone(),
                 retrieval: config.retrieval.clone(),
+                consumer_arn,
             }),
             initial_timestamp: match config.initial_position {
                 InitialPosition::AtTimestamp(at) => Some(at),
