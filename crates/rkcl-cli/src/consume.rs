@@ -9,12 +9,13 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, bail};
 use rkcl::{
     Checkpointer, ExtendedSequenceNumber, InitialPosition, ProcessRecordsInput, ProcessorError,
-    RecordProcessor, Scheduler, SchedulerConfig, ShardId, ShardInfo, retrieval::PollingConfig,
+    RecordProcessor, Scheduler, SchedulerConfig, ShardId, ShardInfo,
 };
 use tokio::sync::Notify;
 
 use crate::aws::{AwsArgs, stream_ref};
 use crate::output::{flush, write_json_line};
+use crate::retrieval::RetrievalArgs;
 use crate::tail::{DataFormat, RecordLine};
 
 #[derive(Debug, clap::Args)]
@@ -46,10 +47,8 @@ pub(crate) struct ConsumeArgs {
     /// How long processors may take to finish at shutdown.
     #[arg(long, default_value = "10s")]
     shutdown_timeout: humantime::Duration,
-    /// The pause between GetRecords calls on a caught-up shard, in
-    /// milliseconds (at least 200).
-    #[arg(long, default_value_t = 500)]
-    idle_interval_ms: u64,
+    #[command(flatten)]
+    reading: RetrievalArgs,
 }
 
 /// When to checkpoint.
@@ -170,11 +169,7 @@ pub(crate) async fn run(aws: &AwsArgs, args: ConsumeArgs) -> anyhow::Result<Exit
     let mut builder = SchedulerConfig::builder(&args.app, &args.stream)
         .initial_position(parse_initial(&args.from)?)
         .lease_duration(args.lease_duration.into())
-        .polling(
-            PollingConfig::builder()
-                .idle_interval(Duration::from_millis(args.idle_interval_ms))
-                .build()?,
-        );
+        .retrieval(args.reading.retrieval()?);
     if let Some(id) = &args.worker_id {
         builder = builder.worker_id(id);
     }

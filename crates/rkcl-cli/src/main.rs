@@ -17,6 +17,7 @@ mod leases;
 mod local;
 mod output;
 mod put;
+mod retrieval;
 mod stream;
 mod tail;
 

@@ -3,7 +3,9 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
+use rkcl::aws::StreamRef;
+use rkcl::retrieval::{FanOutConfig, resolve_consumer};
 
 use crate::aws::{AwsArgs, StreamContext, stream_ref};
 use crate::output::{flush, write_json_line, write_line};
@@ -25,6 +27,21 @@ pub(crate) enum StreamCommand {
         /// The stream's name or ARN.
         name: String,
         /// One JSON object per shard instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a stream's consumers (enhanced fan-out), or register or
+    /// deregister one.
+    Consumers {
+        /// The stream's name or ARN.
+        name: String,
+        /// Register this consumer (if missing) and wait until it is active.
+        #[arg(long, value_name = "CONSUMER", conflicts_with = "deregister")]
+        register: Option<String>,
+        /// Deregister this consumer (by name).
+        #[arg(long, value_name = "CONSUMER")]
+        deregister: Option<String>,
+        /// One JSON object per consumer instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -119,6 +136,83 @@ pub(crate) async fn run(aws: &AwsArgs, command: StreamCommand) -> anyhow::Result
                 };
                 if !ok {
                     break;
+                }
+            }
+        }
+        StreamCommand::Consumers {
+            name,
+            register,
+            deregister,
+            json,
+        } => {
+            let stream = stream_ref(&name)?;
+            let stream_arn = match &stream {
+                StreamRef::Arn(arn) => arn.clone(),
+                StreamRef::Name(_) => {
+                    kinesis
+                        .describe_stream_summary(&stream)
+                        .await
+                        .for_stream(&stream)?
+                        .arn
+                }
+            };
+            if let Some(consumer) = register {
+                let config = FanOutConfig::builder()
+                    .consumer_name(Some(consumer.clone()))
+                    .build()?;
+                let registered = resolve_consumer(&kinesis, &stream, &config, &consumer)
+                    .await
+                    .with_context(|| format!("could not register consumer {consumer}"))?;
+                write_line(
+                    &mut out,
+                    &format!(
+                        "registered {} (active): {}",
+                        registered.name, registered.arn
+                    ),
+                )?;
+            } else if let Some(consumer) = deregister {
+                let found = kinesis
+                    .describe_stream_consumer(&stream_arn, &consumer)
+                    .await
+                    .with_context(|| format!("stream {stream} has no consumer {consumer}"))?;
+                kinesis
+                    .deregister_stream_consumer(&found.arn)
+                    .await
+                    .with_context(|| format!("could not deregister consumer {consumer}"))?;
+                write_line(&mut out, &format!("deregistered {consumer}: {}", found.arn))?;
+            } else {
+                let consumers = kinesis
+                    .list_stream_consumers(&stream_arn)
+                    .await
+                    .for_stream(&stream)?;
+                if !json {
+                    write_line(
+                        &mut out,
+                        &format!("{:<32} {:<10} ARN", "CONSUMER", "STATUS"),
+                    )?;
+                }
+                for consumer in consumers {
+                    let ok = if json {
+                        write_json_line(
+                            &mut out,
+                            &serde_json::json!({
+                                "name": consumer.name,
+                                "status": consumer.status.to_string(),
+                                "arn": consumer.arn,
+                            }),
+                        )?
+                    } else {
+                        write_line(
+                            &mut out,
+                            &format!(
+                                "{:<32} {:<10} {}",
+                                consumer.name, consumer.status, consumer.arn
+                            ),
+                        )?
+                    };
+                    if !ok {
+                        break;
+                    }
                 }
             }
         }

@@ -3,7 +3,7 @@
 
 use std::io::Write;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use anyhow::{Context, bail};
 use base64::Engine as _;
@@ -11,12 +11,13 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use rkcl::{
     ShardId, UserRecord,
     model::StartingPosition,
-    retrieval::{PollingConfig, StreamEvent, StreamReader},
+    retrieval::{StreamEvent, StreamReader},
 };
 use serde::Serialize;
 
 use crate::aws::{AwsArgs, StreamContext, stream_ref};
 use crate::output::{flush, write_json_line};
+use crate::retrieval::RetrievalArgs;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct TailArgs {
@@ -37,10 +38,8 @@ pub(crate) struct TailArgs {
     /// `"data_encoding":"base64"`, when it is not valid UTF-8) or as base64.
     #[arg(long, value_enum, default_value_t = DataFormat::Utf8)]
     data: DataFormat,
-    /// The pause between GetRecords calls on a caught-up shard, in
-    /// milliseconds (at least 200).
-    #[arg(long, default_value_t = 500)]
-    idle_interval_ms: u64,
+    #[command(flatten)]
+    reading: RetrievalArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -123,9 +122,7 @@ fn parse_from(text: &str) -> anyhow::Result<(StartingPosition, Option<ShardId>)>
 pub(crate) async fn run(aws: &AwsArgs, args: TailArgs) -> anyhow::Result<ExitCode> {
     let stream = stream_ref(&args.stream)?;
     let (start, shard) = parse_from(&args.from)?;
-    let config = PollingConfig::builder()
-        .idle_interval(Duration::from_millis(args.idle_interval_ms))
-        .build()?;
+    let config = args.reading.retrieval()?;
     let kinesis = aws.kinesis().await?;
     let mut reader = match shard {
         Some(shard) => {

@@ -15,10 +15,11 @@ use rkcl_local::Local;
 use rkcl_local::testkit::Packing::Aggregated;
 use rkcl_local::testkit::{create_stream, eventually, put};
 
-fn consume(local: &Local, worker: &str) -> Command {
+fn consume(local: &Local, worker: &str, reading: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_rkcl"));
     command
         .args(["consume", "--app", "cli-group", "--stream", "orders"])
+        .args(reading)
         .args(["--worker-id", worker, "--checkpoint-every", "100"])
         .args(["--lease-duration", "2s", "--idle-interval-ms", "200"])
         .env("AWS_ENDPOINT_URL_KINESIS", local.kinesis_endpoint())
@@ -77,6 +78,19 @@ fn unique(lines: &Mutex<Vec<serde_json::Value>>) -> BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_consumers_share_the_shards_and_stop_cleanly_on_sigterm() {
+    share_stop_and_resume(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_fan_out_consumers_share_the_shards_and_stop_cleanly_on_sigterm() {
+    // One stream consumer for the group (the application name), each shard
+    // subscribed by the worker holding its lease.
+    share_stop_and_resume(&["--retrieval", "fan-out"]).await;
+}
+
+/// Two workers share a stream, stop on SIGTERM with final checkpoints, and
+/// a third resumes after what was written; `reading` chooses how.
+async fn share_stop_and_resume(reading: &[&str]) {
     let local = Local::start().await.unwrap();
     let kinesis = Kinesis::new(local.kinesis_client());
     let stream = create_stream(&kinesis, "orders", 2).await;
@@ -86,8 +100,8 @@ async fn two_consumers_share_the_shards_and_stop_cleanly_on_sigterm() {
     put(&kinesis, &stream, records, Aggregated).await;
 
     let lines = Arc::new(Mutex::new(Vec::new()));
-    let mut first = spawn(consume(&local, "w1"), &lines);
-    let mut second = spawn(consume(&local, "w2"), &lines);
+    let mut first = spawn(consume(&local, "w1", reading), &lines);
+    let mut second = spawn(consume(&local, "w2", reading), &lines);
     let deadline = Instant::now() + Duration::from_secs(60);
     while unique(&lines).len() < 2000 {
         assert!(
@@ -145,7 +159,7 @@ async fn two_consumers_share_the_shards_and_stop_cleanly_on_sigterm() {
     )
     .await;
     let again = Arc::new(Mutex::new(Vec::new()));
-    let mut third = spawn(consume(&local, "w3"), &again);
+    let mut third = spawn(consume(&local, "w3", reading), &again);
     eventually(
         "a record after the restart",
         Duration::from_secs(30),

@@ -180,3 +180,129 @@ async fn tail_exit_at_end_reads_the_children_of_a_stream_resharded_before_it_is_
     }
     assert_eq!(seen.len(), 14_000, "every record, children included");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_with_fan_out_reads_every_record_through_a_stream_consumer() {
+    let local = Local::start().await.unwrap();
+    stream_with_records(&local, "tail-fanout", 2, 6_000).await;
+    let mut tail = rkcl(&local);
+    tail.args([
+        "tail",
+        "--stream",
+        "tail-fanout",
+        "--from",
+        "trim-horizon",
+        "--exit-at-end",
+        "--retrieval",
+        "fan-out",
+        "--consumer-name",
+        "tail-fanout-reader",
+    ]);
+    let output = tokio::task::spawn_blocking(move || tail.output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut seen = HashSet::new();
+    for line in String::from_utf8(output.stdout).unwrap().lines() {
+        let json: serde_json::Value = serde_json::from_str(line).unwrap();
+        let i: usize = json["data"]
+            .as_str()
+            .unwrap()
+            .strip_prefix("record-")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(seen.insert(i), "record {i} twice");
+    }
+    assert_eq!(seen.len(), 6_000);
+
+    // The consumer the reader registered, and one registered and
+    // deregistered by hand.
+    let list = |json: bool| {
+        let mut command = rkcl(&local);
+        command.args(["stream", "consumers", "tail-fanout"]);
+        if json {
+            command.arg("--json");
+        }
+        command.output().unwrap()
+    };
+    let names = |output: std::process::Output| -> Vec<(String, String)> {
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout)
+            .unwrap()
+            .lines()
+            .map(|line| {
+                let json: serde_json::Value = serde_json::from_str(line).unwrap();
+                (
+                    json["name"].as_str().unwrap().to_owned(),
+                    json["status"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        names(list(true)),
+        [("tail-fanout-reader".to_owned(), "ACTIVE".to_owned())]
+    );
+    let registered = rkcl(&local)
+        .args([
+            "stream",
+            "consumers",
+            "tail-fanout",
+            "--register",
+            "by-hand",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        registered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&registered.stderr)
+    );
+    assert!(String::from_utf8_lossy(&registered.stdout).contains("registered by-hand (active)"));
+    let mut listed = names(list(true));
+    listed.sort();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert_eq!(listed[0], ("by-hand".to_owned(), "ACTIVE".to_owned()));
+    let table = String::from_utf8(list(false).stdout).unwrap();
+    assert!(table.starts_with("CONSUMER"), "{table}");
+    let deregistered = rkcl(&local)
+        .args([
+            "stream",
+            "consumers",
+            "tail-fanout",
+            "--deregister",
+            "by-hand",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        deregistered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&deregistered.stderr)
+    );
+    let missing = rkcl(&local)
+        .args([
+            "stream",
+            "consumers",
+            "tail-fanout",
+            "--deregister",
+            "nobody",
+        ])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("no consumer nobody"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+}
