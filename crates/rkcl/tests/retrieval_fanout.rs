@@ -30,7 +30,7 @@ use rkcl::{
 };
 use rkcl_local::testkit::Packing::{Aggregated, Plain};
 use rkcl_local::testkit::{create_stream, eventually, lease_table, merge, put, split};
-use rkcl_local::{KinesisSettings, Local};
+use rkcl_local::{FaultKind, FaultPlan, KinesisSettings, Local};
 use tokio_util::sync::CancellationToken;
 
 /// Fan-out settings that keep tests quick: short backoff, the shortest
@@ -767,4 +767,116 @@ async fn a_consumer_that_stops_taking_records_holds_the_subscription_back() {
     let deliveries = journal.snapshot();
     assert_exactly_once(&deliveries, total);
     assert_key_and_shard_order(&deliveries);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_side_faults_on_subscriptions_cost_no_record_and_no_duplicate() {
+    // Throttles, 5xx and connections cut mid-stream on SubscribeToShard, from
+    // the local services' fault layer, with 3 s sessions on top.
+    let plan = FaultPlan::parse(
+        "kinesis.SubscribeToShard:throttle=15%,kinesis.SubscribeToShard:error=10%,\
+         kinesis.SubscribeToShard:reset=10%,kinesis.SubscribeToShard:latency=0..50ms",
+    )
+    .unwrap();
+    let local = Local::builder()
+        .kinesis_settings(KinesisSettings {
+            subscription_session: Duration::from_secs(3),
+            ..KinesisSettings::default()
+        })
+        .faults(plan)
+        .fault_seed(11)
+        .start()
+        .await
+        .unwrap();
+    let kinesis = Kinesis::new(local.kinesis_client());
+    let stream = create_stream(&kinesis, "faulty-fanout", 2).await;
+    put(&kinesis, &stream, keyed_records(20, 100, 0), Plain).await;
+    let store = lease_table(&local, "faulty-fanout").await;
+    let journal = Arc::new(Journal::default());
+    let worker = Scheduler::start(
+        fan_out_config(
+            "faulty-fanout",
+            "faulty-fanout",
+            quick_fan_out().build().unwrap(),
+        ),
+        kinesis.clone(),
+        store,
+        recorder(&journal),
+    )
+    .await
+    .unwrap();
+    // Records keep arriving while subscriptions fail and sessions end.
+    for round in 1..=4 {
+        put(
+            &kinesis,
+            &stream,
+            keyed_records(20, 100, round * 100),
+            Aggregated,
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    eventually(
+        "every record through faulty subscriptions",
+        Duration::from_secs(60),
+        || journal.unique() == 10_000,
+    )
+    .await;
+    // The worker goes on subscribing at the tip until every kind of fault
+    // has hit it at least once; nothing may arrive twice meanwhile.
+    eventually(
+        "every kind of fault injected",
+        Duration::from_secs(90),
+        || {
+            let counts = local.fault_counts();
+            [FaultKind::Throttle, FaultKind::Error, FaultKind::Reset]
+                .iter()
+                .all(|kind| counts.total(*kind) > 0)
+        },
+    )
+    .await;
+    let deliveries = journal.snapshot();
+    assert_exactly_once(&deliveries, 10_000);
+    assert_key_and_shard_order(&deliveries);
+    worker.shutdown(Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_api_reads_through_fan_out_as_it_does_by_polling() {
+    use futures_util::StreamExt;
+    let local = Local::start().await.unwrap();
+    let kinesis = Kinesis::new(local.kinesis_client());
+    let stream = create_stream(&kinesis, "stream-fanout", 2).await;
+    put(&kinesis, &stream, keyed_records(10, 100, 0), Aggregated).await;
+    let store = lease_table(&local, "stream-fanout").await;
+    let config = rkcl::ConsumerConfig::builder(fan_out_config(
+        "stream-fanout",
+        "stream-fanout",
+        quick_fan_out().build().unwrap(),
+    ))
+    .checkpoint_every(100, Duration::from_millis(200))
+    .build()
+    .unwrap();
+    let consumer = rkcl::Consumer::start(config, kinesis.clone(), store.clone())
+        .await
+        .unwrap();
+    let handle = consumer.shutdown_handle();
+    let mut records = consumer.records();
+    let mut seen = BTreeSet::new();
+    while seen.len() < 1_000 {
+        let record = tokio::time::timeout(Duration::from_secs(20), records.next())
+            .await
+            .expect("a record in time")
+            .unwrap()
+            .unwrap();
+        assert!(seen.insert(key_and_number(record.data())), "a record twice");
+        record.commit();
+    }
+    let report = handle.shutdown().await;
+    assert_eq!(report.finished_leases.len(), 2, "{report:?}");
+    // The watermark of every shard was checkpointed at its last record.
+    for lease in store.list().await.unwrap() {
+        assert!(lease.checkpoint.sequence_number().is_some(), "{lease:?}");
+        assert_eq!(lease.owner, None);
+    }
 }
