@@ -28,6 +28,11 @@
 //!     - rkcl fan-out: the same with `--retrieval fan-out`, run only once
 //!       `rkcl consume --help` mentions `--retrieval`
 //!       (`contenders::rkcl_fan_out_command`).
+//!     - rkcl worker, counting, fan-out and polling: rkcl as a library, as
+//!       the kcl-rs script uses kcl-rs: this bench binary run again as a
+//!       child holding one `Scheduler` with default settings whose processor
+//!       only counts (`worker.rs`), so it compares with kcl-rs like for
+//!       like (no JSON lines written).
 //!     - kcl-rs 0.1.4 from PyPI (a Rust port of the Java KCL with Python
 //!       bindings) in fan-out mode, its default, and in polling mode with
 //!       its polling defaults (up to 10,000 records per call, 1.5 s between
@@ -83,6 +88,8 @@ mod process;
 mod subscribe;
 #[path = "fanout/throughput.rs"]
 mod throughput;
+#[path = "fanout/worker.rs"]
+mod worker;
 
 use std::time::{Duration, Instant};
 
@@ -105,6 +112,9 @@ async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some(subscribe::CHILD_ARG) {
         return subscribe::child(&args[1..]).await;
+    }
+    if args.first().map(String::as_str) == Some(worker::CHILD_ARG) {
+        return worker::child(&args[1..]).await;
     }
     let started = Instant::now();
     let fan_out = contenders::rkcl_has_fan_out();

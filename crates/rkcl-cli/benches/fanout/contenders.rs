@@ -123,15 +123,19 @@ pub(crate) struct Setup {
 pub(crate) enum Contender {
     RkclPolling,
     RkclFanOut,
+    RkclWorkerFanOut,
+    RkclWorkerPolling,
     KclRsFanOut,
     KclRsPolling,
     SdkLoop,
 }
 
 impl Contender {
-    pub(crate) const ALL: [Self; 5] = [
+    pub(crate) const ALL: [Self; 7] = [
         Self::RkclPolling,
         Self::RkclFanOut,
+        Self::RkclWorkerFanOut,
+        Self::RkclWorkerPolling,
         Self::KclRsFanOut,
         Self::KclRsPolling,
         Self::SdkLoop,
@@ -142,6 +146,8 @@ impl Contender {
         match self {
             Self::RkclPolling => "rkcl consume, polling".to_owned(),
             Self::RkclFanOut => "rkcl consume, fan-out".to_owned(),
+            Self::RkclWorkerFanOut => "rkcl worker, counting, fan-out".to_owned(),
+            Self::RkclWorkerPolling => "rkcl worker, counting, polling".to_owned(),
             Self::KclRsFanOut => format!("kcl-rs {KCL_RS_VERSION}, fan-out"),
             Self::KclRsPolling => format!("kcl-rs {KCL_RS_VERSION}, polling"),
             Self::SdkLoop => "SDK SubscribeToShard loop (floor)".to_owned(),
@@ -151,7 +157,7 @@ impl Contender {
     /// Why this contender is not run, if it is not.
     pub(crate) fn skipped(self, setup: &Setup) -> Option<String> {
         match self {
-            Self::RkclFanOut if !setup.fan_out => {
+            Self::RkclFanOut | Self::RkclWorkerFanOut if !setup.fan_out => {
                 Some("not run: `rkcl consume --help` does not mention --retrieval yet".to_owned())
             }
             Self::KclRsFanOut | Self::KclRsPolling => setup
@@ -179,6 +185,20 @@ impl Contender {
                 Progress::Lines(RECORDS),
                 Stop::Terminate,
             ),
+            Self::RkclWorkerFanOut | Self::RkclWorkerPolling => {
+                let mode = if self == Self::RkclWorkerFanOut {
+                    "fan-out"
+                } else {
+                    "polling"
+                };
+                let mut command = Command::new(std::env::current_exe().unwrap());
+                command
+                    .args([crate::worker::CHILD_ARG, mode])
+                    .args([&endpoints.kinesis, &endpoints.dynamodb, &app, stream])
+                    .arg(RECORDS.to_string());
+                local_env(&mut command, endpoints);
+                (command, Progress::Report, Stop::Stdin)
+            }
             Self::KclRsFanOut | Self::KclRsPolling => {
                 let mode = if self == Self::KclRsFanOut {
                     "FANOUT"
@@ -210,6 +230,8 @@ impl Contender {
         match self {
             Self::RkclPolling => "rkcl-polling",
             Self::RkclFanOut => "rkcl-fan-out",
+            Self::RkclWorkerFanOut => "rkcl-worker-fan-out",
+            Self::RkclWorkerPolling => "rkcl-worker-polling",
             Self::KclRsFanOut => "kcl-rs-fan-out",
             Self::KclRsPolling => "kcl-rs-polling",
             Self::SdkLoop => "sdk-loop",
