@@ -12,8 +12,9 @@
 //!   worker (a [`Run`]) must come while the lease table names that worker
 //!   as the shard's holder: some sample within [`HOLDER_WINDOW_MS`] of its
 //!   first and of its last delivery names it, and every sample well inside
-//!   the stretch does. A worker that kept reading a shard after another took
-//!   it, or two workers reading one shard at once, fail this.
+//!   the stretch does; and no worker delivers anything later than that
+//!   after it was killed. A worker that kept reading a shard after another
+//!   took it, or two workers reading one shard at once, fail this.
 //! - **Checkpoint regressions** are found while sampling (`watch.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -63,8 +64,8 @@ pub(super) struct DoubleHolder {
     pub(super) from_seconds: f64,
     /// See `from_seconds`.
     pub(super) to_seconds: f64,
-    /// The holders the table named meanwhile.
-    pub(super) holders: Vec<String>,
+    /// What was wrong.
+    pub(super) why: String,
 }
 
 /// The results of the checks.
@@ -88,7 +89,7 @@ pub(super) struct Checks {
 
 /// Runs the checks.
 pub(super) fn check(tally: &Tally, watch: &LeaseWatch, workers: &[WorkerInfo]) -> Checks {
-    let double_holders = double_holders(tally, watch.history());
+    let double_holders = double_holders(tally, watch.history(), workers);
     Checks {
         checkpoint_regressions: watch.regressions().len(),
         regressions: watch.regressions().iter().take(EXAMPLES).cloned().collect(),
@@ -154,15 +155,36 @@ fn duplicates(
 }
 
 /// The stretches of deliveries the lease table does not account for.
-fn double_holders(tally: &Tally, history: &BTreeMap<String, Vec<Observed>>) -> Vec<DoubleHolder> {
+fn double_holders(
+    tally: &Tally,
+    history: &BTreeMap<String, Vec<Observed>>,
+    workers: &[WorkerInfo],
+) -> Vec<DoubleHolder> {
+    let killed_at: BTreeMap<&str, u32> = workers
+        .iter()
+        .filter(|w| w.end == Some(WorkerEnd::Killed))
+        .filter_map(|w| Some((w.id.as_str(), w.ended_ms?)))
+        .collect();
     let mut found = Vec::new();
     for (shard, runs) in tally.runs() {
         let shard = tally.name(*shard);
-        let Some(observed) = history.get(shard) else {
-            continue;
-        };
         for run in runs {
             let worker = tally.name(run.worker);
+            if let Some(&killed) = killed_at.get(worker)
+                && run.last_ms > killed.saturating_add(HOLDER_WINDOW_MS)
+            {
+                found.push(DoubleHolder {
+                    shard: shard.to_owned(),
+                    worker: worker.to_owned(),
+                    from_seconds: f64::from(run.first_ms) / 1000.0,
+                    to_seconds: f64::from(run.last_ms) / 1000.0,
+                    why: format!("it was killed at {:.1} s", f64::from(killed) / 1000.0),
+                });
+                continue;
+            }
+            let Some(observed) = history.get(shard) else {
+                continue;
+            };
             if !accounted_for(run, worker, observed) {
                 let window = around(
                     observed,
@@ -173,12 +195,13 @@ fn double_holders(tally: &Tally, history: &BTreeMap<String, Vec<Observed>>) -> V
                     .iter()
                     .map(|o| o.holder.clone().unwrap_or_else(|| "nobody".into()))
                     .collect();
+                let holders: Vec<String> = holders.into_iter().collect();
                 found.push(DoubleHolder {
                     shard: shard.to_owned(),
                     worker: worker.to_owned(),
                     from_seconds: f64::from(run.first_ms) / 1000.0,
                     to_seconds: f64::from(run.last_ms) / 1000.0,
-                    holders: holders.into_iter().collect(),
+                    why: format!("the lease table named {}", holders.join(", ")),
                 });
             }
         }

@@ -627,12 +627,12 @@ fn checks(out: &mut String, report: &Report) {
     for double in &c.double_holder_examples {
         let _ = write!(
             out,
-            "<p>{} delivered {} from {:.1} s to {:.1} s while the table named {}</p>",
+            "<p>{} delivered {} from {:.1} s to {:.1} s, but {}</p>",
             escape(&double.worker),
             escape(&double.shard),
             double.from_seconds,
             double.to_seconds,
-            escape(&double.holders.join(", "))
+            escape(&double.why)
         );
     }
 }

@@ -59,7 +59,7 @@ pub(crate) struct DemoArgs {
     #[arg(long)]
     chaos: bool,
     /// With `--chaos`: how often a worker is killed.
-    #[arg(long, default_value = "10s")]
+    #[arg(long, default_value = "10s", requires = "chaos")]
     kill_every: humantime::Duration,
     /// Seeds every random choice (which worker is killed, which shards are
     /// split and merged, when chaos events happen). Default: a random seed,
