@@ -43,40 +43,60 @@ const STARTUP_GRACE: Duration = Duration::from_secs(2);
 /// The line `rkcl consume` writes per record (the fields the demo reads).
 #[derive(Debug, Deserialize)]
 struct ConsumedLine {
+    /// The shard the record came from.
     shard_id: String,
+    /// The Kinesis record's sequence number.
     sequence_number: String,
+    /// Its place in an aggregate, for an aggregated record.
     sub_sequence_number: Option<u64>,
+    /// The record's data (demo records are UTF-8).
     data: String,
 }
 
 /// What the demo is doing with a worker process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
+    /// Running; it may be killed or asked to leave.
     Running,
+    /// Sent SIGKILL.
     Killed,
+    /// Sent SIGTERM during the run.
     Leaving,
+    /// Sent SIGTERM at the end of the run.
     Stopping,
 }
 
 /// One `rkcl consume` process.
 #[derive(Debug)]
 struct Worker {
+    /// Its worker id.
     id: String,
+    /// The place it fills: `worker-{slot + 1}`, and its restarts.
     slot: usize,
+    /// When it was started.
     started: Instant,
+    /// The process.
     process: Child,
+    /// What the demo is doing with it.
     state: State,
+    /// The last lines of its stderr.
     stderr: Arc<Mutex<VecDeque<String>>>,
 }
 
 /// The worker processes and the tasks reading their output.
 #[derive(Debug)]
 struct Processes {
+    /// The `rkcl` binary (this one).
     exe: PathBuf,
+    /// The embedded Kinesis.
     kinesis_endpoint: String,
+    /// The embedded DynamoDB.
     dynamodb_endpoint: String,
+    /// The workers' lease duration.
     lease_duration: Duration,
+    /// The processes not yet exited.
     workers: Vec<Worker>,
+    /// The tasks reading their output.
     readers: Vec<JoinHandle<()>>,
     /// Restarts per slot.
     restarts: Vec<usize>,
@@ -366,6 +386,8 @@ pub(super) async fn run(local: &rkcl_local::Local, settings: Settings) -> anyhow
     }
 }
 
+/// The chaos run itself: its future owns the worker processes, so dropping
+/// it kills them.
 async fn chaos(local: &rkcl_local::Local, settings: Settings) -> anyhow::Result<Report> {
     let mut session = Session::open(local, settings.clone()).await?;
     let mut fleet = Processes {
@@ -419,7 +441,12 @@ async fn chaos(local: &rkcl_local::Local, settings: Settings) -> anyhow::Result<
         {
             match chaos_event(&mut session, &mut fleet, kind).await? {
                 Done::Happened(event) => settling.push(event),
-                Done::Postponed => plan.events.push_front((at, kind)),
+                Done::Postponed if now.saturating_sub(at) < millis(settings.settle_timeout()) => {
+                    plan.events.push_front((at, kind));
+                }
+                Done::Postponed => {
+                    session.progress(&format!("no worker to {}; skipped", kind.name()));
+                }
                 Done::Skipped => {}
             }
         }

@@ -13,10 +13,15 @@ use super::session::{EventKind, TimelinePoint};
 
 /// Chart size, in pixels.
 const WIDTH: f64 = 960.0;
+/// See [`WIDTH`].
 const HEIGHT: f64 = 210.0;
+/// Margins around a chart's plot, in pixels: room for the value axis.
 const LEFT: f64 = 64.0;
+/// Room on the right of the plot.
 const RIGHT: f64 = 20.0;
+/// Room above the plot: the title and the event labels.
 const TOP: f64 = 44.0;
+/// Room below the plot: the time axis.
 const BOTTOM: f64 = 30.0;
 
 /// Colours of the workers' slots (a restarted worker keeps its slot's).
@@ -24,6 +29,7 @@ const PALETTE: [&str; 8] = [
     "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
 ];
 
+/// The page's style sheet.
 const STYLE: &str = "
 body { font: 14px/1.45 system-ui, sans-serif; margin: 24px auto; max-width: 1000px; color: #222; }
 h1 { font-size: 22px; margin-bottom: 4px; }
@@ -98,8 +104,11 @@ fn nice_step(max: f64, count: f64) -> f64 {
 
 /// One line of a chart.
 struct Series {
+    /// Its name in the legend.
     name: String,
+    /// Its colour.
     colour: &'static str,
+    /// Drawn dashed (a restarted worker, or what no worker holds).
     dashed: bool,
     /// Held between points (a count), or drawn straight (a rate).
     steps: bool,
@@ -112,19 +121,27 @@ struct Series {
 
 /// A chart over the run's time axis.
 struct Chart<'a> {
+    /// Its title.
     title: &'a str,
+    /// What its values measure.
     unit: &'a str,
+    /// The length of the time axis.
     seconds: f64,
+    /// Its lines.
     series: Vec<Series>,
+    /// The events to mark.
     events: &'a [EventReport],
+    /// Whether to name the events above the plot.
     labels: bool,
 }
 
 impl Chart<'_> {
+    /// The x coordinate of a time.
     fn x(&self, seconds: f64) -> f64 {
         LEFT + seconds / self.seconds.max(1e-9) * (WIDTH - LEFT - RIGHT)
     }
 
+    /// Appends the chart (an `<svg>`) and its legend to `out`.
     fn render(&self, out: &mut String) {
         let max = self
             .series
@@ -292,6 +309,7 @@ impl Chart<'_> {
 }
 
 impl EventReport {
+    /// The kind's lowercase name.
     fn kind_name(&self) -> &'static str {
         self.kind.name()
     }
@@ -466,6 +484,7 @@ fn table(out: &mut String, rows: &[(&str, String)]) {
     out.push_str("</table>");
 }
 
+/// The table of figures.
 fn summary(out: &mut String, report: &Report) {
     out.push_str("<h2>Figures</h2>");
     let leases: Vec<String> = report
@@ -523,6 +542,7 @@ fn summary(out: &mut String, report: &Report) {
     );
 }
 
+/// The table of events.
 fn events(out: &mut String, report: &Report) {
     let chaos = report.chaos.is_some();
     let _ = write!(
@@ -563,6 +583,7 @@ fn events(out: &mut String, report: &Report) {
     out.push_str("</table>");
 }
 
+/// The table of workers.
 fn workers_table(out: &mut String, report: &Report) {
     out.push_str("<h2>Workers</h2><table><tr><th>worker</th><th>records</th><th>from</th><th>to</th><th>end</th><th>leases at the end</th></tr>");
     for worker in &report.workers {
@@ -583,6 +604,7 @@ fn workers_table(out: &mut String, report: &Report) {
     out.push_str("</table>");
 }
 
+/// The table of checks, and examples of what failed.
 fn checks(out: &mut String, report: &Report) {
     out.push_str("<h2>Checks</h2>");
     let c = &report.checks;

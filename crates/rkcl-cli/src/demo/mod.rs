@@ -38,6 +38,7 @@ mod story;
 mod tally;
 mod watch;
 
+/// The arguments of `rkcl demo`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct DemoArgs {
     /// How many user records to produce. Default: 200,000, or 1,000,000
@@ -164,6 +165,9 @@ impl Settings {
     }
 }
 
+/// Runs `rkcl demo`: the story, or the chaos run; prints the report and
+/// writes the page. Fails when the run could not be made; a run that found
+/// something wrong exits with a failure code.
 pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let settings = Settings::from_args(args)?;
     if let Some(path) = &settings.report {

@@ -125,6 +125,7 @@ pub(super) struct Report {
     pub(super) timeline: Vec<TimelinePoint>,
 }
 
+/// Milliseconds as seconds.
 fn seconds(ms: u32) -> f64 {
     f64::from(ms) / 1000.0
 }

@@ -484,8 +484,8 @@ impl Session {
         self.frozen = true;
     }
 
-    /// Waits for the producer to finish (at the end of a run that ended
-    /// early, it is stopped instead).
+    /// Stops the producer if it still runs (the run ended before it was
+    /// done).
     pub(super) fn stop_production(&mut self) {
         if let Some(handle) = self.production.take() {
             handle.abort();

@@ -44,10 +44,15 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// One step of the story.
 #[derive(Clone, Copy, Debug)]
 enum Step {
+    /// [`KILLED`] is dropped without a shutdown.
     Kill,
+    /// A shard is split.
     Split,
+    /// Two adjacent shards are merged.
     Merge,
+    /// [`JOINING`] starts.
     Join,
+    /// [`LEAVING`] shuts down gracefully.
     Leave,
 }
 
@@ -62,10 +67,15 @@ const STEPS: [Step; 5] = [
 
 /// Counts what it is given and checkpoints every [`CHECKPOINT_EVERY`].
 struct Counting {
+    /// The worker, in the tally.
     worker: NameId,
+    /// The shard.
     shard: String,
+    /// Where deliveries are counted.
     tally: Arc<Mutex<Tally>>,
+    /// The run's clock.
     clock: Instant,
+    /// When it last checkpointed.
     last_checkpoint: Instant,
 }
 
@@ -97,10 +107,15 @@ impl RecordProcessor for Counting {
 
 /// The workers of the story, in this process.
 struct Fleet {
+    /// The workers' Kinesis client.
     kinesis: Kinesis,
+    /// The workers' lease table.
     store: DynamoDbLeaseStore,
+    /// The run's settings.
     settings: Settings,
+    /// The workers running, by id.
     running: BTreeMap<String, Scheduler>,
+    /// The workers shutting down during the run, and their shutdowns.
     leaving: Vec<(String, JoinHandle<ShutdownReport>)>,
 }
 
@@ -236,7 +251,7 @@ pub(super) async fn run(local: &rkcl_local::Local, settings: Settings) -> anyhow
     ));
     let mut last = None;
     for step in STEPS {
-        wait_settled(&mut session, &mut fleet, last, false).await?;
+        wait_settled(&mut session, &mut fleet, last, Until::Settled).await?;
         last = Some(match step {
             Step::Kill => {
                 fleet.kill(&mut session, KILLED);
@@ -268,11 +283,20 @@ pub(super) async fn run(local: &rkcl_local::Local, settings: Settings) -> anyhow
             }
         });
     }
-    let balanced = wait_settled(&mut session, &mut fleet, last, true).await?;
+    let balanced = wait_settled(&mut session, &mut fleet, last, Until::End).await?;
     let leases_at_end = session.status.held.clone();
     session.stop_production();
     fleet.stop_all(&mut session).await;
     Ok(Report::build(&session, balanced, leases_at_end))
+}
+
+/// What [`wait_settled`] waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Until {
+    /// The group settled, before the next event.
+    Settled,
+    /// The group settled with every record produced and delivered: the end.
+    End,
 }
 
 /// Waits until the group has been settled for the dwell time (and, for the
@@ -282,8 +306,9 @@ async fn wait_settled(
     session: &mut Session,
     fleet: &mut Fleet,
     after: Option<usize>,
-    end: bool,
+    until: Until,
 ) -> anyhow::Result<bool> {
+    let end = until == Until::End;
     let mut started = Instant::now();
     let mut since: Option<(Instant, u32)> = None;
     loop {
