@@ -119,6 +119,22 @@ struct Series {
     shift: f64,
 }
 
+/// A vertical line across a chart: an event, or a recovery.
+struct Marker {
+    /// When, in seconds of the run.
+    seconds: f64,
+    /// Its class (`event event-kill`, `recovery`).
+    class: String,
+    /// Its colour.
+    colour: &'static str,
+    /// Dashed (an event) or solid (a recovery).
+    dashed: bool,
+    /// Its label above the first chart.
+    label: String,
+    /// Its tooltip.
+    title: String,
+}
+
 /// A chart over the run's time axis.
 struct Chart<'a> {
     /// Its title.
@@ -133,6 +149,9 @@ struct Chart<'a> {
     events: &'a [EventReport],
     /// Whether to name the events above the plot.
     labels: bool,
+    /// Whether the values are counts (the value axis steps by whole
+    /// numbers).
+    counts: bool,
 }
 
 impl Chart<'_> {
@@ -150,6 +169,7 @@ impl Chart<'_> {
             .fold(0.0, f64::max)
             .max(1.0);
         let step = nice_step(max, 4.0);
+        let step = if self.counts { step.max(1.0) } else { step };
         let top = (max / step).ceil() * step;
         let plot = HEIGHT - TOP - BOTTOM;
         let y = |v: f64| TOP + plot - v / top * plot;
@@ -234,17 +254,44 @@ impl Chart<'_> {
                 escape(&series.name)
             );
         }
-        let mut last_label: Option<(f64, usize)> = None;
+        // Each event, and each recovery after a kill, as a vertical line.
+        let mut markers: Vec<Marker> = Vec::new();
         for event in self.events {
-            let x = self.x(event.seconds);
+            markers.push(Marker {
+                seconds: event.seconds,
+                class: format!("event event-{}", event.kind_name()),
+                colour: event_colour(event.kind),
+                dashed: true,
+                label: event.label(),
+                title: format!("{:.1} s: {}", event.seconds, event.detail),
+            });
+            if let Some(after) = event.recovered_after_seconds {
+                markers.push(Marker {
+                    seconds: event.seconds + after,
+                    class: "recovery".to_owned(),
+                    colour: "#555",
+                    dashed: false,
+                    label: format!("recovered ({after:.1} s)"),
+                    title: format!("recovered {after:.1} s after: {}", event.detail),
+                });
+            }
+        }
+        markers.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
+        let mut last_label: Option<(f64, usize)> = None;
+        for marker in &markers {
+            let x = self.x(marker.seconds);
             let _ = write!(
                 out,
-                r#"<g class="event event-{kind}"><line x1="{x:.1}" x2="{x:.1}" y1="{TOP}" y2="{:.1}" stroke="{colour}" stroke-width="1.5" stroke-dasharray="4 3"/><title>{:.1} s: {}</title></g>"#,
+                r#"<g class="{}"><line x1="{x:.1}" x2="{x:.1}" y1="{TOP}" y2="{:.1}" stroke="{}" stroke-width="1.5"{}/><title>{}</title></g>"#,
+                marker.class,
                 TOP + plot,
-                event.seconds,
-                escape(&event.detail),
-                kind = event.kind_name(),
-                colour = event_colour(event.kind),
+                marker.colour,
+                if marker.dashed {
+                    r#" stroke-dasharray="4 3""#
+                } else {
+                    ""
+                },
+                escape(&marker.title),
             );
             if self.labels {
                 // Labels close together go on alternate rows.
@@ -263,8 +310,8 @@ impl Chart<'_> {
                     out,
                     r#"<text class="event-label" x="{label_x:.1}" y="{:.1}" text-anchor="{anchor}" fill="{}">{}</text>"#,
                     TOP - 16.0 + row as f64 * 11.0,
-                    event_colour(event.kind),
-                    escape(&event.label()),
+                    marker.colour,
+                    escape(&marker.label),
                 );
             }
         }
@@ -357,7 +404,12 @@ pub(super) fn render(report: &Report) -> String {
         .last()
         .map(|p| p.seconds)
         .into_iter()
-        .chain(report.events.iter().map(|e| e.seconds))
+        .chain(report.events.iter().map(|e| {
+            e.seconds
+                + e.recovered_after_seconds
+                    .unwrap_or(0.0)
+                    .max(e.settled_after_seconds.unwrap_or(0.0))
+        }))
         .fold(1.0, f64::max);
     let mut workers: Vec<&str> = report.workers.iter().map(|w| w.id.as_str()).collect();
     workers.dedup();
@@ -386,6 +438,7 @@ pub(super) fn render(report: &Report) -> String {
             series: lease_series,
             events: &report.events,
             labels: true,
+            counts: true,
         },
         Chart {
             title: "Records per second",
@@ -405,6 +458,7 @@ pub(super) fn render(report: &Report) -> String {
             ],
             events: &report.events,
             labels: false,
+            counts: false,
         },
         Chart {
             title: "Lag",
@@ -415,6 +469,7 @@ pub(super) fn render(report: &Report) -> String {
             })],
             events: &report.events,
             labels: false,
+            counts: false,
         },
         Chart {
             title: "Put-to-delivery latency",
@@ -430,6 +485,7 @@ pub(super) fn render(report: &Report) -> String {
             ],
             events: &report.events,
             labels: false,
+            counts: false,
         },
     ];
 

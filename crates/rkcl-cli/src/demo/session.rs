@@ -478,9 +478,15 @@ impl Session {
         Ok(format!("{what} into {}", children.join(" and ")))
     }
 
-    /// Ends the timeline: the run is over and the workers are being
-    /// stopped (the lease table is still sampled for the checks).
+    /// Ends the timeline with a last point: the run is over and the
+    /// workers are being stopped (the lease table is still sampled for the
+    /// checks).
     pub(super) fn freeze_timeline(&mut self) {
+        // A point over less time than this would show a noisy rate.
+        const SHORTEST: u32 = 300;
+        if !self.frozen && self.now_ms().saturating_sub(self.last_point.0) >= SHORTEST {
+            self.point();
+        }
         self.frozen = true;
     }
 

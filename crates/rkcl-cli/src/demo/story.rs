@@ -286,6 +286,7 @@ pub(super) async fn run(local: &rkcl_local::Local, settings: Settings) -> anyhow
     let balanced = wait_settled(&mut session, &mut fleet, last, Until::End).await?;
     let leases_at_end = session.status.held.clone();
     session.stop_production();
+    session.freeze_timeline();
     fleet.stop_all(&mut session).await;
     Ok(Report::build(&session, balanced, leases_at_end))
 }
