@@ -291,6 +291,20 @@ pub(super) async fn run(local: &rkcl_local::Local, settings: Settings) -> anyhow
     Ok(Report::build(&session, balanced, leases_at_end))
 }
 
+/// Notes that event `after` settled at `at_ms`, and shows it.
+fn mark_settled(session: &mut Session, after: Option<usize>, at_ms: u32) {
+    if let Some(event) = after.and_then(|i| session.events.get_mut(i)) {
+        event.settled_ms = Some(at_ms);
+    }
+    if let Some(event) = after.and_then(|i| session.events.get(i)) {
+        session.progress(&format!(
+            "settled {:.1} s after: {}",
+            f64::from(at_ms.saturating_sub(event.at_ms)) / 1000.0,
+            event.detail
+        ));
+    }
+}
+
 /// What [`wait_settled`] waits for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Until {
@@ -312,24 +326,22 @@ async fn wait_settled(
     let end = until == Until::End;
     let mut started = Instant::now();
     let mut since: Option<(Instant, u32)> = None;
+    let mut marked = false;
     loop {
         session.tick().await?;
         fleet.reap(session).await;
-        let done = !end || session.all_delivered();
-        if session.status.settled() && done {
+        if session.status.settled() {
             let (at, at_ms) = *since.get_or_insert((Instant::now(), session.status.at_ms));
             if at.elapsed() >= session.settings.dwell() {
-                if let Some(event) = after.and_then(|i| session.events.get_mut(i)) {
-                    event.settled_ms = Some(at_ms);
+                // The event settled when this stretch of settled samples
+                // began (the end may still wait for the last records).
+                if !marked {
+                    marked = true;
+                    mark_settled(session, after, at_ms);
                 }
-                if let Some(event) = after.and_then(|i| session.events.get(i)) {
-                    session.progress(&format!(
-                        "settled {:.1} s after: {}",
-                        f64::from(at_ms.saturating_sub(event.at_ms)) / 1000.0,
-                        event.detail
-                    ));
+                if !end || session.all_delivered() {
+                    return Ok(true);
                 }
-                return Ok(true);
             }
         } else {
             since = None;
