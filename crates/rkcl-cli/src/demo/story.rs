@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rand::RngCore;
+use rand::{Rng, RngCore};
 use rkcl::leases::LeaseCoordinatorConfig;
 use rkcl::retrieval::PollingConfig;
 use rkcl::{
@@ -324,6 +324,10 @@ async fn wait_settled(
     until: Until,
 ) -> anyhow::Result<bool> {
     let end = until == Until::End;
+    // A seeded fraction of a second more, so that an event does not fall
+    // in step with the workers' checkpoints (every second from their start).
+    let dwell =
+        session.settings.dwell() + Duration::from_millis(session.rng.random_range(0..1_000));
     let mut started = Instant::now();
     let mut since: Option<(Instant, u32)> = None;
     let mut marked = false;
@@ -332,7 +336,7 @@ async fn wait_settled(
         fleet.reap(session).await;
         if session.status.settled() {
             let (at, at_ms) = *since.get_or_insert((Instant::now(), session.status.at_ms));
-            if at.elapsed() >= session.settings.dwell() {
+            if at.elapsed() >= dwell {
                 // The event settled when this stretch of settled samples
                 // began (the end may still wait for the last records).
                 if !marked {
