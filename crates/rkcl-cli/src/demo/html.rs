@@ -39,7 +39,7 @@ h2 { font-size: 17px; margin-top: 28px; }
 .failed { background: #fbe3e3; color: #8a1c1c; }
 table { border-collapse: collapse; margin: 8px 0; }
 td, th { padding: 3px 10px; border-bottom: 1px solid #e4e4e4; text-align: left; vertical-align: top; }
-td.n { text-align: right; font-variant-numeric: tabular-nums; }
+td.n { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 svg { display: block; margin: 6px 0 14px; background: #fff; }
 svg text { font: 11px system-ui, sans-serif; fill: #444; }
 svg .title { font-size: 13px; font-weight: 600; fill: #222; }
