@@ -29,8 +29,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 mod chaos;
+mod chart;
 mod checks;
 mod html;
+mod processes;
 mod produce;
 mod report;
 mod session;
