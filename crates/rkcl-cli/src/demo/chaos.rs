@@ -89,8 +89,12 @@ async fn chaos(local: &rkcl_local::Local, settings: Settings) -> anyhow::Result<
         let now = session.now_ms();
         if now >= next_kill && !session.production_done() {
             next_kill = next_kill.saturating_add(kill_every);
+            // A worker that holds leases, when one does: its kill is a
+            // failover.
             let running = fleet.running();
-            if let Some(victim) = running.choose(&mut session.rng).cloned() {
+            let holding = holding(&session, &running);
+            let candidates = if holding.is_empty() { running } else { holding };
+            if let Some(victim) = candidates.choose(&mut session.rng).cloned() {
                 let replacement = fleet.kill_and_restart(&mut session, &victim)?;
                 let event = session.event(
                     EventKind::Kill,
@@ -146,6 +150,14 @@ async fn chaos(local: &rkcl_local::Local, settings: Settings) -> anyhow::Result<
     Ok(report)
 }
 
+/// The workers of `ids` that hold a lease, as of the last sample.
+fn holding(session: &Session, ids: &[String]) -> Vec<String> {
+    ids.iter()
+        .filter(|id| session.status.held.get(*id).is_some_and(|n| *n > 0))
+        .cloned()
+        .collect()
+}
+
 /// What became of a planned event.
 enum Done {
     /// It happened: the index of the event.
@@ -180,11 +192,7 @@ async fn chaos_event(
         EventKind::Leave => {
             // A worker that holds leases has started (and handles SIGTERM),
             // and its leaving moves leases.
-            let holding: Vec<String> = fleet
-                .running()
-                .into_iter()
-                .filter(|id| session.status.held.get(id).is_some_and(|n| *n > 0))
-                .collect();
+            let holding = holding(session, &fleet.running());
             match holding.choose(&mut session.rng).cloned() {
                 Some(id) => {
                     fleet.leave(&id).await?;
