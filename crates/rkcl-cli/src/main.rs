@@ -40,7 +40,9 @@ enum Command {
     /// Be one worker of a consumer group: records to stdout as JSON lines,
     /// checkpoints of what was written.
     Consume(consume::ConsumeArgs),
-    /// Produce records into an embedded Kinesis, read them back, and report.
+    /// Watch a consumer group on an embedded Kinesis through a kill, a
+    /// split, a merge, a join and a leave (`--chaos`: worker processes
+    /// under SIGKILL), and report what came out.
     Demo(demo::DemoArgs),
     /// Show an application's lease table, or reset a shard's checkpoint.
     Leases(leases::LeasesArgs),
