@@ -509,3 +509,56 @@ async fn real_time_on_dynamodb_two_workers_balance_and_fail_over() {
     assert!(table.iter().all(|l| l.owner.as_deref() == Some("b")));
     assert!(store.requests().update_item > 6);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_checkpoints_more_often_than_it_renews_hears_of_a_handoff_at_once() {
+    // A processor that checkpoints every batch moves the counter before each
+    // renewal, so the renewer skips the lease: the checkpoint itself must
+    // learn of the handoff.
+    let store = table(1).await;
+    let mut a = worker_with(
+        store.clone(),
+        LeaseCoordinatorConfig::with_lease_duration("a", Duration::from_secs(30)),
+        OnHandoff::Ignore,
+    );
+    let lease = acquisitions(&mut a, 1).await.remove(0);
+    let position =
+        |n: u32| ExtendedSequenceNumber::new(format!("{}", 1000 + n).parse().unwrap(), 0);
+    a.coordinator
+        .checkpoint(&lease.key, &position(1))
+        .await
+        .unwrap();
+    // Another worker asks for the lease.
+    let stored = store.get(&lease.key).await.unwrap().unwrap();
+    store.hand_off(&stored, "b").await.unwrap().unwrap();
+    // The next checkpoint (well before any renewal is due) writes and says so.
+    let written = a
+        .coordinator
+        .checkpoint(&lease.key, &position(2))
+        .await
+        .unwrap();
+    assert_eq!(written.checkpoint, position(2));
+    let event = tokio::time::timeout(Duration::from_secs(2), a.events.recv())
+        .await
+        .expect("no handoff request after the checkpoint")
+        .unwrap();
+    assert_eq!(
+        event,
+        LeaseEvent::HandoffRequested {
+            key: lease.key.clone(),
+            next_owner: "b".to_owned()
+        }
+    );
+    // Announced once: a further checkpoint says nothing more.
+    a.coordinator
+        .checkpoint(&lease.key, &position(3))
+        .await
+        .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), a.events.recv())
+            .await
+            .is_err(),
+        "the handoff was announced twice"
+    );
+    a.coordinator.shutdown().await;
+}

@@ -200,7 +200,7 @@ impl<S: LeaseStore + 'static> LeaseCoordinator<S> {
             .update_checkpoint(&held.lease, position)
             .await?
         {
-            shared.refresh(lease.clone(), started);
+            shared.refresh_noting_handoff(lease.clone(), started);
             return Ok(lease);
         }
         // The counter moved under us: a handoff began (this worker still
@@ -209,14 +209,14 @@ impl<S: LeaseStore + 'static> LeaseCoordinator<S> {
         let me = Some(shared.config.worker_id.as_str());
         match shared.store.get(key).await? {
             Some(stored) if stored.holder() == me && &stored.checkpoint == position => {
-                shared.refresh(stored.clone(), started);
+                shared.refresh_noting_handoff(stored.clone(), started);
                 Ok(stored)
             }
             Some(stored) if stored.holder() == me && stored.counter > held.lease.counter => {
-                shared.refresh(stored.clone(), started);
+                shared.refresh_noting_handoff(stored.clone(), started);
                 match shared.store.update_checkpoint(&stored, position).await? {
                     Some(lease) => {
-                        shared.refresh(lease.clone(), started);
+                        shared.refresh_noting_handoff(lease.clone(), started);
                         Ok(lease)
                     }
                     None => {

@@ -72,6 +72,37 @@ impl<S> Shared<S> {
     }
 
     /// Starts holding `lease`, renewed now and with no handoff in progress.
+    /// Stores a newer copy of a held lease, written at `written`, and
+    /// learns of a handoff the copy shows: one newly begun is announced once
+    /// ([`LeaseEvent::HandoffRequested`]) and timed from now; one the next
+    /// owner withdrew no longer runs out. Renewals and checkpoints both come
+    /// through here, so a worker that checkpoints more often than it renews
+    /// still hears of a handoff at once.
+    pub(super) fn refresh_noting_handoff(&self, lease: Lease, written: Instant) {
+        let key = lease.key.clone();
+        let handing_off = lease.is_handing_off();
+        let next_owner = lease.owner.clone().unwrap_or_default();
+        self.refresh(lease, written);
+        let newly = match self.held.lock() {
+            Ok(mut all) => match all.get_mut(&key) {
+                Some(entry) => {
+                    let newly = handing_off && entry.handoff_since.is_none();
+                    entry.handoff_since =
+                        handing_off.then(|| entry.handoff_since.unwrap_or(written));
+                    newly
+                }
+                None => false,
+            },
+            Err(_) => false,
+        };
+        if newly {
+            tracing::info!(lease_key = %key, next_owner = %next_owner, "asked to hand the lease over");
+            let _ = self
+                .events
+                .send(LeaseEvent::HandoffRequested { key, next_owner });
+        }
+    }
+
     pub(super) fn insert(&self, lease: Lease) {
         if let Ok(mut held) = self.held.lock() {
             held.insert(

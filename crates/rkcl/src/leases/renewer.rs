@@ -68,24 +68,7 @@ async fn renew_one<S: LeaseStore>(shared: &Shared<S>, key: LeaseKey) -> Option<E
         return None;
     }
     match shared.store.renew(&held.lease).await {
-        Ok(Some(renewed)) => {
-            let handing_off = renewed.is_handing_off();
-            let handoff = held.handoff_since.is_none() && handing_off;
-            let next_owner = renewed.owner.clone().unwrap_or_default();
-            shared.refresh(renewed, now);
-            if let Ok(mut all) = shared.held.lock()
-                && let Some(entry) = all.get_mut(&key)
-            {
-                // A handoff the next owner withdrew no longer runs out.
-                entry.handoff_since = handing_off.then(|| entry.handoff_since.unwrap_or(now));
-            }
-            if handoff {
-                tracing::info!(lease_key = %key, next_owner = %next_owner, "asked to hand the lease over");
-                let _ = shared
-                    .events
-                    .send(LeaseEvent::HandoffRequested { key, next_owner });
-            }
-        }
+        Ok(Some(renewed)) => shared.refresh_noting_handoff(renewed, now),
         Ok(None) => shared.lose(&key, "another worker has the lease"),
         Err(err) => {
             if now.duration_since(held.renewed) >= config.lease_duration - config.safety_margin {
