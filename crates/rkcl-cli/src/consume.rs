@@ -164,6 +164,9 @@ impl RecordProcessor for StdoutWriter {
 }
 
 pub(crate) async fn run(aws: &AwsArgs, args: ConsumeArgs) -> anyhow::Result<ExitCode> {
+    // Installed first: a SIGTERM during start-up is answered with a clean
+    // shutdown once the worker runs, instead of ending the process at once.
+    let signals = rkcl::scheduler::Signals::register();
     let stream = stream_ref(&args.stream)?;
     let every = parse_every(&args.checkpoint_every)?;
     let mut builder = SchedulerConfig::builder(&args.app, &args.stream)
@@ -199,7 +202,7 @@ pub(crate) async fn run(aws: &AwsArgs, args: ConsumeArgs) -> anyhow::Result<Exit
     .with_context(|| format!("could not start consuming {}", args.stream))?;
     tracing::info!(worker_id = scheduler.worker_id(), "consuming");
     tokio::select! {
-        () = rkcl::scheduler::wait_for_signal() => tracing::info!("signal received; shutting down"),
+        () = signals.recv() => tracing::info!("signal received; shutting down"),
         () = closed.notified() => tracing::info!("stdout was closed; shutting down"),
     }
     let report = scheduler.shutdown(args.shutdown_timeout.into()).await;

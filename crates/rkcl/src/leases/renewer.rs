@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::coordinator::pause;
 use super::held::Shared;
-use super::{LeaseEvent, LeaseStore};
+use super::LeaseStore;
 use crate::backoff::FailureStreak;
 use crate::error::Error;
 use crate::model::LeaseKey;

@@ -23,8 +23,7 @@ mod signals;
 mod worker;
 
 pub use config::{SchedulerConfig, SchedulerConfigBuilder};
-pub(crate) use signals::Signals;
-pub use signals::wait_for_signal;
+pub use signals::{Signals, wait_for_signal};
 use worker::Worker;
 
 /// What a shutdown did, by lease.

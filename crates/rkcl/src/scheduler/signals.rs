@@ -7,15 +7,21 @@ pub async fn wait_for_signal() {
 
 /// SIGTERM and Ctrl-C handlers, installed when made (so a signal sent
 /// right after is not missed), awaited later.
+///
+/// Make one before a slow start-up (a scheduler's first shard sync, say):
+/// from then on SIGTERM no longer ends the process at once, and a signal
+/// that arrives meanwhile is answered as soon as [`recv`](Self::recv) is
+/// awaited.
 #[derive(Debug)]
-pub(crate) struct Signals {
+pub struct Signals {
     #[cfg(unix)]
     handlers: Vec<tokio::signal::unix::Signal>,
 }
 
 impl Signals {
-    /// Installs the handlers; needs a tokio runtime.
-    pub(crate) fn register() -> Self {
+    /// Installs the handlers; needs a tokio runtime. A handler that cannot
+    /// be installed is logged and left out (Ctrl-C is then still awaited).
+    pub fn register() -> Self {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{SignalKind, signal};
@@ -38,7 +44,12 @@ impl Signals {
     }
 
     /// Resolves on the first signal.
-    pub(crate) async fn recv(self) {
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: it consumes the handlers; a signal seen by a dropped
+    /// call is lost.
+    pub async fn recv(self) {
         #[cfg(unix)]
         {
             let waits = self.handlers.into_iter().map(|mut handler| {
