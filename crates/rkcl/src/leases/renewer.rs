@@ -5,9 +5,9 @@ use futures_util::StreamExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::LeaseStore;
 use super::coordinator::pause;
 use super::held::Shared;
-use super::LeaseStore;
 use crate::backoff::FailureStreak;
 use crate::error::Error;
 use crate::model::LeaseKey;
