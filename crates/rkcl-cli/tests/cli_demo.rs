@@ -182,6 +182,10 @@ fn a_short_chaos_run_loses_nothing_and_keeps_order_and_checkpoints() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert_eq!(report["mode"], "chaos");
+    // The chaos run's default faults hit the workers, seeded.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("faults injected (seed 7)"), "{stderr}");
+    assert!(stderr.contains(" throttle "), "{stderr}");
     assert_eq!(report["produced"], 20000);
     assert_eq!(report["lost"], 0);
     assert_eq!(report["out_of_order"], 0);

@@ -64,6 +64,12 @@ pub(crate) struct DemoArgs {
     /// With `--chaos`: how often a worker is killed.
     #[arg(long, default_value = "10s", requires = "chaos")]
     kill_every: humantime::Duration,
+    /// Faults the embedded services inject (the spec of `rkcl local
+    /// --faults`), seeded from `--seed`; `none` for none. Default with
+    /// `--chaos`: the throttles, errors, resets and latency of
+    /// `CHAOS_FAULTS`; without it, none.
+    #[arg(long, value_name = "SPEC")]
+    faults: Option<String>,
     /// Seeds every random choice (which worker is killed, which shards are
     /// split and merged, when chaos events happen). Default: a random seed,
     /// printed so that the run can be repeated.
@@ -76,6 +82,15 @@ pub(crate) struct DemoArgs {
     #[arg(long)]
     json: bool,
 }
+
+/// The faults of a chaos run unless `--faults` says otherwise: throttles,
+/// server errors and dropped connections on the calls workers make to both
+/// services, and some latency. The producer's PutRecords is spared, so the
+/// stream holds what was produced exactly once.
+const CHAOS_FAULTS: &str = "kinesis.GetRecords:throttle=2%,kinesis.GetRecords:error=1%,\
+kinesis.GetRecords:reset=0.5%,kinesis.GetShardIterator:error=1%,kinesis.ListShards:throttle=2%,\
+dynamodb.*:throttle=1%,dynamodb.*:error=0.5%,dynamodb.UpdateItem:reset=0.2%,\
+kinesis.GetRecords:latency=0..50ms,dynamodb.*:latency=0..20ms";
 
 /// The most records a run may produce (the tally keeps a few bytes each).
 const MAX_RECORDS: usize = 20_000_000;
@@ -101,6 +116,8 @@ pub(super) struct Settings {
     pub(super) kill_every: Duration,
     /// The seed of every random choice.
     pub(super) seed: u64,
+    /// The faults the embedded services inject, if any.
+    pub(super) faults: Option<rkcl_local::FaultPlan>,
     /// Quiet progress, a JSON report.
     pub(super) json: bool,
     /// Where to write the HTML report.
@@ -130,7 +147,18 @@ impl Settings {
         if kill_every < Duration::from_secs(1) {
             bail!("--kill-every must be at least 1s");
         }
+        let faults = match args.faults.as_deref() {
+            Some("none") => None,
+            Some(spec) => Some(spec.to_owned()),
+            None if args.chaos => Some(CHAOS_FAULTS.to_owned()),
+            None => None,
+        };
+        let faults = faults
+            .map(|spec| rkcl_local::FaultPlan::parse(&spec))
+            .transpose()
+            .context("--faults")?;
         Ok(Self {
+            faults,
             records,
             rate: args.rate,
             shards: args.shards,
@@ -183,6 +211,18 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     } else {
         story::run(&local, settings.clone()).await
     };
+    if settings.faults.is_some() {
+        // On stderr also with --json, so a run's faults can always be read
+        // and replayed.
+        let counts = local.fault_counts();
+        #[allow(clippy::print_stderr)]
+        {
+            eprintln!(
+                "rkcl demo: faults injected (seed {}):\n{counts}",
+                settings.seed
+            );
+        }
+    }
     local.shutdown().await;
     let report = outcome?;
     if let Some(path) = &settings.report {
@@ -202,7 +242,11 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
 /// configures them: a server-side fault plan for the chaos run is one more
 /// builder call here, seeded from `settings.seed`.
 async fn start_services(settings: &Settings) -> anyhow::Result<rkcl_local::Local> {
-    let builder = rkcl_local::Local::builder();
+    let mut builder = rkcl_local::Local::builder();
+    if let Some(plan) = &settings.faults {
+        builder = builder.faults(plan.clone()).fault_seed(settings.seed);
+        settings.progress(&format!("faults: {plan} (seed {})", settings.seed));
+    }
     let local = builder
         .start()
         .await
