@@ -12,16 +12,31 @@ use rkcl_local::Local;
 use rkcl_local::testkit::Packing::{Aggregated, Plain};
 use rkcl_local::testkit::{create_stream, merge, put, split};
 
+/// Puts `record-I` with key `key-(I % 500)` for each I of each range, packed
+/// as its range says.
+async fn put_numbered<const N: usize>(
+    kinesis: &Kinesis,
+    stream: &StreamRef,
+    ranges: [(rkcl_local::testkit::Packing, std::ops::Range<usize>); N],
+) {
+    for (packing, range) in ranges {
+        let batch: Vec<ProducerRecord> = range
+            .map(|i| ProducerRecord::new(format!("key-{}", i % 500), format!("record-{i}")))
+            .collect();
+        put(kinesis, stream, batch, packing).await;
+    }
+}
+
 async fn stream_with_records(local: &Local, name: &str, shards: u32, records: usize) -> StreamRef {
     let kinesis = Kinesis::new(local.kinesis_client());
     let stream = create_stream(&kinesis, name, shards).await;
     let half = records / 2;
-    for (packing, range) in [(Plain, 0..half), (Aggregated, half..records)] {
-        let batch: Vec<ProducerRecord> = range
-            .map(|i| ProducerRecord::new(format!("key-{}", i % 500), format!("record-{i}")))
-            .collect();
-        put(&kinesis, &stream, batch, packing).await;
-    }
+    put_numbered(
+        &kinesis,
+        &stream,
+        [(Plain, 0..half), (Aggregated, half..records)],
+    )
+    .await;
     stream
 }
 
@@ -141,12 +156,12 @@ async fn tail_exit_at_end_reads_the_children_of_a_stream_resharded_before_it_is_
     split(&local, &stream, &shards[0], None).await;
     merge(&local, &stream, &shards[2], &shards[3]).await;
     // More records, plain and aggregated, land in the three children.
-    for (packing, range) in [(Plain, 8_000..11_000), (Aggregated, 11_000..14_000)] {
-        let batch: Vec<ProducerRecord> = range
-            .map(|i| ProducerRecord::new(format!("key-{}", i % 500), format!("record-{i}")))
-            .collect();
-        put(&kinesis, &stream, batch, packing).await;
-    }
+    put_numbered(
+        &kinesis,
+        &stream,
+        [(Plain, 8_000..11_000), (Aggregated, 11_000..14_000)],
+    )
+    .await;
 
     let mut tail = rkcl(&local);
     tail.args([

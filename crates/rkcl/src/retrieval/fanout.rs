@@ -231,17 +231,7 @@ impl FanOutSource {
             shared: shared.clone(),
             config,
         };
-        let token = cancel.clone();
-        let span = tracing::info_span!("shard", shard_id = %shard.id);
-        tokio::spawn(tracing::Instrument::instrument(
-            async move {
-                tokio::select! {
-                    () = token.cancelled() => {}
-                    () = subscriber.run(sender) => {}
-                }
-            },
-            span,
-        ));
+        super::spawn_reader(&shard.id, cancel.clone(), subscriber.run(sender));
         Ok(Self {
             shard_id: shard.id.clone(),
             receiver,

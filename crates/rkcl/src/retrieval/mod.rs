@@ -113,6 +113,26 @@ pub trait RecordSource: Send {
     fn next_event(&mut self) -> BoxFuture<'_, Option<Result<ShardEvent>>>;
 }
 
+/// Runs a shard's background reader until it ends or `cancel` is
+/// cancelled, in the shard's span: the task behind every [`RecordSource`]
+/// of this module.
+pub(crate) fn spawn_reader(
+    shard_id: &ShardId,
+    cancel: CancellationToken,
+    reader: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let span = tracing::info_span!("shard", shard_id = %shard_id);
+    tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            tokio::select! {
+                () = cancel.cancelled() => {}
+                () = reader => {}
+            }
+        },
+        span,
+    ));
+}
+
 /// How a worker reads its shards.
 #[derive(Clone, Debug)]
 #[non_exhaustive]

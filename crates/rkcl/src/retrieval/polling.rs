@@ -109,17 +109,7 @@ impl PollingSource {
             closed: shard.ending_sequence_number.is_some(),
             config,
         };
-        let token = cancel.clone();
-        let span = tracing::info_span!("shard", shard_id = %shard.id);
-        tokio::spawn(tracing::Instrument::instrument(
-            async move {
-                tokio::select! {
-                    () = token.cancelled() => {}
-                    () = fetcher.run(sender) => {}
-                }
-            },
-            span,
-        ));
+        super::spawn_reader(&shard.id, cancel.clone(), fetcher.run(sender));
         Ok(Self {
             shard_id: shard.id.clone(),
             receiver,
