@@ -148,8 +148,10 @@ fn the_story_settles_after_every_event_and_loses_nothing() {
     assert_eq!(end("worker-4"), "stopped");
     assert!(!report["timeline"].as_array().unwrap().is_empty());
 
+    assert!(report.get("faults").is_none(), "no fault layer in a story");
     assert_well_formed(&html);
     assert!(html.contains("<svg"), "no chart");
+    assert!(!html.contains("Faults injected"));
     for kind in ["kill", "split", "merge", "join", "leave"] {
         assert!(
             html.contains(&format!(r#"class="event event-{kind}""#)),
@@ -213,7 +215,45 @@ fn a_short_chaos_run_loses_nothing_and_keeps_order_and_checkpoints() {
     assert_eq!(report["chaos"]["released_at_end"], true);
     assert!(report["chaos"]["restarts"].as_u64().unwrap() >= 1);
 
+    // The faults are in the report: per kind, per operation, and as
+    // streaks on the timeline, which the page shades.
+    let faults = &report["faults"];
+    assert_eq!(faults["seed"], 7, "{faults}");
+    let throttles = faults["totals"]["throttle"].as_u64().unwrap();
+    assert!(throttles > 0, "{faults}");
+    let by_operation: u64 = faults["by_operation"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(what, _)| what.ends_with(" throttle"))
+        .map(|(_, n)| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(by_operation, throttles, "{faults}");
+    let on_timeline: u64 = report["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["faults"]["throttle"].as_u64().unwrap())
+        .sum();
+    assert!(on_timeline > 0 && on_timeline <= throttles, "{faults}");
+    let streaks = faults["streaks"].as_array().unwrap();
+    assert!(!streaks.is_empty(), "{faults}");
+    let in_streaks: u64 = streaks
+        .iter()
+        .map(|s| s["faults"]["throttle"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(
+        in_streaks, on_timeline,
+        "every failed request lies in a streak"
+    );
+
     assert_well_formed(&html);
     assert!(html.contains(r#"class="event event-kill""#));
     assert!(html.contains(r#"class="event event-split""#));
+    assert!(html.contains(r#"aria-label="Faults injected""#));
+    assert_eq!(
+        html.matches(r#"<rect class="fault-streak""#).count(),
+        streaks.len(),
+        "a band per streak"
+    );
 }

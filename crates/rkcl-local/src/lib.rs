@@ -68,8 +68,8 @@ mod faults;
 pub mod testkit;
 
 pub use faults::{
-    DEFAULT_FAULT_SEED, FaultCounts, FaultKind, FaultPlan, FaultSpecError, FaultSpecErrorKind,
-    Service,
+    DEFAULT_FAULT_SEED, FaultCounts, FaultKind, FaultMeter, FaultPlan, FaultSpecError,
+    FaultSpecErrorKind, Service,
 };
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -371,9 +371,14 @@ impl Local {
     /// How many faults the fault layer has injected so far, per service,
     /// operation and kind; empty without a fault layer.
     pub fn fault_counts(&self) -> FaultCounts {
-        self.faults
-            .as_ref()
-            .map_or_else(FaultCounts::default, |injector| injector.counts())
+        self.fault_meter().counts()
+    }
+
+    /// A handle that reads the same counts as
+    /// [`fault_counts`](Self::fault_counts) and can be kept apart from this
+    /// value.
+    pub fn fault_meter(&self) -> FaultMeter {
+        FaultMeter::new(self.faults.clone())
     }
 
     /// The seed of the fault layer, `None` without one.

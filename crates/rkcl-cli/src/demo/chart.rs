@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use super::report::EventReport;
+use super::report::{EventReport, FaultStreak};
 use super::session::EventKind;
 
 /// Chart size, in pixels.
@@ -129,6 +129,8 @@ pub(super) struct Chart<'a> {
     /// Whether the values are counts (the value axis steps by whole
     /// numbers).
     pub(super) counts: bool,
+    /// Fault streaks to shade.
+    pub(super) streaks: &'a [FaultStreak],
 }
 
 impl Chart<'_> {
@@ -162,8 +164,13 @@ impl Chart<'_> {
             escape(self.unit)
         );
         // Bands from each event to the moment the group settled or
-        // recovered.
-        for event in self.events {
+        // recovered (not where fault streaks are shaded instead).
+        let event_bands = if self.streaks.is_empty() {
+            self.events
+        } else {
+            &[]
+        };
+        for event in event_bands {
             let until = event
                 .recovered_after_seconds
                 .or(event.settled_after_seconds);
@@ -179,6 +186,22 @@ impl Chart<'_> {
                     after
                 );
             }
+        }
+        for streak in self.streaks {
+            let (from, to) = (self.x(streak.from_seconds), self.x(streak.to_seconds));
+            let faults: Vec<String> = streak
+                .faults
+                .iter()
+                .map(|(kind, n)| format!("{kind} {n}"))
+                .collect();
+            let _ = write!(
+                out,
+                r##"<rect class="fault-streak" x="{from:.1}" y="{TOP}" width="{:.1}" height="{plot:.1}" fill="#d62728" fill-opacity="0.12"><title>faults from {:.1} s to {:.1} s: {}</title></rect>"##,
+                (to - from).max(0.5),
+                streak.from_seconds,
+                streak.to_seconds,
+                escape(&faults.join(", "))
+            );
         }
         let mut value = 0.0;
         while value <= top + step / 2.0 {

@@ -12,6 +12,7 @@ use std::fmt::Write as _;
 use super::chart::{Chart, Series, escape, event_colour, worker_colour};
 use super::report::Report;
 use super::session::{EventKind, TimelinePoint};
+use rkcl_local::FaultKind;
 
 /// The page's style sheet.
 const STYLE: &str = "
@@ -30,6 +31,7 @@ svg .title { font-size: 13px; font-weight: 600; fill: #222; }
 svg .grid { stroke: #eee; }
 svg .axis { stroke: #999; }
 .legend span { display: inline-block; margin-right: 14px; }
+code { word-break: break-all; }
 .swatch { display: inline-block; width: 12px; height: 3px; vertical-align: middle; margin-right: 4px; }
 ";
 
@@ -49,6 +51,44 @@ fn series(
         points: timeline.iter().map(|p| (p.seconds, value(p))).collect(),
         shift: 0.0,
     }
+}
+
+/// The kinds of faults drawn, with their colours: those that fail a
+/// request (added latency is in the table, not drawn: it would flatten the
+/// rest).
+const FAULT_COLOURS: [(FaultKind, &str); 4] = [
+    (FaultKind::Throttle, "#9467bd"),
+    (FaultKind::Error, "#d62728"),
+    (FaultKind::Reset, "#8c564b"),
+    (FaultKind::Expired, "#e377c2"),
+];
+
+/// Faults per second of each kind, from the counts of each timeline
+/// interval.
+fn fault_series(timeline: &[TimelinePoint]) -> Vec<Series> {
+    FAULT_COLOURS
+        .into_iter()
+        .map(|(kind, colour)| {
+            let mut previous = 0.0;
+            let points = timeline
+                .iter()
+                .map(|p| {
+                    let interval = (p.seconds - previous).max(1e-3);
+                    previous = p.seconds;
+                    let n = p.faults.get(kind.name()).copied().unwrap_or(0);
+                    (p.seconds, Some(n as f64 / interval))
+                })
+                .collect();
+            Series {
+                name: kind.name().to_owned(),
+                colour,
+                dashed: false,
+                steps: false,
+                points,
+                shift: 0.0,
+            }
+        })
+        .collect()
 }
 
 /// The report as a page.
@@ -84,7 +124,7 @@ pub(super) fn render(report: &Report) -> String {
             Some(p.leases_unheld as f64)
         })
     });
-    let charts = [
+    let mut charts = vec![
         Chart {
             title: "Leases per worker",
             unit: "active leases; dashed: restarted workers",
@@ -93,6 +133,7 @@ pub(super) fn render(report: &Report) -> String {
             events: &report.events,
             labels: true,
             counts: true,
+            streaks: &[],
         },
         Chart {
             title: "Records per second",
@@ -113,6 +154,7 @@ pub(super) fn render(report: &Report) -> String {
             events: &report.events,
             labels: false,
             counts: false,
+            streaks: &[],
         },
         Chart {
             title: "Lag",
@@ -124,6 +166,7 @@ pub(super) fn render(report: &Report) -> String {
             events: &report.events,
             labels: false,
             counts: false,
+            streaks: &[],
         },
         Chart {
             title: "Put-to-delivery latency",
@@ -140,8 +183,22 @@ pub(super) fn render(report: &Report) -> String {
             events: &report.events,
             labels: false,
             counts: false,
+            streaks: &[],
         },
     ];
+
+    if let Some(faults) = &report.faults {
+        charts.push(Chart {
+            title: "Faults injected",
+            unit: "requests per second the local services failed; shaded: streaks",
+            seconds,
+            series: fault_series(timeline),
+            events: &report.events,
+            labels: false,
+            counts: false,
+            streaks: &faults.streaks,
+        });
+    }
 
     let mut out = String::new();
     let title = format!("rkcl demo ({})", report.mode);
@@ -174,6 +231,7 @@ pub(super) fn render(report: &Report) -> String {
         chart.render(&mut out);
     }
     events(&mut out, report);
+    faults_table(&mut out, report);
     workers_table(&mut out, report);
     checks(&mut out, report);
     out.push_str("</body></html>\n");
@@ -288,6 +346,51 @@ fn events(out: &mut String, report: &Report) {
             event.kind.name(),
             escape(&event.detail),
             after(event.settled_after_seconds),
+        );
+    }
+    out.push_str("</table>");
+}
+
+/// The faults injected: per operation and kind, and every streak.
+fn faults_table(out: &mut String, report: &Report) {
+    let Some(faults) = &report.faults else {
+        return;
+    };
+    let _ = write!(
+        out,
+        "<h2>Faults</h2><p>Injected by the local services with <code>--faults {}</code>, seed {} \
+         (repeat with <code>--seed {}</code>).</p><table><tr><th>operation</th><th>fault</th><th>count</th></tr>",
+        escape(&faults.plan),
+        faults.seed,
+        faults.seed
+    );
+    for (what, n) in &faults.by_operation {
+        let (operation, kind) = what.split_once(' ').unwrap_or((what.as_str(), ""));
+        let _ = write!(
+            out,
+            r#"<tr><td>{}</td><td>{}</td><td class="n">{n}</td></tr>"#,
+            escape(operation),
+            escape(kind)
+        );
+    }
+    let _ = write!(
+        out,
+        "</table><p>{} streaks: stretches in which every second had requests failed.</p>\
+         <table><tr><th>from</th><th>to</th><th>failed requests</th></tr>",
+        faults.streaks.len()
+    );
+    for streak in &faults.streaks {
+        let kinds: Vec<String> = streak
+            .faults
+            .iter()
+            .map(|(kind, n)| format!("{kind} {n}"))
+            .collect();
+        let _ = write!(
+            out,
+            r#"<tr class="fault-streak-row"><td class="n">{:.1} s</td><td class="n">{:.1} s</td><td>{}</td></tr>"#,
+            streak.from_seconds,
+            streak.to_seconds,
+            escape(&kinds.join(", "))
         );
     }
     out.push_str("</table>");

@@ -9,6 +9,7 @@ use super::checks::{Checks, check};
 use super::session::{EventKind, Session, TimelinePoint, WorkerEnd};
 use super::tally::quantile;
 use crate::output::{write_json_line, write_line};
+use rkcl_local::FaultKind;
 
 /// One worker (one process, in the chaos run).
 #[derive(Clone, Debug, Serialize)]
@@ -121,8 +122,78 @@ pub(super) struct Report {
     /// What only the chaos run reports.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) chaos: Option<ChaosReport>,
+    /// The faults the local services injected, with a fault layer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) faults: Option<FaultsReport>,
     /// The run second by second.
     pub(super) timeline: Vec<TimelinePoint>,
+}
+
+/// The faults the local services injected during a run.
+#[derive(Clone, Debug, Serialize)]
+pub(super) struct FaultsReport {
+    /// The fault plan, as `--faults` takes it.
+    pub(super) plan: String,
+    /// The seed of the fault layer (the run's seed).
+    pub(super) seed: u64,
+    /// Faults per kind over the whole run.
+    pub(super) totals: BTreeMap<&'static str, u64>,
+    /// Faults per `service.Operation kind`.
+    pub(super) by_operation: BTreeMap<String, u64>,
+    /// Every streak: a stretch of the timeline in which every point saw
+    /// requests failed by the fault layer.
+    pub(super) streaks: Vec<FaultStreak>,
+}
+
+/// A stretch of the run in which the fault layer failed requests in every
+/// timeline interval.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub(super) struct FaultStreak {
+    /// Its start, in seconds of the run.
+    pub(super) from_seconds: f64,
+    /// Its end.
+    pub(super) to_seconds: f64,
+    /// Failed requests per kind in it (added latency not counted).
+    pub(super) faults: BTreeMap<&'static str, u64>,
+}
+
+impl FaultStreak {
+    /// Failed requests in the streak.
+    pub(super) fn total(&self) -> u64 {
+        self.faults.values().sum()
+    }
+}
+
+/// The fault streaks of a timeline: each maximal run of points with at
+/// least one failed request, from the point before its first to its last.
+pub(super) fn fault_streaks(timeline: &[TimelinePoint]) -> Vec<FaultStreak> {
+    let mut streaks: Vec<FaultStreak> = Vec::new();
+    let mut previous_seconds = 0.0;
+    let mut open = false;
+    for point in timeline {
+        if point.failing_faults() == 0 {
+            open = false;
+        } else {
+            if !open {
+                streaks.push(FaultStreak {
+                    from_seconds: previous_seconds,
+                    to_seconds: point.seconds,
+                    faults: BTreeMap::new(),
+                });
+                open = true;
+            }
+            if let Some(streak) = streaks.last_mut() {
+                streak.to_seconds = point.seconds;
+                for (kind, n) in &point.faults {
+                    if *kind != FaultKind::Latency.name() && *n > 0 {
+                        *streak.faults.entry(kind).or_default() += n;
+                    }
+                }
+            }
+        }
+        previous_seconds = point.seconds;
+    }
+    streaks
 }
 
 /// Milliseconds as seconds.
@@ -214,6 +285,24 @@ impl Report {
             latency_ms_max: latencies.last().copied().unwrap_or(0),
             checks: check(tally, &session.watch, &session.workers),
             chaos: None,
+            faults: session.settings.faults.as_ref().map(|plan| {
+                let counts = session.faults.counts();
+                FaultsReport {
+                    plan: plan.to_string(),
+                    seed: session.settings.seed,
+                    totals: FaultKind::ALL
+                        .into_iter()
+                        .map(|kind| (kind.name(), counts.total(kind)))
+                        .collect(),
+                    by_operation: counts
+                        .iter()
+                        .map(|(service, operation, kind, n)| {
+                            (format!("{service}.{operation} {kind}"), n)
+                        })
+                        .collect(),
+                    streaks: fault_streaks(&session.timeline),
+                }
+            }),
             timeline: session.timeline.clone(),
         }
     }
@@ -312,6 +401,35 @@ fn text(report: &Report) -> Vec<String> {
         report.checks.double_holders,
         report.checks.lease_samples,
     ));
+    if let Some(faults) = &report.faults {
+        let failed: Vec<String> = faults
+            .totals
+            .iter()
+            .filter(|(kind, n)| **kind != FaultKind::Latency.name() && **n > 0)
+            .map(|(kind, n)| format!("{kind} {n}"))
+            .collect();
+        let longest = faults
+            .streaks
+            .iter()
+            .map(|s| s.to_seconds - s.from_seconds)
+            .fold(0.0, f64::max);
+        lines.push(format!(
+            "faults (seed {}): {} failed requests ({}), {} delayed; {} streaks, the longest {longest:.1} s",
+            faults.seed,
+            faults.streaks.iter().map(FaultStreak::total).sum::<u64>(),
+            if failed.is_empty() {
+                "none".to_owned()
+            } else {
+                failed.join(", ")
+            },
+            faults
+                .totals
+                .get(FaultKind::Latency.name())
+                .copied()
+                .unwrap_or(0),
+            faults.streaks.len(),
+        ));
+    }
     let leases: Vec<String> = report
         .leases_at_end
         .iter()
@@ -341,4 +459,47 @@ fn text(report: &Report) -> Vec<String> {
         format!("FAILED: {}", failures.join(", "))
     });
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(seconds: f64, throttle: u64, latency: u64) -> TimelinePoint {
+        TimelinePoint {
+            seconds,
+            produced: 0,
+            consumed: 0,
+            records_per_second: 0.0,
+            produced_per_second: 0.0,
+            lag: 0,
+            oldest_undelivered_ms: None,
+            latency_ms_p50: None,
+            latency_ms_p99: None,
+            leases: BTreeMap::new(),
+            leases_unheld: 0,
+            faults: [("throttle", throttle), ("latency", latency)]
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_streak_spans_the_points_with_failed_requests() {
+        let timeline = [
+            point(1.0, 0, 5),
+            point(2.0, 2, 5),
+            point(3.0, 1, 0),
+            point(4.0, 0, 9),
+            point(5.0, 3, 0),
+        ];
+        let streaks = fault_streaks(&timeline);
+        assert_eq!(streaks.len(), 2, "{streaks:?}");
+        assert_eq!((streaks[0].from_seconds, streaks[0].to_seconds), (1.0, 3.0));
+        assert_eq!(streaks[0].total(), 3);
+        assert_eq!(streaks[0].faults.get("latency"), None);
+        assert_eq!((streaks[1].from_seconds, streaks[1].to_seconds), (4.0, 5.0));
+        assert_eq!(streaks[1].total(), 3);
+        assert!(fault_streaks(&[point(1.0, 0, 7)]).is_empty());
+    }
 }

@@ -2,7 +2,7 @@
 //! producer task, the tally, the lease-table watch, the workers and events
 //! so far, the timeline and the progress lines, and the reshards.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,7 @@ use rand::seq::IndexedRandom;
 use rkcl::aws::StreamRef;
 use rkcl::shards::Shard;
 use rkcl::{DynamoDbLeaseStore, Kinesis};
+use rkcl_local::{FaultKind, FaultMeter};
 use serde::Serialize;
 use tokio::task::JoinHandle;
 
@@ -125,6 +126,23 @@ pub(super) struct TimelinePoint {
     pub(super) leases: std::collections::BTreeMap<String, usize>,
     /// Active leases without a live holder.
     pub(super) leases_unheld: usize,
+    /// Faults the local services injected since the point before, per kind
+    /// (`throttle`, `error`, `reset`, `expired`, `latency`); empty without
+    /// a fault layer.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub(super) faults: BTreeMap<&'static str, u64>,
+}
+
+impl TimelinePoint {
+    /// Faults that failed a request (every kind but added latency) since
+    /// the point before.
+    pub(super) fn failing_faults(&self) -> u64 {
+        self.faults
+            .iter()
+            .filter(|(kind, _)| **kind != FaultKind::Latency.name())
+            .map(|(_, n)| n)
+            .sum()
+    }
 }
 
 /// The state of a run in progress.
@@ -162,6 +180,11 @@ pub(super) struct Session {
     produced: Option<ProduceSummary>,
     /// No more timeline points (the workers are being stopped).
     frozen: bool,
+    /// The local services' fault counts.
+    pub(super) faults: FaultMeter,
+    /// Faults injected per kind (in `FaultKind::ALL` order) at the last
+    /// timeline point.
+    last_faults: [u64; FaultKind::ALL.len()],
 }
 
 impl Session {
@@ -202,6 +225,8 @@ impl Session {
             production: None,
             produced: None,
             frozen: false,
+            faults: local.fault_meter(),
+            last_faults: [0; FaultKind::ALL.len()],
         };
         session.open = session.open_shards().await?.into_iter().collect();
         session.progress(&format!(
@@ -375,6 +400,7 @@ impl Session {
             latency_ms_p99: (!latencies.is_empty()).then(|| quantile(&latencies, 0.99)),
             leases: self.status.held.clone(),
             leases_unheld: self.status.unheld,
+            faults: self.faults_since_last_point(),
         };
         self.last_point = (now, consumed, produced);
         let state = if self.status.settled() {
@@ -387,14 +413,35 @@ impl Session {
         let oldest = point.oldest_undelivered_ms.map_or_else(String::new, |ms| {
             format!(" ({:.1} s)", f64::from(ms) / 1000.0)
         });
+        let faults = if self.faults.is_active() {
+            format!("  faults {:>3}", point.failing_faults())
+        } else {
+            String::new()
+        };
         self.progress(&format!(
-            "produced {produced:>8}  consumed {consumed:>8}  {:>6.0}/s  lag {:>6}{oldest:<8}  p99 {:>5} ms  leases {}  {state}",
+            "produced {produced:>8}  consumed {consumed:>8}  {:>6.0}/s  lag {:>6}{oldest:<8}  p99 {:>5} ms{faults}  leases {}  {state}",
             point.records_per_second,
             point.lag,
             point.latency_ms_p99.unwrap_or(0),
             self.status.describe_leases(),
         ));
         self.timeline.push(point);
+    }
+
+    /// Faults injected per kind since the last call; empty without a fault
+    /// layer.
+    fn faults_since_last_point(&mut self) -> BTreeMap<&'static str, u64> {
+        let mut since = BTreeMap::new();
+        if !self.faults.is_active() {
+            return since;
+        }
+        let counts = self.faults.counts();
+        for (kind, last) in FaultKind::ALL.into_iter().zip(&mut self.last_faults) {
+            let total = counts.total(kind);
+            since.insert(kind.name(), total.saturating_sub(*last));
+            *last = total;
+        }
+        since
     }
 
     /// The stream's open shards.

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use rand::rngs::StdRng;
@@ -195,6 +195,32 @@ fn fnv1a(bytes: impl Iterator<Item = u8>) -> u64 {
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
     hash
+}
+
+/// A handle on the fault layer's counts that can be kept apart from the
+/// [`Local`](crate::Local) it came from (for a task that samples them over
+/// time). Cheap to clone; without a fault layer every snapshot is empty.
+#[derive(Clone, Debug, Default)]
+pub struct FaultMeter {
+    injector: Option<Arc<Injector>>,
+}
+
+impl FaultMeter {
+    pub(crate) fn new(injector: Option<Arc<Injector>>) -> Self {
+        Self { injector }
+    }
+
+    /// How many faults have been injected so far.
+    pub fn counts(&self) -> FaultCounts {
+        self.injector
+            .as_ref()
+            .map_or_else(FaultCounts::default, |injector| injector.counts())
+    }
+
+    /// Whether a fault layer is in front of the services.
+    pub fn is_active(&self) -> bool {
+        self.injector.is_some()
+    }
 }
 
 /// How many faults the fault layer injected, per service, operation and

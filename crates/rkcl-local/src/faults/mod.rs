@@ -20,8 +20,8 @@ mod plan;
 mod proxy;
 
 pub use error::{FaultSpecError, FaultSpecErrorKind};
-pub use injector::FaultCounts;
 pub(crate) use injector::Injector;
+pub use injector::{FaultCounts, FaultMeter};
 pub use plan::{FaultKind, FaultPlan, Service};
 pub(crate) use proxy::interpose;
 
