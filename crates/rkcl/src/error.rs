@@ -13,6 +13,8 @@ pub enum Service {
     Kinesis,
     /// Amazon DynamoDB (the lease table).
     DynamoDb,
+    /// Amazon CloudWatch (metrics).
+    CloudWatch,
 }
 
 impl std::fmt::Display for Service {
@@ -20,6 +22,7 @@ impl std::fmt::Display for Service {
         f.write_str(match self {
             Service::Kinesis => "Kinesis",
             Service::DynamoDb => "DynamoDB",
+            Service::CloudWatch => "CloudWatch",
         })
     }
 }

@@ -197,6 +197,34 @@ pub const RESUBSCRIPTIONS: Metric = Metric {
     description: "Enhanced fan-out subscriptions opened again, by cause.",
 };
 
+/// Every value the `cause` label of [`SHARDS_STALLED`] takes.
+pub const STALL_CAUSES: &[&str] = &["processor", "reader", "parents"];
+
+/// Shards the watchdog finds stalled now, by cause: `processor` (a call
+/// into the processor has not returned), `reader` (the reader brings
+/// nothing) and `parents` (a child waits for its parents).
+pub const SHARDS_STALLED: Metric = Metric {
+    name: "rkcl_shards_stalled",
+    kind: MetricKind::Gauge,
+    unit: Unit::Count,
+    labels: &[WORKER, CAUSE],
+    description: "Shards stalled now, by cause (processor, reader, parents).",
+};
+
+/// Every value the `cause` label of [`STALL_ACTIONS`] takes.
+pub const STALL_ACTION_CAUSES: &[&str] = &["restart_reader", "release_lease"];
+
+/// What the watchdog did about stalls, by action: `restart_reader` (a
+/// stalled reader opened again) and `release_lease` (a stalled processor's
+/// consumer stopped and its lease released).
+pub const STALL_ACTIONS: Metric = Metric {
+    name: "rkcl_stall_actions",
+    kind: MetricKind::Counter,
+    unit: Unit::Count,
+    labels: &[WORKER, CAUSE],
+    description: "Actions the watchdog took on stalled shards (restart_reader, release_lease).",
+};
+
 /// Every metric rkcl emits.
 pub const ALL: &[Metric] = &[
     RECORDS_PROCESSED,
@@ -211,6 +239,8 @@ pub const ALL: &[Metric] = &[
     LEASES_HELD,
     SUBSCRIPTIONS,
     RESUBSCRIPTIONS,
+    SHARDS_STALLED,
+    STALL_ACTIONS,
 ];
 
 /// Registers the unit and description of every metric with the installed
@@ -259,9 +289,25 @@ mod tests {
                 .filter(|m| m.labels.contains(&CAUSE))
                 .map(|m| m.name)
                 .collect::<Vec<_>>(),
-            [RESUBSCRIPTIONS.name],
+            [
+                RESUBSCRIPTIONS.name,
+                SHARDS_STALLED.name,
+                STALL_ACTIONS.name
+            ],
             "a new metric with a cause needs its closed set of causes here"
         );
+        for (metric, causes) in [
+            (SHARDS_STALLED, STALL_CAUSES),
+            (STALL_ACTIONS, STALL_ACTION_CAUSES),
+        ] {
+            for cause in causes {
+                assert!(
+                    metric.description.contains(cause),
+                    "{} does not name {cause}",
+                    metric.name
+                );
+            }
+        }
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! request future is several KiB, and a long-lived task that awaited one
 //! inline would carry that size for its whole life, once per shard.
 
+#[cfg(feature = "cloudwatch")]
+mod cloudwatch;
 mod consumers;
 mod dynamodb;
 mod error;
@@ -19,6 +21,8 @@ mod lease_item;
 mod paging;
 mod subscription;
 
+#[cfg(feature = "cloudwatch")]
+pub use cloudwatch::{CloudWatch, Datum, DatumUnit, DatumValue};
 pub use consumers::{ConsumerStatus, StreamConsumer};
 pub use dynamodb::{DynamoDbLeaseStore, LeaseTableRequests};
 pub use kinesis::Kinesis;

@@ -25,6 +25,7 @@ use super::renewer::{WRITE_CONCURRENCY, renew_loop};
 use super::taking::take_loop;
 use super::{FencingToken, Lease, LeaseCoordinatorConfig, LeaseStore};
 use crate::error::{Error, Result};
+use crate::health::Health;
 use crate::model::{ExtendedSequenceNumber, LeaseKey};
 
 /// A change in the leases this worker holds.
@@ -119,6 +120,7 @@ impl<S: LeaseStore + 'static> LeaseCoordinator<S> {
             held: Mutex::new(BTreeMap::new()),
             events,
             shard_calls: tokio::sync::Semaphore::new(SHARD_CALL_CONCURRENCY),
+            health: Health::new(),
         });
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
@@ -140,6 +142,12 @@ impl<S: LeaseStore + 'static> LeaseCoordinator<S> {
             },
             receiver,
         ))
+    }
+
+    /// The health the lease loops report to (each round, and whether the
+    /// lease table answered); the scheduler adds its own loops to it.
+    pub fn health(&self) -> Health {
+        self.shared.health.clone()
     }
 
     /// This worker's id.
@@ -348,6 +356,14 @@ enum Loop {
 }
 
 impl Loop {
+    /// Its name in health checks.
+    pub(super) const fn name(self) -> &'static str {
+        match self {
+            Loop::Renewer => "lease renewer",
+            Loop::Taker => "lease taker",
+        }
+    }
+
     /// Runs the loop until `cancel`. Cancellation is seen only between
     /// rounds, never inside a write, so a take or renewal that reached the
     /// store is always known to the coordinator.
@@ -356,6 +372,7 @@ impl Loop {
             Loop::Renewer => renew_loop(shared, cancel).await,
             Loop::Taker => take_loop(shared, cancel).await,
         }
+        shared.health.loop_ended(self.name());
     }
 }
 

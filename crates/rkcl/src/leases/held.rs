@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{Lease, LeaseCoordinatorConfig, LeaseEvent};
+use crate::health::Health;
 use crate::model::LeaseKey;
 
 /// A held lease: the latest copy, when it was last renewed, whether a
@@ -44,6 +45,8 @@ pub(super) struct Shared<S> {
     /// Permits for the calls of shard consumers
     /// ([`LeaseAccess`](super::LeaseAccess)).
     pub(super) shard_calls: tokio::sync::Semaphore,
+    /// Where the loops report their rounds and the lease table's answers.
+    pub(super) health: Health,
 }
 
 impl<S> Shared<S> {

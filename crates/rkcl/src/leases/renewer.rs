@@ -22,8 +22,16 @@ pub(super) const WRITE_CONCURRENCY: usize = 32;
 /// renewals is one warning at most, not one per lease and round.
 pub(super) async fn renew_loop<S: LeaseStore>(shared: &Shared<S>, cancel: &CancellationToken) {
     let mut streak = FailureStreak::new("lease renewal");
-    while pause(cancel, Instant::now() + shared.config.renew_interval).await {
-        let failed: Vec<Error> = futures_util::stream::iter(shared.held_keys())
+    loop {
+        shared
+            .health
+            .beat("lease renewer", shared.config.renew_interval);
+        if !pause(cancel, Instant::now() + shared.config.renew_interval).await {
+            return;
+        }
+        let keys = shared.held_keys();
+        let renewing = !keys.is_empty();
+        let failed: Vec<Error> = futures_util::stream::iter(keys)
             .map(|key| renew_one(shared, key))
             .buffer_unordered(WRITE_CONCURRENCY)
             .filter_map(std::future::ready)
@@ -31,12 +39,18 @@ pub(super) async fn renew_loop<S: LeaseStore>(shared: &Shared<S>, cancel: &Cance
             .await;
         match failed.first() {
             Some(err) => {
+                shared.health.lease_table(Err(err.to_string()));
                 streak.failed(&format_args!(
                     "{} renewals failed, one with {err}",
                     failed.len()
                 ));
             }
-            None => streak.succeeded(),
+            None => {
+                if renewing {
+                    shared.health.lease_table(Ok(()));
+                }
+                streak.succeeded();
+            }
         }
     }
 }

@@ -132,7 +132,12 @@ pub(super) async fn take_loop<S: LeaseStore>(shared: &Shared<S>, cancel: &Cancel
     let mut streak = FailureStreak::new("taker cycle");
     loop {
         let now = Instant::now();
-        let cycle = if state.scan_due(now, config) {
+        shared.health.beat(
+            "lease taker",
+            config.scan_interval.max(config.lease_duration),
+        );
+        let scanning = state.scan_due(now, config);
+        let cycle = if scanning {
             scan_and_take(shared, &mut state, &mut rng).await
         } else {
             finish_handoffs(shared, &mut state).await
@@ -142,8 +147,14 @@ pub(super) async fn take_loop<S: LeaseStore>(shared: &Shared<S>, cancel: &Cancel
             failed => failed,
         };
         match cycle {
-            Ok(()) => streak.succeeded(),
+            Ok(()) => {
+                if scanning {
+                    shared.health.lease_table(Ok(()));
+                }
+                streak.succeeded();
+            }
             Err(err) => {
+                shared.health.lease_table(Err(err.to_string()));
                 state.settled = false;
                 streak.failed(&err);
             }

@@ -51,6 +51,7 @@ use crate::processor::{
 use crate::retrieval::{OpenRecordSource, RecordSource, ShardBatch, ShardEvent};
 use crate::shards::Shard;
 use crate::stop::{StopReason, StopSignal};
+use crate::watchdog::ShardProgress;
 
 #[cfg(test)]
 mod tests;
@@ -105,6 +106,20 @@ pub(crate) enum StateName {
     Complete,
 }
 
+impl StateName {
+    /// The state in words, for the watchdog's warnings.
+    pub(crate) const fn words(self) -> &'static str {
+        match self {
+            StateName::WaitingOnParents => "waiting on parents",
+            StateName::Initializing => "initializing",
+            StateName::Processing => "processing",
+            StateName::ShardEnding => "shard ending",
+            StateName::ShuttingDown(_) => "shutting down",
+            StateName::Complete => "complete",
+        }
+    }
+}
+
 impl<P> State<P> {
     fn name(&self) -> StateName {
         match self {
@@ -124,15 +139,17 @@ struct Running<P> {
     checkpointer: Checkpointer,
 }
 
-/// Consumes the shard of `lease` until it ends or `stop` is requested.
+/// Consumes the shard of `lease` until it ends or `stop` is requested,
+/// telling `progress` what it does.
 pub(crate) async fn run<F: RecordProcessorFactory>(
     context: Arc<WorkerContext>,
     factory: Arc<F>,
     lease: Lease,
     token: FencingToken,
     stop: StopSignal,
+    progress: Arc<ShardProgress>,
 ) -> Outcome {
-    ShardConsumer::new(context, lease, token, stop)
+    ShardConsumer::new(context, lease, token, stop, progress)
         .run(&*factory, |_| ())
         .await
 }
@@ -142,6 +159,26 @@ struct ShardConsumer {
     info: ShardInfo,
     lease: Lease,
     stop: StopSignal,
+    /// What it does, for the watchdog; also how the watchdog asks for a
+    /// new reader.
+    progress: Arc<ShardProgress>,
+    /// The shard, once initialized (to open the reader again).
+    shard: Option<Shard>,
+    /// Where a reader opened now starts: the checkpoint, then after each
+    /// record delivered.
+    resume: Option<StartingPosition>,
+}
+
+/// Runs `call` into the processor with `progress` knowing it is under way.
+async fn watched<T>(
+    progress: &ShardProgress,
+    name: &'static str,
+    call: impl std::future::Future<Output = T>,
+) -> T {
+    progress.call_started(name);
+    let result = call.await;
+    progress.call_ended();
+    result
 }
 
 impl ShardConsumer {
@@ -150,6 +187,7 @@ impl ShardConsumer {
         lease: Lease,
         token: FencingToken,
         stop: StopSignal,
+        progress: Arc<ShardProgress>,
     ) -> Self {
         let info = ShardInfo {
             shard_id: lease.shard_id(),
@@ -162,6 +200,9 @@ impl ShardConsumer {
             info,
             lease,
             stop,
+            progress,
+            shard: None,
+            resume: None,
         }
     }
 
@@ -175,6 +216,7 @@ impl ShardConsumer {
         let mut state = State::WaitingOnParents;
         let outcome = loop {
             entered(state.name());
+            self.progress.entered(state.name().words());
             tracing::debug!(state = ?state.name(), "shard consumer state");
             state = match state {
                 State::WaitingOnParents => self.wait_for_parents().await,
@@ -271,7 +313,13 @@ impl ShardConsumer {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match guarded(processor.initialize(&input)).await {
+            match watched(
+                &self.progress,
+                "initialize",
+                guarded(processor.initialize(&input)),
+            )
+            .await
+            {
                 Ok(()) => break,
                 Err(message) => {
                     tracing::warn!(error = %message, attempt, "initialize failed; trying again");
@@ -293,8 +341,13 @@ impl ShardConsumer {
             Ok(start) => start,
             Err(err) => return State::Complete(Outcome::Failed(err)),
         };
-        let reader_stop = self.stop.child_token();
-        match self.context.sources.open(&shard, start, reader_stop) {
+        self.resume = Some(start.clone());
+        let opened = self
+            .context
+            .sources
+            .open(&shard, start, self.stop.child_token());
+        self.shard = Some(shard);
+        match opened {
             Ok(source) => State::Processing(
                 source,
                 Running {
@@ -317,8 +370,22 @@ impl ShardConsumer {
             reason = self.stop.requested() => {
                 return State::ShuttingDown(reason, running);
             }
+            () = self.progress.reader_restart_requested() => {
+                return match self.reopen(source) {
+                    Ok(source) => State::Processing(source, running),
+                    Err(err) => State::Complete(Outcome::Failed(err)),
+                };
+            }
             event = source.next_event() => event,
         };
+        match &event {
+            Some(Ok(ShardEvent::Records(batch))) => {
+                self.progress
+                    .event(batch.records.len(), batch.millis_behind_latest);
+            }
+            Some(Ok(ShardEvent::End(_))) => self.progress.event(0, None),
+            _ => {}
+        }
         match event {
             None => State::Complete(Outcome::Failed(Error::InvalidInput(format!(
                 "the reader of shard {} stopped",
@@ -333,6 +400,25 @@ impl ShardConsumer {
         }
     }
 
+    /// Drops `source` (stopping its reader) and opens a new one after the
+    /// last record delivered.
+    fn reopen(&mut self, source: Box<dyn RecordSource>) -> Result<Box<dyn RecordSource>> {
+        drop(source);
+        let (Some(shard), Some(start)) = (&self.shard, &self.resume) else {
+            return Err(Error::InvalidInput(format!(
+                "the reader of shard {} was restarted before it was opened",
+                self.info.shard_id
+            )));
+        };
+        tracing::info!(from = ?start, "opening the shard's reader again");
+        let source = self
+            .context
+            .sources
+            .open(shard, start.clone(), self.stop.child_token())?;
+        self.progress.reader_restarted();
+        Ok(source)
+    }
+
     /// *ShardEnding*: `shard_ended` until `SHARD_END` is stored, then
     /// children may start.
     async fn end_shard<P: RecordProcessor>(&mut self, mut running: Running<P>) -> State<P> {
@@ -341,7 +427,8 @@ impl ShardConsumer {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match guarded(running.processor.shard_ended(checkpointer)).await {
+            let call = guarded(running.processor.shard_ended(checkpointer));
+            match watched(&self.progress, "shard_ended", call).await {
                 Ok(()) if checkpointer.last_checkpoint() == ExtendedSequenceNumber::ShardEnd => {
                     break;
                 }
@@ -371,14 +458,15 @@ impl ShardConsumer {
         let reason = self.stop.reason().unwrap_or(reason);
         State::Complete(match reason {
             StopReason::LeaseLost => {
-                if let Err(message) = guarded(running.processor.lease_lost().map(Ok)).await {
+                let call = guarded(running.processor.lease_lost().map(Ok));
+                if let Err(message) = watched(&self.progress, "lease_lost", call).await {
                     tracing::warn!(error = %message, "lease_lost failed");
                 }
                 Outcome::Lost
             }
             StopReason::Shutdown | StopReason::Handoff => {
-                let call = running.processor.shutdown_requested(&running.checkpointer);
-                if let Err(message) = guarded(call).await {
+                let call = guarded(running.processor.shutdown_requested(&running.checkpointer));
+                if let Err(message) = watched(&self.progress, "shutdown_requested", call).await {
                     tracing::warn!(error = %message, "shutdown_requested failed");
                 }
                 self.let_go().await
@@ -444,7 +532,12 @@ impl ShardConsumer {
                 .gauge(&shard)
                 .set(behind as f64);
         }
-        let last = batch.records.last()?.extended_sequence_number();
+        let last_record = batch.records.last()?;
+        let last = last_record.extended_sequence_number();
+        self.resume = Some(StartingPosition::AfterCheckpoint(
+            last_record.sequence_number.clone(),
+            last_record.sub_sequence_number.unwrap_or(0),
+        ));
         let count = batch.records.len();
         running.checkpointer.delivered(last);
         let mut input = ProcessRecordsInput {
@@ -459,7 +552,7 @@ impl ShardConsumer {
             let call = running
                 .processor
                 .process_records(&input, &running.checkpointer);
-            let result = guarded(call).await;
+            let result = watched(&self.progress, "process_records", guarded(call)).await;
             metrics::PROCESS_SECONDS
                 .histogram(&shard)
                 .record(started.elapsed().as_secs_f64());

@@ -192,6 +192,7 @@ struct Harness {
     gate: Arc<Semaphore>,
     calls: mpsc::UnboundedReceiver<Call>,
     calls_sender: mpsc::UnboundedSender<Call>,
+    progress: Arc<ShardProgress>,
 }
 
 fn sequence(n: u128) -> SequenceNumber {
@@ -250,6 +251,7 @@ impl Harness {
             gate: Arc::new(Semaphore::new(0)),
             calls,
             calls_sender,
+            progress: Arc::default(),
         }
     }
 
@@ -275,6 +277,7 @@ impl Harness {
             lease.clone(),
             lease.fencing_token(),
             self.stop.signal(),
+            self.progress.clone(),
         );
         let (calls, gate) = (self.calls_sender.clone(), self.gate.clone());
         let factory = move |_: &ShardInfo| Recorder {
@@ -628,4 +631,61 @@ async fn a_worker_shutdown_reaches_the_shard_through_the_tree() {
     assert_eq!(states.last(), Some(&Complete));
     assert!(states.contains(&ShuttingDown(StopReason::Shutdown)));
     assert_eq!(h.calls_so_far(), [Call::ShutdownRequested]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reader_restart_reopens_after_the_last_record_delivered() {
+    let mut h = Harness::new(vec![Some(batch(0..3)), None]);
+    let lease = h.lease(ExtendedSequenceNumber::TrimHorizon, &[]).await;
+    let task = h.start(lease, Behaviour::default());
+    assert_eq!(h.next_call().await, Call::Initialize);
+    assert_eq!(h.next_call().await, Call::Process(3));
+    // The watchdog asks for a new reader: the old one is dropped and the
+    // new one starts after record 2, not at the checkpoint.
+    h.progress.request_reader_restart();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(
+        *h.sources.opened_at.lock().unwrap(),
+        [
+            StartingPosition::TrimHorizon,
+            StartingPosition::AfterCheckpoint(sequence(2), 0)
+        ]
+    );
+    h.stop.request(StopReason::Shutdown);
+    let (outcome, states) = task.await.unwrap();
+    assert!(matches!(outcome, Outcome::Released), "{outcome:?}");
+    assert!(states.contains(&Processing));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_processor_call_that_does_not_return_is_a_stall() {
+    let mut h = Harness::new(vec![Some(batch(0..1)), None]);
+    let lease = h.lease(ExtendedSequenceNumber::TrimHorizon, &[]).await;
+    let behaviour = Behaviour {
+        gated: true,
+        ..Behaviour::default()
+    };
+    let task = h.start(lease, behaviour);
+    assert_eq!(h.next_call().await, Call::Initialize);
+    assert_eq!(h.next_call().await, Call::Process(1));
+    let config = crate::watchdog::WatchdogConfig::builder()
+        .processor_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let later = std::time::Instant::now() + Duration::from_secs(31);
+    let stall = h.progress.stall(later, &config).expect("a stall");
+    assert_eq!(stall.cause, crate::watchdog::StallCause::Processor);
+    assert_eq!(stall.doing, "process_records");
+    h.gate.add_permits(1);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(
+        h.progress
+            .stall(std::time::Instant::now(), &config)
+            .map(|s| s.cause),
+        None,
+        "the call returned"
+    );
+    h.stop.request(StopReason::Shutdown);
+    let (outcome, _) = task.await.unwrap();
+    assert!(matches!(outcome, Outcome::Released), "{outcome:?}");
 }

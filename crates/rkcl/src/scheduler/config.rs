@@ -8,6 +8,7 @@ use crate::leases::LeaseCoordinatorConfig;
 use crate::model::InitialPosition;
 use crate::processor::FailurePolicy;
 use crate::retrieval::{FanOutConfig, PollingConfig, Retrieval};
+use crate::watchdog::WatchdogConfig;
 
 /// How a [`Scheduler`](super::Scheduler) runs. Made with [`SchedulerConfig::builder`].
 #[derive(Clone, Debug)]
@@ -34,6 +35,9 @@ pub struct SchedulerConfig {
     /// How often a child shard's consumer checks whether its parents are
     /// finished. Default: 1 s.
     pub parent_poll_interval: Duration,
+    /// When a shard counts as stalled and what is done about it. Default:
+    /// [`WatchdogConfig::default`].
+    pub watchdog: WatchdogConfig,
 }
 
 impl SchedulerConfig {
@@ -53,6 +57,7 @@ impl SchedulerConfig {
                 shard_sync_interval: Duration::from_secs(60),
                 failure_policy: FailurePolicy::default(),
                 parent_poll_interval: Duration::from_secs(1),
+                watchdog: WatchdogConfig::default(),
             },
         }
     }
@@ -92,6 +97,7 @@ impl SchedulerConfig {
             )));
         }
         self.failure_policy.validate()?;
+        self.watchdog.validate()?;
         if self.shard_sync_interval < Duration::from_secs(1) {
             return Err(Error::Config(
                 "shard_sync_interval must be at least 1 s".into(),
@@ -195,6 +201,13 @@ impl SchedulerConfigBuilder {
     /// for [`retrieval`](Self::retrieval)).
     pub fn fan_out(self, fan_out: FanOutConfig) -> Self {
         self.retrieval(Retrieval::FanOut(fan_out))
+    }
+
+    /// When a shard counts as stalled and what is done about it. Default:
+    /// [`WatchdogConfig::default`].
+    pub fn watchdog(mut self, watchdog: WatchdogConfig) -> Self {
+        self.config.watchdog = watchdog;
+        self
     }
 
     /// How often shards and leases are compared. Default: 60 s.

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::aws::Kinesis;
 use crate::error::{Error, Result};
+use crate::health::Health;
 use crate::leases::{Lease, LeaseAccess, LeaseCoordinator, LeaseStore};
 use crate::lifecycle::WorkerContext;
 use crate::model::{InitialPosition, LeaseKey};
@@ -49,6 +50,7 @@ pub struct ShutdownReport {
 #[derive(Debug)]
 pub struct Scheduler {
     worker_id: String,
+    health: Health,
     leases: Arc<dyn LeaseAccess>,
     shutdown: Arc<ShutdownRequest>,
     report: watch::Receiver<Option<ShutdownReport>>,
@@ -122,6 +124,8 @@ impl Scheduler {
                 .await?;
         let worker_id = config.leases.worker_id.clone();
         let (coordinator, events) = LeaseCoordinator::start(store, config.leases.clone())?;
+        let health = coordinator.health();
+        health.started(config.leases.lease_duration, true);
         let leases: Arc<dyn LeaseAccess> = Arc::new(coordinator.clone());
         let context = Arc::new(WorkerContext {
             sources: Arc::new(KinesisSources {
@@ -153,6 +157,9 @@ impl Scheduler {
             tasks: JoinSet::new(),
             failures,
             sync_streak: crate::backoff::FailureStreak::new("shard sync"),
+            health: health.clone(),
+            progress: HashMap::new(),
+            stalled: HashMap::new(),
         };
         let span = tracing::info_span!("worker", worker_id = %worker_id);
         let task = tokio::spawn(tracing::Instrument::instrument(
@@ -161,6 +168,7 @@ impl Scheduler {
         ));
         Ok(Self {
             worker_id,
+            health,
             leases,
             shutdown,
             report: report_receiver,
@@ -173,6 +181,12 @@ impl Scheduler {
         &self.worker_id
     }
 
+    /// This worker's health (its loops, the lease table, stalled shards),
+    /// for liveness and readiness probes; see [`crate::health`].
+    pub fn health(&self) -> Health {
+        self.health.clone()
+    }
+
     /// The leases this worker holds now.
     pub fn held_leases(&self) -> Vec<Lease> {
         self.leases.held()
@@ -181,6 +195,7 @@ impl Scheduler {
     /// Starts a graceful shutdown that may take `timeout`, and returns at
     /// once. A second request changes nothing.
     pub(crate) fn request_shutdown(&self, timeout: Duration) {
+        self.health.stopping();
         let _ = self.shutdown.timeout.set(timeout);
         self.shutdown.stop.cancel();
     }
