@@ -753,6 +753,18 @@ impl Engine {
                     self.route_back(queued);
                 }
             }
+            Err(error) if !error.is_retryable() => {
+                // A missing stream or no access: the records waiting for a
+                // shard hear of it now rather than at their time-to-live.
+                tracing::warn!(stream = %self.stream, error = %error, "ListShards failed in a way retrying cannot fix");
+                self.needs_refresh = true;
+                self.refresh_after = now + self.config.max_backoff;
+                let error = Arc::new(error);
+                let waiting: Vec<Queued> = self.unrouted.drain(..).collect();
+                for queued in waiting {
+                    self.answer(queued, Err(SendError::Failed(error.clone())));
+                }
+            }
             Err(error) => {
                 let failures = self.refresh_streak.failed(&error);
                 self.needs_refresh = true;
