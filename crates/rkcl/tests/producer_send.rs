@@ -302,7 +302,13 @@ async fn a_stream_that_takes_no_writes_holds_senders_back_and_expires_records() 
             other => panic!("expected Expired, got {other:?}"),
         }
     }
-    assert!(started.elapsed() < Duration::from_secs(4));
+    // A record inside a call when its time passes is answered when the call
+    // returns (the SDK retries a 500 itself, with its own backoff).
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "answered {:?} after the first expiry was due",
+        started.elapsed()
+    );
     // The waiting sender got room once they were answered, and expires in
     // turn (its time-to-live counts from its send).
     assert!(matches!(
