@@ -1,17 +1,20 @@
 //! `rkcl put`: lines from stdin to a stream.
 
+use std::collections::HashSet;
 use std::io::BufRead;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
+use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
 use rkcl::{
     kpl::Aggregator,
-    producer::{Producer, ProducerConfig, PutSummary},
+    producer::{DEFAULT_MAX_OUTSTANDING_RECORDS, Producer, ProducerConfig, Receipt},
     record::ProducerRecord,
 };
 
-use crate::aws::{AwsArgs, StreamContext, stream_ref};
+use crate::aws::{AwsArgs, stream_ref};
 
 /// How many records are read from stdin before they are sent.
 const CHUNK_RECORDS: usize = 10_000;
@@ -44,6 +47,16 @@ pub(crate) struct PutArgs {
     /// record `{"partition_key", "explicit_hash_key", "data" (base64)}`.
     #[arg(long, value_enum, default_value_t = InputFormat::Lines)]
     format: InputFormat,
+    /// How long a record may wait for others to fill a request.
+    #[arg(long, default_value = "100ms", value_name = "DURATION")]
+    linger: humantime::Duration,
+    /// The most records read and not yet written; reading stdin waits there.
+    #[arg(long, default_value_t = DEFAULT_MAX_OUTSTANDING_RECORDS, value_name = "RECORDS")]
+    max_outstanding: usize,
+    /// The share of each shard's write limits (1 MiB/s, 1,000 records/s) to
+    /// use, in percent (1 to 100).
+    #[arg(long, default_value_t = 100, value_name = "PERCENT")]
+    rate_limit: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -63,32 +76,110 @@ pub(crate) async fn run(aws: &AwsArgs, args: PutArgs) -> anyhow::Result<ExitCode
         .aggregate(args.aggregate)
         .aggregate_max_size(args.max_size)
         .strict_order(args.strict_order)
+        .linger(args.linger.into())
+        .max_outstanding_records(args.max_outstanding)
+        .rate_limit_percent(args.rate_limit)
         .build()?;
     let kinesis = aws.kinesis().await?;
-    let mut producer = Producer::new(kinesis, stream.clone(), config)?;
-    let mut total = PutSummary::default();
+    let producer = Producer::new(kinesis, stream.clone(), config)?;
+    let (mut sink, mut receipts) = producer.sink_with_receipts()?;
     let (sender, mut receiver) =
         tokio::sync::mpsc::channel::<anyhow::Result<Vec<ProducerRecord>>>(2);
-    // Stdin is read on a blocking thread so sending overlaps reading.
+    // Stdin is read on a blocking thread so sending overlaps reading; the
+    // producer's outstanding limit holds the reader back.
     let reader = tokio::task::spawn_blocking(move || read_chunks(&args, &sender));
-    while let Some(chunk) = receiver.recv().await {
-        let chunk = chunk?;
-        let summary = producer.put(chunk).await.for_stream(&stream)?;
-        total += summary;
+    let feeder = tokio::spawn(async move {
+        let mut bad_line = None;
+        while let Some(chunk) = receiver.recv().await {
+            match chunk {
+                Ok(chunk) => {
+                    let mut records = futures_util::stream::iter(chunk.into_iter().map(Ok));
+                    sink.send_all(&mut records).await?;
+                }
+                Err(err) => {
+                    bad_line = Some(err);
+                    break;
+                }
+            }
+        }
+        // Closing waits until every record sent is answered.
+        sink.close().await?;
+        Ok::<_, anyhow::Error>(bad_line)
+    });
+    let mut summary = ReceiptSummary::default();
+    let mut first_error = None;
+    while let Some(answer) = receipts.next().await {
+        match answer {
+            Ok(receipt) => summary.add(&receipt),
+            Err(err) => {
+                summary.failed += 1;
+                first_error.get_or_insert(err);
+            }
+        }
     }
+    let bad_line = feeder
+        .await
+        .context("the sending task failed")?
+        .with_context(|| format!("stream {stream}"))?;
     reader.await.context("the stdin reader failed")?;
+    producer.shutdown(Duration::from_secs(10)).await;
     #[allow(clippy::print_stdout)]
     {
-        println!(
-            "records: {}, kinesis records: {}, retries: {}, re-sent after reshard: {}, requests: {}",
-            total.user_records,
-            total.kinesis_records,
-            total.retried_entries,
-            total.resent_after_reshard,
-            total.requests
+        println!("{}", summary.line());
+    }
+    if let Some(err) = first_error {
+        bail!(
+            "stream {stream}: {} records were not written; the first: {err}",
+            summary.failed
         );
     }
+    if let Some(err) = bad_line {
+        return Err(err);
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the receipts of a run say.
+#[derive(Debug, Default)]
+struct ReceiptSummary {
+    records: u64,
+    failed: u64,
+    kinesis_records: HashSet<(String, String)>,
+    shards: HashSet<String>,
+    retries: u64,
+    buffer_ms: Vec<u64>,
+}
+
+impl ReceiptSummary {
+    fn add(&mut self, receipt: &Receipt) {
+        self.records += 1;
+        self.retries += u64::from(receipt.attempts.saturating_sub(1));
+        self.kinesis_records.insert((
+            receipt.shard_id.to_string(),
+            receipt.sequence_number.to_string(),
+        ));
+        self.shards.insert(receipt.shard_id.to_string());
+        self.buffer_ms
+            .push(u64::try_from(receipt.time_in_buffer.as_millis()).unwrap_or(u64::MAX));
+    }
+
+    fn line(&mut self) -> String {
+        self.buffer_ms.sort_unstable();
+        let at = |q: f64| {
+            let index = ((self.buffer_ms.len() as f64 - 1.0) * q).round() as usize;
+            self.buffer_ms.get(index).copied().unwrap_or(0)
+        };
+        format!(
+            "records: {}, kinesis records: {}, retries: {}, failed: {}, shards: {}, time in buffer p50/p99: {}/{} ms",
+            self.records,
+            self.kinesis_records.len(),
+            self.retries,
+            self.failed,
+            self.shards.len(),
+            at(0.5),
+            at(0.99)
+        )
+    }
 }
 
 fn read_chunks(

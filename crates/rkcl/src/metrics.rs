@@ -86,6 +86,9 @@ pub const CAUSE: &str = "cause";
 /// Every value the `cause` label of [`RESUBSCRIPTIONS`] takes.
 pub const RESUBSCRIPTION_CAUSES: &[&str] = &["session_end", "idle", "throttled", "in_use", "error"];
 
+/// Every value the `cause` label of [`PRODUCER_RETRIES`] takes.
+pub const PRODUCER_RETRY_CAUSES: &[&str] = &["throttled", "entry_error", "call_error", "reshard"];
+
 /// User records handed to processors and processed without error.
 pub const RECORDS_PROCESSED: Metric = Metric {
     name: "rkcl_records_processed",
@@ -225,6 +228,81 @@ pub const STALL_ACTIONS: Metric = Metric {
     description: "Actions the watchdog took on stalled shards (restart_reader, release_lease).",
 };
 
+/// User records the producer's engine wrote.
+pub const PRODUCER_USER_RECORDS: Metric = Metric {
+    name: "rkcl_producer_user_records",
+    kind: MetricKind::Counter,
+    unit: Unit::Count,
+    labels: &[],
+    description: "User records the producer wrote.",
+};
+
+/// Kinesis records (plain records or aggregates) the producer's engine wrote.
+pub const PRODUCER_KINESIS_RECORDS: Metric = Metric {
+    name: "rkcl_producer_kinesis_records",
+    kind: MetricKind::Counter,
+    unit: Unit::Count,
+    labels: &[],
+    description: "Kinesis records (plain or aggregates) the producer wrote.",
+};
+
+/// Bytes (data plus partition keys) of the Kinesis records written.
+pub const PRODUCER_BYTES: Metric = Metric {
+    name: "rkcl_producer_bytes",
+    kind: MetricKind::Counter,
+    unit: Unit::Bytes,
+    labels: &[],
+    description: "Bytes of Kinesis records (data and partition keys) the producer wrote.",
+};
+
+/// User records sent again, by cause: `throttled` (the entry or the call),
+/// `entry_error` (another failed entry), `call_error` (the call failed and
+/// may succeed again) and `reshard` (an aggregate landed in a shard a
+/// consumer would drop it from).
+pub const PRODUCER_RETRIES: Metric = Metric {
+    name: "rkcl_producer_retries",
+    kind: MetricKind::Counter,
+    unit: Unit::Count,
+    labels: &[CAUSE],
+    description: "User records the producer sent again, by cause: `throttled`, `entry_error`, `call_error`, `reshard`.",
+};
+
+/// PutRecords entries Kinesis throttled.
+pub const PRODUCER_THROTTLES: Metric = Metric {
+    name: "rkcl_producer_throttles",
+    kind: MetricKind::Counter,
+    unit: Unit::Count,
+    labels: &[],
+    description: "PutRecords entries Kinesis throttled.",
+};
+
+/// User records answered with an error (expired, failed, shut down).
+pub const PRODUCER_FAILED_RECORDS: Metric = Metric {
+    name: "rkcl_producer_failed_records",
+    kind: MetricKind::Counter,
+    unit: Unit::Count,
+    labels: &[],
+    description: "User records the producer answered with an error.",
+};
+
+/// From `send` to the start of the call that wrote the record.
+pub const PRODUCER_BUFFER_SECONDS: Metric = Metric {
+    name: "rkcl_producer_buffer_seconds",
+    kind: MetricKind::Histogram,
+    unit: Unit::Seconds,
+    labels: &[],
+    description: "Time from send to the start of the PutRecords call that wrote the record.",
+};
+
+/// Records sent and not yet answered.
+pub const PRODUCER_OUTSTANDING_RECORDS: Metric = Metric {
+    name: "rkcl_producer_outstanding_records",
+    kind: MetricKind::Gauge,
+    unit: Unit::Count,
+    labels: &[],
+    description: "Records sent to the producer and not yet answered.",
+};
+
 /// Every metric rkcl emits.
 pub const ALL: &[Metric] = &[
     RECORDS_PROCESSED,
@@ -241,6 +319,14 @@ pub const ALL: &[Metric] = &[
     RESUBSCRIPTIONS,
     SHARDS_STALLED,
     STALL_ACTIONS,
+    PRODUCER_USER_RECORDS,
+    PRODUCER_KINESIS_RECORDS,
+    PRODUCER_BYTES,
+    PRODUCER_RETRIES,
+    PRODUCER_THROTTLES,
+    PRODUCER_FAILED_RECORDS,
+    PRODUCER_BUFFER_SECONDS,
+    PRODUCER_OUTSTANDING_RECORDS,
 ];
 
 /// Registers the unit and description of every metric with the installed
@@ -292,7 +378,8 @@ mod tests {
             [
                 RESUBSCRIPTIONS.name,
                 SHARDS_STALLED.name,
-                STALL_ACTIONS.name
+                STALL_ACTIONS.name,
+                PRODUCER_RETRIES.name
             ],
             "a new metric with a cause needs its closed set of causes here"
         );

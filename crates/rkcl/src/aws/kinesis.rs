@@ -412,14 +412,31 @@ impl Kinesis {
         Ok(out
             .records()
             .iter()
-            .map(|result| match (result.shard_id(), result.error_code()) {
-                (Some(shard_id), None) => PutOutcome::Written {
-                    shard_id: ShardId::from(shard_id),
-                },
-                (_, code) => PutOutcome::Failed {
-                    code: code.unwrap_or("Unknown").to_owned(),
-                    message: result.error_message().unwrap_or_default().to_owned(),
-                },
+            .map(|result| {
+                match (
+                    result.shard_id(),
+                    result.sequence_number(),
+                    result.error_code(),
+                ) {
+                    (Some(shard_id), Some(sequence), None) => {
+                        match sequence.parse::<SequenceNumber>() {
+                            Ok(sequence_number) => PutOutcome::Written {
+                                shard_id: ShardId::from(shard_id),
+                                sequence_number,
+                            },
+                            Err(_) => PutOutcome::Failed {
+                                code: "MalformedSequenceNumber".to_owned(),
+                                message: format!(
+                                    "PutRecords answered the sequence number {sequence:?}"
+                                ),
+                            },
+                        }
+                    }
+                    (_, _, code) => PutOutcome::Failed {
+                        code: code.unwrap_or("Unknown").to_owned(),
+                        message: result.error_message().unwrap_or_default().to_owned(),
+                    },
+                }
             })
             .collect())
     }

@@ -8,7 +8,7 @@ use aws_sdk_kinesis::primitives::DateTime;
 use bytes::Bytes;
 
 use crate::error::{Error, Result, Service};
-use crate::model::{HashKey, HashKeyRange, ShardId};
+use crate::model::{HashKey, HashKeyRange, SequenceNumber, ShardId};
 use crate::record::KinesisRecord;
 
 /// A stream named by its name or by its ARN.
@@ -218,6 +218,8 @@ pub(crate) enum PutOutcome {
     Written {
         /// The shard the entry landed in.
         shard_id: ShardId,
+        /// The sequence number Kinesis gave it.
+        sequence_number: SequenceNumber,
     },
     /// The entry was not written.
     Failed {

@@ -1,13 +1,24 @@
 //! Writing records with PutRecords: batching, retries of failed entries,
 //! per-key order, and KPL-style aggregation per predicted shard.
 //!
-//! One file on purpose: the config, the request building and the retry loop
-//! share the `Pending` bookkeeping of entries in flight, and splitting them
-//! would spread one algorithm (order per key under partial failures) over
-//! several files. It is just over 500 lines.
+//! Two ways in. [`Producer::put`] writes a batch the caller holds and returns
+//! once all of it is written (this file: the config, the request building
+//! and the retry loop share the `Pending` bookkeeping of entries in flight).
+//! [`Producer::send`] hands one record to a background engine (`engine.rs`)
+//! and answers with a [`Receipt`]: records linger briefly to fill requests,
+//! are paced per shard (`rate_limit.rs`) and bounded in memory; the
+//! senders' side, the `Sink` and the receipts stream are in `send.rs`.
+
+mod engine;
+mod rate_limit;
+mod send;
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use send::EngineHandle;
+pub use send::{ProducerSink, Receipt, Receipts, SendError};
 
 use crate::aws::{Kinesis, PutEntry, PutOutcome, ShardFilter, StreamRef};
 use crate::backoff::{Backoff, FailureStreak};
@@ -47,7 +58,40 @@ pub struct ProducerConfig {
     pub base_backoff: Duration,
     /// The longest pause after failures. Default: 5 s.
     pub max_backoff: Duration,
+    /// [`Producer::send`]: how long a record may wait for others to fill a
+    /// request before it is sent anyway. Default: [`DEFAULT_LINGER`].
+    pub linger: Duration,
+    /// [`Producer::send`]: how long a record may take, from `send` to being
+    /// written (waiting for room, in the buffer and through retries), before
+    /// it is answered with [`SendError::Expired`], like the KPL's
+    /// `RecordTtl`. Default: [`DEFAULT_RECORD_TTL`].
+    pub record_ttl: Duration,
+    /// [`Producer::send`]: the most records sent and not yet answered; at
+    /// the limit `send` waits and `try_send` fails. Default:
+    /// [`DEFAULT_MAX_OUTSTANDING_RECORDS`].
+    pub max_outstanding_records: usize,
+    /// [`Producer::send`]: the most bytes (data plus partition keys) of
+    /// records sent and not yet answered; at least 2 MiB. Default:
+    /// [`DEFAULT_MAX_OUTSTANDING_BYTES`].
+    pub max_outstanding_bytes: usize,
+    /// [`Producer::send`]: the share, in percent (1 to 100), of a shard's
+    /// write limits (1 MiB/s and 1,000 records/s) this producer uses per
+    /// shard, so a hot shard is paced instead of throttled. Default: 100.
+    pub rate_limit_percent: u32,
+    /// [`Producer::send`]: the most PutRecords calls in flight at once (a
+    /// shard is in at most one of them). Default: 8.
+    pub max_requests_in_flight: usize,
 }
+
+/// How long a record sent with [`Producer::send`] waits for others by
+/// default: 100 ms, the KPL's `RecordMaxBufferedTime`.
+pub const DEFAULT_LINGER: Duration = Duration::from_millis(100);
+/// A record's default time-to-live: 30 s, the KPL's `RecordTtl`.
+pub const DEFAULT_RECORD_TTL: Duration = Duration::from_secs(30);
+/// The default limit of outstanding records: 100,000.
+pub const DEFAULT_MAX_OUTSTANDING_RECORDS: usize = 100_000;
+/// The default limit of outstanding bytes: 64 MiB.
+pub const DEFAULT_MAX_OUTSTANDING_BYTES: usize = 64 * 1024 * 1024;
 
 impl Default for ProducerConfig {
     fn default() -> Self {
@@ -58,6 +102,12 @@ impl Default for ProducerConfig {
             max_attempts: 10,
             base_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
+            linger: DEFAULT_LINGER,
+            record_ttl: DEFAULT_RECORD_TTL,
+            max_outstanding_records: DEFAULT_MAX_OUTSTANDING_RECORDS,
+            max_outstanding_bytes: DEFAULT_MAX_OUTSTANDING_BYTES,
+            rate_limit_percent: 100,
+            max_requests_in_flight: 8,
         }
     }
 }
@@ -75,7 +125,9 @@ impl ProducerConfig {
     /// # Errors
     ///
     /// [`Error::Config`] naming the field: an aggregate size outside
-    /// 64 B..=1 MiB, zero attempts, a base backoff above the maximum.
+    /// 64 B..=1 MiB, zero attempts, a base backoff above the maximum, a zero
+    /// time-to-live, outstanding limits below one record or 2 MiB, a rate
+    /// limit outside 1..=100 %, no request in flight.
     pub fn validate(&self) -> Result<()> {
         // Its error names the aggregate size and the allowed range.
         Aggregator::with_max_size(self.aggregate_max_size)?;
@@ -85,6 +137,33 @@ impl ProducerConfig {
         if self.base_backoff.is_zero() || self.base_backoff > self.max_backoff {
             return Err(Error::Config(
                 "base_backoff must be positive and not exceed max_backoff".into(),
+            ));
+        }
+        if self.record_ttl.is_zero() {
+            return Err(Error::Config("record_ttl must be positive".into()));
+        }
+        if self.linger > Duration::from_secs(60) {
+            return Err(Error::Config("linger must be at most 60 s".into()));
+        }
+        if self.max_outstanding_records == 0 || self.max_outstanding_records > 100_000_000 {
+            return Err(Error::Config(
+                "max_outstanding_records must be between 1 and 100,000,000".into(),
+            ));
+        }
+        if !(2 * MAX_KINESIS_RECORD_SIZE..=u32::MAX as usize).contains(&self.max_outstanding_bytes)
+        {
+            return Err(Error::Config(
+                "max_outstanding_bytes must be between 2 MiB and 4 GiB".into(),
+            ));
+        }
+        if !(1..=100).contains(&self.rate_limit_percent) {
+            return Err(Error::Config(
+                "rate_limit_percent must be between 1 and 100".into(),
+            ));
+        }
+        if self.max_requests_in_flight == 0 {
+            return Err(Error::Config(
+                "max_requests_in_flight must be at least 1".into(),
             ));
         }
         Ok(())
@@ -100,6 +179,12 @@ crate::config::config_builder! {
         max_attempts: u32,
         base_backoff: Duration,
         max_backoff: Duration,
+        linger: Duration,
+        record_ttl: Duration,
+        max_outstanding_records: usize,
+        max_outstanding_bytes: usize,
+        rate_limit_percent: u32,
+        max_requests_in_flight: usize,
     }
 }
 
@@ -185,12 +270,56 @@ impl Pending {
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Debug)]
+///
+/// [`send`](Self::send) takes one record at a time and answers with where it
+/// was written; it takes `&self`, and a producer is cheap to clone (clones
+/// share one background engine), so many tasks write through one producer:
+///
+/// ```no_run
+/// # #[allow(dead_code)]
+/// # async fn example(kinesis: rkcl::Kinesis) -> rkcl::Result<()> {
+/// use std::time::Duration;
+/// use rkcl::{aws::StreamRef, producer::{Producer, ProducerConfig}, record::ProducerRecord};
+///
+/// let config = ProducerConfig::builder().aggregate(true).build()?;
+/// let producer = Producer::new(kinesis, StreamRef::parse("orders"), config)?;
+/// let receipt = producer
+///     .send(ProducerRecord::new("customer-1", "order placed"))
+///     .await
+///     .map_err(|e| rkcl::Error::InvalidInput(e.to_string()))?;
+/// tracing::info!(shard = %receipt.shard_id, sequence = %receipt.sequence_number, "written");
+/// producer.shutdown(Duration::from_secs(10)).await;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug)]
 pub struct Producer {
     kinesis: Kinesis,
     stream: StreamRef,
     config: ProducerConfig,
     shard_map: Option<ShardMap>,
+    engine: Arc<EngineSlot>,
+}
+
+/// The engine shared by a producer's clones, started by the first `send`.
+/// Dropped with the last clone: records still outstanding then are logged.
+#[derive(Debug, Default)]
+struct EngineSlot {
+    handle: OnceLock<Result<Arc<EngineHandle>, SendError>>,
+}
+
+impl Drop for EngineSlot {
+    fn drop(&mut self) {
+        if let Some(Ok(handle)) = self.handle.get() {
+            let outstanding = handle.outstanding();
+            if outstanding > 0 && !handle.shut_down.load(std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!(
+                    records = outstanding,
+                    "producer dropped without shutdown while records were outstanding; they are still being written, but nobody may hear of their outcome"
+                );
+            }
+        }
+    }
 }
 
 impl Producer {
@@ -207,7 +336,136 @@ impl Producer {
             stream,
             config,
             shard_map: None,
+            engine: Arc::new(EngineSlot::default()),
         })
+    }
+
+    fn engine(&self) -> Result<Arc<EngineHandle>, SendError> {
+        self.engine
+            .handle
+            .get_or_init(|| {
+                EngineHandle::start(
+                    self.kinesis.clone(),
+                    self.stream.clone(),
+                    self.config.clone(),
+                )
+                .map(Arc::new)
+            })
+            .clone()
+    }
+
+    /// Sends one record through the background engine; the future answers
+    /// with where it was written.
+    ///
+    /// The record is queued when `send` is called if the producer has room
+    /// (so records of one key sent by one task land in the order of the
+    /// calls), otherwise when the future is first polled and room frees up
+    /// (backpressure). It waits up to [`ProducerConfig::linger`] for other
+    /// records to fill a request, is paced at its shard's write limits, and
+    /// failed entries are retried with backoff until the record's
+    /// [`ProducerConfig::record_ttl`] passes. The first `send` starts the
+    /// engine on the current tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Invalid`] for a record Kinesis would refuse (nothing is
+    /// sent); [`SendError::Expired`] once its time-to-live passed;
+    /// [`SendError::Failed`] for an error retrying cannot fix (a missing
+    /// stream); [`SendError::Closed`] after [`shutdown`](Self::shutdown).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future does not withdraw a record already queued: it is
+    /// still written, only its receipt is lost. A record still waiting for
+    /// room is not sent.
+    pub fn send(
+        &self,
+        record: ProducerRecord,
+    ) -> impl Future<Output = std::result::Result<Receipt, SendError>> + Send + 'static + use<>
+    {
+        let sent = self.engine().map(|engine| engine.send(record));
+        async move { sent?.await }
+    }
+
+    /// Queues one record at once, or fails at once when the producer holds
+    /// [`ProducerConfig::max_outstanding_records`] or
+    /// [`ProducerConfig::max_outstanding_bytes`]; the future answers as
+    /// [`send`](Self::send)'s does.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Full`] (with the record) when there is no room;
+    /// [`SendError::Invalid`] and [`SendError::Closed`] as for `send`.
+    pub fn try_send(
+        &self,
+        record: ProducerRecord,
+    ) -> std::result::Result<
+        impl Future<Output = std::result::Result<Receipt, SendError>> + Send + 'static + use<>,
+        SendError,
+    > {
+        let answer = self.engine()?.try_enqueue(record)?;
+        Ok(send::wait(answer))
+    }
+
+    /// Waits until every record sent so far is answered (written, expired
+    /// or failed). Records sent meanwhile are sent at once, without
+    /// lingering, until the flush is done.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Closed`] when the producer was shut down.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future loses nothing.
+    pub async fn flush(&self) -> std::result::Result<(), SendError> {
+        self.engine()?.flush().await
+    }
+
+    /// Flushes, then stops the engine: records not answered within
+    /// `timeout` are answered with [`SendError::Closed`], and later sends
+    /// fail with it. Returns how many records were answered so (0 when all
+    /// were written in time).
+    ///
+    /// # Cancel safety
+    ///
+    /// The shutdown goes on when the future is dropped.
+    pub async fn shutdown(&self, timeout: Duration) -> u64 {
+        match self.engine.handle.get() {
+            Some(Ok(engine)) => engine.shutdown(timeout).await,
+            _ => 0,
+        }
+    }
+
+    /// Records sent with [`send`](Self::send) and not yet answered.
+    pub fn outstanding(&self) -> usize {
+        match self.engine.handle.get() {
+            Some(Ok(engine)) => engine.outstanding(),
+            _ => 0,
+        }
+    }
+
+    /// A [`Sink`](futures_util::Sink) of records into this producer
+    /// (`records.forward(producer.sink())`); see [`ProducerSink`] for what
+    /// its calls wait for. Without receipts, a record that cannot be
+    /// written is the sink's error.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Failed`] when there is no tokio runtime to start the
+    /// engine on.
+    pub fn sink(&self) -> std::result::Result<ProducerSink, SendError> {
+        Ok(ProducerSink::new(self.engine()?, None))
+    }
+
+    /// A [`Sink`](futures_util::Sink) of records into this producer and the
+    /// stream of their answers, in the order the records were given.
+    ///
+    /// # Errors
+    ///
+    /// As [`sink`](Self::sink).
+    pub fn sink_with_receipts(&self) -> std::result::Result<(ProducerSink, Receipts), SendError> {
+        Ok(Receipts::pair(self.engine()?))
     }
 
     /// Writes `records`, in order per partition key, and returns once all are
@@ -263,7 +521,7 @@ impl Producer {
             let mut last_error = String::new();
             for (mut pending, outcome) in batch.into_iter().zip(outcomes) {
                 match outcome {
-                    PutOutcome::Written { shard_id } => {
+                    PutOutcome::Written { shard_id, .. } => {
                         if let Some(records) = self.misrouted(&pending, &shard_id).await? {
                             misrouted.extend(records);
                         } else {
