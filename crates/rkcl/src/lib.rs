@@ -86,6 +86,7 @@ mod checkpoint;
 mod config;
 pub mod error;
 pub mod kpl;
+pub mod lag;
 pub mod leases;
 mod lifecycle;
 pub mod metrics;
