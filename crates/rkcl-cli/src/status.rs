@@ -195,7 +195,7 @@ impl Group {
         let mut leases = self.leases().await?;
         renewals.observe(&leases, Instant::now());
         while started.elapsed() < sample {
-            tokio::time::sleep(SAMPLE_EVERY.min(sample - started.elapsed())).await;
+            tokio::time::sleep(SAMPLE_EVERY.min(sample.saturating_sub(started.elapsed()))).await;
             leases = self.leases().await?;
             renewals.observe(&leases, Instant::now());
         }
