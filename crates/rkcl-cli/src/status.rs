@@ -533,6 +533,9 @@ fn table(report: &Report, bars: bool) -> Vec<String> {
     ));
     lines.extend(errors);
     lines
+        .into_iter()
+        .map(|line| line.trim_end().to_owned())
+        .collect()
 }
 
 #[cfg(test)]
