@@ -18,6 +18,7 @@ mod local;
 mod output;
 mod put;
 mod retrieval;
+mod status;
 mod stream;
 mod tail;
 
@@ -53,6 +54,9 @@ enum Command {
     Kpl(kpl::KplCommand),
     /// Write lines from stdin to a stream with PutRecords.
     Put(put::PutArgs),
+    /// Show a consumer group: each lease's owner, renewal, checkpoint and
+    /// how far behind the tip it is; per-worker totals (`--watch`: live).
+    Status(status::StatusArgs),
     /// Write every user record of a stream to stdout as JSON lines.
     Tail(tail::TailArgs),
     /// Create, list and describe streams.
@@ -90,6 +94,7 @@ fn main() -> ExitCode {
             Command::Local(args) => local::run(args).await,
             Command::Kpl(command) => kpl::run(command),
             Command::Put(args) => put::run(&cli.aws, args).await,
+            Command::Status(args) => status::run(&cli.aws, args).await,
             Command::Stream(command) => stream::run(&cli.aws, command).await,
             Command::Tail(args) => tail::run(&cli.aws, args).await,
         }

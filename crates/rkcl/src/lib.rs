@@ -87,6 +87,7 @@ mod config;
 pub mod error;
 pub mod health;
 pub mod kpl;
+pub mod lag;
 pub mod leases;
 mod lifecycle;
 pub mod metrics;
