@@ -34,6 +34,15 @@ impl AwsArgs {
         ))
     }
 
+    /// The CloudWatch client of rkcl for these settings.
+    #[cfg(feature = "cloudwatch")]
+    pub(crate) async fn cloudwatch(&self) -> anyhow::Result<rkcl::aws::CloudWatch> {
+        let config = self.sdk_config().await?;
+        Ok(rkcl::aws::CloudWatch::new(aws_sdk_cloudwatch::Client::new(
+            &config,
+        )))
+    }
+
     async fn sdk_config(&self) -> anyhow::Result<aws_config::SdkConfig> {
         let mut loader = aws_config::defaults(BehaviorVersion::latest());
         if let Some(region) = &self.region {

@@ -14,6 +14,7 @@ use rkcl::{
 use tokio::sync::Notify;
 
 use crate::aws::{AwsArgs, stream_ref};
+use crate::observe::{FLUSH_TIMEOUT, ObserveArgs};
 use crate::output::{flush, write_json_line};
 use crate::retrieval::RetrievalArgs;
 use crate::tail::{DataFormat, RecordLine};
@@ -49,6 +50,8 @@ pub(crate) struct ConsumeArgs {
     shutdown_timeout: humantime::Duration,
     #[command(flatten)]
     reading: RetrievalArgs,
+    #[command(flatten)]
+    observe: ObserveArgs,
 }
 
 /// When to checkpoint.
@@ -172,11 +175,16 @@ pub(crate) async fn run(aws: &AwsArgs, args: ConsumeArgs) -> anyhow::Result<Exit
     let mut builder = SchedulerConfig::builder(&args.app, &args.stream)
         .initial_position(parse_initial(&args.from)?)
         .lease_duration(args.lease_duration.into())
-        .retrieval(args.reading.retrieval()?);
+        .retrieval(args.reading.retrieval()?)
+        .watchdog(args.observe.watchdog()?);
     if let Some(id) = &args.worker_id {
         builder = builder.worker_id(id);
     }
     let config = builder.build()?;
+    let telemetry = args
+        .observe
+        .start(aws, &args.app, &config.leases.worker_id)
+        .await?;
     let kinesis = aws.kinesis().await?;
     let store = aws.lease_store(&args.app).await?;
     store
@@ -201,6 +209,9 @@ pub(crate) async fn run(aws: &AwsArgs, args: ConsumeArgs) -> anyhow::Result<Exit
     .await
     .with_context(|| format!("could not start consuming {}", args.stream))?;
     tracing::info!(worker_id = scheduler.worker_id(), "consuming");
+    if let Some(telemetry) = &telemetry {
+        telemetry.watch(scheduler.health());
+    }
     tokio::select! {
         () = signals.recv() => tracing::info!("signal received; shutting down"),
         () = closed.notified() => tracing::info!("stdout was closed; shutting down"),
@@ -212,6 +223,11 @@ pub(crate) async fn run(aws: &AwsArgs, args: ConsumeArgs) -> anyhow::Result<Exit
         unreleased = ?report.unreleased_leases,
         "stopped"
     );
+    if let Some(telemetry) = telemetry {
+        // The exporters publish what they hold; a collector that does not
+        // answer does not hold up the exit.
+        let _ = tokio::time::timeout(FLUSH_TIMEOUT, telemetry.shutdown()).await;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -15,6 +15,7 @@ mod demo;
 mod kpl;
 mod leases;
 mod local;
+mod observe;
 mod output;
 mod put;
 mod retrieval;

@@ -1,11 +1,11 @@
 //! The stalled-shard watchdog: what each shard's consumer is doing and
 //! since when, and the judgement of when that is a stall.
 //!
-//! Each shard's consumer writes its [`ShardProgress`] as it goes (the state
+//! Each shard's consumer writes its progress as it goes (the state
 //! it entered, a call into the processor starting and ending, every event
 //! of its reader); the worker reads them every
 //! [`WatchdogConfig::check_interval`] and judges each with
-//! [`ShardProgress::stall`]. A shard is stalled when
+//! the rules below. A shard is stalled when
 //!
 //! - its processor has not returned from a call for
 //!   [`processor_timeout`](WatchdogConfig::processor_timeout),

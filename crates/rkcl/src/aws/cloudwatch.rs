@@ -8,7 +8,7 @@ use super::error::from_sdk;
 use crate::error::{Result, Service};
 
 /// The most data PutMetricData takes in one call.
-pub const MAX_DATA_PER_CALL: usize = 1000;
+const MAX_DATA_PER_CALL: usize = 1000;
 
 /// The unit of a [`Datum`], as CloudWatch names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,12 +68,12 @@ impl CloudWatch {
         Self { client }
     }
 
-    /// Publishes `data` under `namespace`, at most [`MAX_DATA_PER_CALL`]
+    /// Publishes `data` under `namespace`, at most 1,000 data
     /// per call.
     ///
     /// # Errors
     ///
-    /// The first call's error, as [`Error`]; the data of later calls are
+    /// The first call's error, as [`Error`](crate::Error); the data of later calls are
     /// not sent then.
     pub async fn put_metric_data(&self, namespace: &str, data: &[Datum]) -> Result<()> {
         for chunk in data.chunks(MAX_DATA_PER_CALL) {

@@ -275,7 +275,7 @@ mod tests {
     use super::*;
 
     fn record(registry: &MetricsRegistry) {
-        metrics::with_local_recorder(registry, || {
+        ::metrics::with_local_recorder(registry, || {
             crate::metrics::RECORDS_PROCESSED
                 .counter(&["shardId-000000000001"])
                 .increment(5);
@@ -340,7 +340,7 @@ mod tests {
 
         // The next interval: counters send what they grew by, nothing when
         // they did not; times only when something was recorded.
-        metrics::with_local_recorder(&registry, || {
+        ::metrics::with_local_recorder(&registry, || {
             crate::metrics::RECORDS_PROCESSED
                 .counter(&["shardId-000000000001"])
                 .increment(3);

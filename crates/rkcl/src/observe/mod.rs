@@ -6,7 +6,7 @@
 //! given:
 //!
 //! - with the `prometheus` feature, an HTTP listener
-//!   ([`listen`](TelemetryBuilder::listen)) serving `/metrics` in the
+//!   (`TelemetryBuilder::listen`) serving `/metrics` in the
 //!   Prometheus text format (`prometheus.rs`), and `/healthz` and `/readyz`
 //!   from the worker's [`Health`] (`http.rs`);
 //! - with the `cloudwatch` feature, a publisher of the Java KCL's metric
@@ -15,6 +15,8 @@
 //!   every 10 s (`otlp.rs`).
 //!
 //! ```no_run
+//! # #[cfg(feature = "prometheus")]
+//! # #[allow(dead_code)]
 //! # async fn run(scheduler: rkcl::Scheduler) -> rkcl::Result<()> {
 //! use rkcl::observe::Telemetry;
 //! let telemetry = Telemetry::builder()

@@ -68,7 +68,9 @@ impl HistogramFn for Buckets {
             .iter()
             .position(|bound| value <= *bound)
             .unwrap_or(BUCKETS.len());
-        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        if let Some(count) = self.counts.get(bucket) {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
         self.count.fetch_add(1, Ordering::Relaxed);
         add_f64(&self.sum, value);
         self.window_count.fetch_add(1, Ordering::Relaxed);

@@ -156,8 +156,12 @@ where
                 }
                 continue;
             };
-            if let Some(i) = StallCause::ALL.iter().position(|c| *c == stall.cause) {
-                per_cause[i] += 1;
+            if let Some(n) = StallCause::ALL
+                .iter()
+                .position(|c| *c == stall.cause)
+                .and_then(|i| per_cause.get_mut(i))
+            {
+                *n += 1;
             }
             if self.stalled.insert(key.clone(), stall.cause) == Some(stall.cause) {
                 continue;
