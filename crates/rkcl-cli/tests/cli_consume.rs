@@ -172,3 +172,67 @@ async fn share_stop_and_resume(reading: &[&str]) {
         .unwrap();
     assert_eq!(unique(&again), BTreeSet::from(["after-restart".to_owned()]));
 }
+
+/// `GET path` on `addr`: status and body, or `None` while nothing listens.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_serves_its_metrics_and_health() {
+    let local = Local::start().await.unwrap();
+    let kinesis = Kinesis::new(local.kinesis_client());
+    let stream = create_stream(&kinesis, "orders", 2).await;
+    let records: Vec<ProducerRecord> = (0..500)
+        .map(|i| ProducerRecord::new(format!("key-{i}"), format!("record-{i}")))
+        .collect();
+    put(&kinesis, &stream, records, Aggregated).await;
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut command = consume(&local, "w-metrics", &[]);
+    command.args(["--metrics", &format!("prometheus:{addr}")]);
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let mut child = spawn(command, &lines);
+    eventually("every record", Duration::from_secs(60), || {
+        unique(&lines).len() == 500
+    })
+    .await;
+    let ready = move || http_get(addr, "/readyz").is_some_and(|(status, _)| status == 200);
+    eventually("ready", Duration::from_secs(30), ready).await;
+    let (status, metrics) = http_get(addr, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    let processed: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("rkcl_records_processed_total{"))
+        .inspect(|l| assert!(l.contains(r#"worker="w-metrics""#), "{l}"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(processed, 500.0, "{metrics}");
+    assert!(
+        metrics.contains("# TYPE rkcl_leases_held gauge"),
+        "{metrics}"
+    );
+    let (status, health) = http_get(addr, "/healthz").unwrap();
+    assert_eq!(status, 200, "{health}");
+    assert!(health.contains("ok loop worker"), "{health}");
+    tokio::task::spawn_blocking(move || terminate(&mut child))
+        .await
+        .unwrap();
+    assert!(
+        http_get(addr, "/healthz").is_none(),
+        "the listener stops with the process"
+    );
+}
