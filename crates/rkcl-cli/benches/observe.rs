@@ -10,6 +10,11 @@
 //! (2) The size of `/metrics` for a worker holding 1,000 leases of an idle
 //!     1,000-shard stream, scraped once every lease is held and the shards
 //!     have been read for 10 s; and the time a scrape takes.
+//! (3) The size of `/metrics` when each of 1,000 shards has every per-shard
+//!     series (records and bytes processed, behind latest, processing and
+//!     checkpoint times), rendered from a registry filled in-process; and
+//!     the time a render takes. `cargo bench -p rkcl-cli --bench observe --
+//!     render` runs only this part.
 //!
 //! Run with `cargo bench -p rkcl-cli --bench observe`. It prints its
 //! figures.
@@ -28,7 +33,7 @@ use rkcl_local::testkit::{create_stream, eventually_every, put};
 const SHARDS: u32 = 4;
 const RECORDS: usize = 200_000;
 const RECORD_SIZE: usize = 100;
-const RUNS: usize = 3;
+const RUNS: usize = 5;
 const IDLE_SHARDS: u32 = 1_000;
 
 /// A free port on 127.0.0.1.
@@ -93,13 +98,24 @@ fn stop(mut child: Child) {
     let _ = child.wait();
 }
 
+/// How a run is observed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Observed {
+    /// No `--metrics`.
+    Not,
+    /// `--metrics prometheus`, never scraped.
+    Unscraped,
+    /// `--metrics prometheus`, scraped every second.
+    Scraped,
+}
+
 /// One run: records/s and CPU seconds until every record was written.
-fn run(local: &Local, app: &str, with_metrics: bool) -> (f64, f64) {
-    let addr = with_metrics.then(free_addr);
+fn run(local: &Local, app: &str, observed: Observed) -> (f64, f64) {
+    let addr = (observed != Observed::Not).then(free_addr);
     let started = Instant::now();
     let mut child = consume(local, app, "overhead", addr);
     let pid = child.id();
-    let scraper = addr.map(|addr| {
+    let scraper = addr.filter(|_| observed == Observed::Scraped).map(|addr| {
         std::thread::spawn(move || {
             let mut scrapes = 0;
             while scrape(addr).is_some() || scrapes == 0 {
@@ -142,10 +158,11 @@ async fn overhead(local: &Local) {
         .map(|i| ProducerRecord::new(format!("key-{i}"), vec![b'x'; RECORD_SIZE]))
         .collect();
     put(&kinesis, &stream, records, Plain).await;
-    let (mut plain, mut scraped) = (Vec::new(), Vec::new());
+    let (mut plain, mut unscraped, mut scraped) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..RUNS {
-        plain.push(run(local, &format!("plain-{i}"), false));
-        scraped.push(run(local, &format!("scraped-{i}"), true));
+        plain.push(run(local, &format!("plain-{i}"), Observed::Not));
+        unscraped.push(run(local, &format!("unscraped-{i}"), Observed::Unscraped));
+        scraped.push(run(local, &format!("scraped-{i}"), Observed::Scraped));
     }
     let rate = |runs: &[(f64, f64)]| median(runs.iter().map(|r| r.0).collect());
     let cpu = |runs: &[(f64, f64)]| median(runs.iter().map(|r| r.1).collect());
@@ -157,6 +174,14 @@ async fn overhead(local: &Local) {
         "  without --metrics: {:.0} records/s, {:.2} CPU-s",
         rate(&plain),
         cpu(&plain)
+    );
+    println!(
+        "  with --metrics prometheus, not scraped: {:.0} records/s, {:.2} CPU-s \
+         ({:+.1}% records/s, {:+.1}% CPU)",
+        rate(&unscraped),
+        cpu(&unscraped),
+        (rate(&unscraped) / rate(&plain) - 1.0) * 100.0,
+        (cpu(&unscraped) / cpu(&plain) - 1.0) * 100.0,
     );
     println!(
         "  with --metrics prometheus, scraped every second: {:.0} records/s, {:.2} CPU-s \
@@ -175,9 +200,9 @@ async fn size() {
     let addr = free_addr();
     let child = consume(&local, "idle-app", "idle", Some(addr));
     let store = rkcl::DynamoDbLeaseStore::new(local.dynamodb_client(), "idle-app");
-    eventually_every(
+    let held = eventually_every(
         "rkcl consume to hold every lease",
-        Duration::from_secs(180),
+        Duration::from_secs(900),
         Duration::from_millis(500),
         || {
             let store = &store;
@@ -197,8 +222,9 @@ async fn size() {
     let (bytes, lines) = scrape(addr).expect("a scrape");
     let took = started.elapsed();
     println!(
-        "/metrics of a worker holding {IDLE_SHARDS} leases of an idle stream: {:.0} KB, \
-         {lines} lines, scraped in {:.0} ms",
+        "/metrics of a worker holding {IDLE_SHARDS} leases of an idle stream (all held after \
+         {:.0} s): {:.0} KB, {lines} lines, scraped in {:.0} ms",
+        held.as_secs_f64(),
         bytes as f64 / 1000.0,
         took.as_secs_f64() * 1000.0
     );
@@ -206,8 +232,40 @@ async fn size() {
     local.shutdown().await;
 }
 
+fn render() {
+    let registry = rkcl::observe::MetricsRegistry::with_labels([(
+        "worker".to_owned(),
+        "worker-0123456789abcdef".to_owned(),
+    )]);
+    metrics::with_local_recorder(&registry, || {
+        rkcl::metrics::describe_all();
+        for i in 0..IDLE_SHARDS {
+            let shard = format!("shardId-{i:012}");
+            metrics::counter!("rkcl_records_processed", "shard" => shard.clone()).increment(1);
+            metrics::counter!("rkcl_bytes_processed", "shard" => shard.clone()).increment(100);
+            metrics::gauge!("rkcl_millis_behind_latest", "shard" => shard.clone()).set(0.0);
+            metrics::histogram!("rkcl_process_seconds", "shard" => shard.clone()).record(0.001);
+            metrics::histogram!("rkcl_checkpoint_seconds", "shard" => shard).record(0.01);
+        }
+    });
+    let started = Instant::now();
+    let text = rkcl::observe::prometheus::render(&registry);
+    let took = started.elapsed();
+    println!(
+        "/metrics with every per-shard series of {IDLE_SHARDS} shards: {:.0} KB, {} lines, \
+         rendered in {:.0} ms",
+        text.len() as f64 / 1000.0,
+        text.lines().count(),
+        took.as_secs_f64() * 1000.0
+    );
+}
+
 #[tokio::main]
 async fn main() {
+    render();
+    if std::env::args().any(|a| a == "render") {
+        return;
+    }
     let local = Local::start().await.unwrap();
     overhead(&local).await;
     local.shutdown().await;
