@@ -225,14 +225,19 @@ impl ShardProgress {
         f(&mut self.progress.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// The consumer entered `state`. Entering *processing* starts the
-    /// reader's clock.
+    /// The consumer is in `state`. Entering a state other than the one it
+    /// was in starts its clocks (the state's and the reader's); the same
+    /// state again (the consumer loops in *processing*, once per event)
+    /// changes nothing.
     pub(crate) fn entered(&self, state: &'static str) {
         self.entered_at(state, Instant::now());
     }
 
     fn entered_at(&self, state: &'static str, now: Instant) {
         self.with(|p| {
+            if p.state == state {
+                return;
+            }
             p.state = state;
             p.entered = now;
             p.last_event = now;
@@ -370,6 +375,17 @@ mod tests {
         );
         progress.event_at(10, Some(5_000), at(121));
         assert_eq!(progress.stall(at(122), &config), None);
+        // The consumer loops in *processing* once per event: that is no new
+        // start for the reader's clocks.
+        progress.event_at(0, Some(5_000), at(130));
+        progress.entered_at("processing", at(130));
+        progress.event_at(0, Some(5_000), at(140));
+        progress.entered_at("processing", at(140));
+        assert_eq!(
+            progress.stall(at(142), &config).map(|s| s.cause),
+            Some(StallCause::Reader),
+            "behind, with no records since 121 s"
+        );
 
         // A processor call that does not return, whatever the state.
         progress.call_started("process_records");
