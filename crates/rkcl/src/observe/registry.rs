@@ -99,6 +99,7 @@ impl Buckets {
     }
 
     /// The values recorded since the last call, and starts a new window.
+    #[cfg_attr(not(feature = "cloudwatch"), allow(dead_code))]
     fn take_window(&self) -> Option<Window> {
         let count = self.window_count.swap(0, Ordering::Relaxed);
         let sum = f64::from_bits(self.window_sum.swap(0f64.to_bits(), Ordering::Relaxed));
@@ -251,6 +252,7 @@ impl MetricsRegistry {
     /// (`None` for a histogram that recorded nothing in it), for exporters
     /// that publish statistics per interval. Only one exporter should take
     /// windows.
+    #[cfg_attr(not(feature = "cloudwatch"), allow(dead_code))]
     pub(crate) fn snapshot_windows(&self) -> Vec<(Sample, Option<Window>)> {
         self.collect(|series| {
             let window = match series {
