@@ -40,7 +40,9 @@ fn free_addr() -> SocketAddr {
 /// `GET /metrics`: the body's size in bytes and lines.
 fn scrape(addr: SocketAddr) -> Option<(usize, usize)> {
     let mut stream = TcpStream::connect(addr).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
     write!(
         stream,
         "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
@@ -50,7 +52,8 @@ fn scrape(addr: SocketAddr) -> Option<(usize, usize)> {
     stream.read_to_end(&mut response).ok()?;
     let text = String::from_utf8_lossy(&response);
     let (head, body) = text.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then_some((body.len(), body.lines().count()))
+    head.starts_with("HTTP/1.1 200")
+        .then_some((body.len(), body.lines().count()))
 }
 
 fn consume(local: &Local, app: &str, stream: &str, metrics: Option<SocketAddr>) -> Child {
@@ -181,7 +184,9 @@ async fn size() {
             async move {
                 store.list().await.is_ok_and(|leases| {
                     leases.len() == IDLE_SHARDS as usize
-                        && leases.iter().all(|l| l.owner.as_deref() == Some("idle-app"))
+                        && leases
+                            .iter()
+                            .all(|l| l.owner.as_deref() == Some("idle-app"))
                 })
             }
         },
