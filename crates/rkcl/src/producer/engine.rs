@@ -80,10 +80,54 @@ impl Queued {
     }
 }
 
+/// Records waiting to be sent, in order, and their bytes (kept as they
+/// come and go, so that judging whether a request is full costs nothing
+/// however long the queues grow).
+#[derive(Debug, Default)]
+struct Waiting {
+    records: VecDeque<Queued>,
+    bytes: usize,
+}
+
+impl Waiting {
+    fn push_back(&mut self, queued: Queued) {
+        self.bytes += queued.size;
+        self.records.push_back(queued);
+    }
+
+    fn push_front(&mut self, queued: Queued) {
+        self.bytes += queued.size;
+        self.records.push_front(queued);
+    }
+
+    fn pop_front(&mut self) -> Option<Queued> {
+        let queued = self.records.pop_front()?;
+        self.bytes = self.bytes.saturating_sub(queued.size);
+        Some(queued)
+    }
+
+    fn front(&self) -> Option<&Queued> {
+        self.records.front()
+    }
+
+    fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    fn drain(&mut self) -> std::collections::vec_deque::Drain<'_, Queued> {
+        self.bytes = 0;
+        self.records.drain(..)
+    }
+}
+
 /// One shard's records waiting to be sent, and its pacing.
 #[derive(Debug)]
 struct ShardQueue {
-    records: VecDeque<Queued>,
+    records: Waiting,
     bucket: TokenBucket,
     /// A request carrying this shard's records is in flight: the next one
     /// waits for it, so records of a key land in the order sent.
@@ -96,7 +140,7 @@ struct ShardQueue {
 impl ShardQueue {
     fn new(percent: u32, now: Instant) -> Self {
         Self {
-            records: VecDeque::new(),
+            records: Waiting::default(),
             bucket: TokenBucket::for_shard(percent, now.into_std()),
             in_flight: false,
             not_before: now,
@@ -396,7 +440,7 @@ impl Engine {
                 break;
             }
             queued_records += queue.records.len();
-            queued_bytes += queue.records.iter().map(|q| q.size).sum::<usize>();
+            queued_bytes += queue.records.bytes;
         }
         let full = if self.config.aggregate {
             queued_bytes >= MAX_BYTES_PER_CALL
@@ -738,7 +782,7 @@ impl Engine {
                 // Route everything again, in order of arrival.
                 let mut all: Vec<Queued> = self.unrouted.drain(..).collect();
                 for queue in self.shards.values_mut() {
-                    all.extend(queue.records.drain(..));
+                    all.extend(queue.records.drain());
                 }
                 all.sort_by_key(|q| q.id);
                 let open: HashSet<ShardId> = self
@@ -791,7 +835,7 @@ impl Engine {
         let left = self.outstanding.len() as u64;
         let mut queued: Vec<Queued> = self.unrouted.drain(..).collect();
         for queue in self.shards.values_mut() {
-            queued.extend(queue.records.drain(..));
+            queued.extend(queue.records.drain());
         }
         for record in queued {
             self.answer(record, Err(SendError::Closed));
