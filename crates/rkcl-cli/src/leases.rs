@@ -52,7 +52,8 @@ pub(crate) async fn run(aws: &AwsArgs, args: LeasesArgs) -> anyhow::Result<ExitC
     }
 }
 
-fn state(lease: &Lease) -> &'static str {
+/// A lease's state in a word: finished, handing-off, owned or unowned.
+pub(crate) fn state(lease: &Lease) -> &'static str {
     match (&lease.checkpoint, &lease.owner, &lease.checkpoint_owner) {
         (ExtendedSequenceNumber::ShardEnd, _, _) => "finished",
         (_, _, Some(_)) => "handing-off",
@@ -61,7 +62,8 @@ fn state(lease: &Lease) -> &'static str {
     }
 }
 
-fn checkpoint_text(checkpoint: &ExtendedSequenceNumber) -> String {
+/// A checkpoint as a sequence number, or its sentinel's name.
+pub(crate) fn checkpoint_text(checkpoint: &ExtendedSequenceNumber) -> String {
     match checkpoint.sequence_number() {
         Some(seq) => seq.to_string(),
         None => checkpoint.to_string(),

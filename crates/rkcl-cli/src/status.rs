@@ -231,19 +231,7 @@ fn state(lag: &ShardLag) -> &'static str {
     if lag.shard.is_none() {
         return "shard-gone";
     }
-    match (&lease.checkpoint, &lease.owner, &lease.checkpoint_owner) {
-        (ExtendedSequenceNumber::ShardEnd, _, _) => "finished",
-        (_, _, Some(_)) => "handing-off",
-        (_, Some(_), None) => "owned",
-        (_, None, None) => "unowned",
-    }
-}
-
-fn checkpoint_text(checkpoint: &ExtendedSequenceNumber) -> String {
-    match checkpoint.sequence_number() {
-        Some(seq) => seq.to_string(),
-        None => checkpoint.to_string(),
-    }
+    crate::leases::state(lease)
 }
 
 fn millis(duration: Duration) -> u64 {
@@ -315,7 +303,7 @@ fn shard_json(lag: &ShardLag, ages: &HashMap<LeaseKey, RenewalAge>) -> serde_jso
         "parent_shard_ids": lag.parents().iter().map(rkcl::ShardId::as_str).collect::<Vec<_>>(),
         "owner": lease.and_then(|l| l.owner.as_deref()),
         "counter": lease.map(|l| l.counter),
-        "checkpoint": lease.map(|l| checkpoint_text(&l.checkpoint)),
+        "checkpoint": lease.map(|l| crate::leases::checkpoint_text(&l.checkpoint)),
         "checkpoint_sub_sequence_number": lease.map(|l| l.checkpoint.sub_sequence_number()),
         "state": state(lag),
         "shard_open": lag.shard.as_ref().map(rkcl::shards::Shard::is_open),
@@ -494,7 +482,7 @@ fn table(report: &Report, bars: bool) -> Vec<String> {
                     .and_then(|l| report.ages.get(&l.key))
                     .map(ToString::to_string)
             ),
-            or_dash(lease.map(|l| checkpoint_text(&l.checkpoint))),
+            or_dash(lease.map(|l| crate::leases::checkpoint_text(&l.checkpoint))),
             or_dash(records.map(|r| r.to_string())),
             or_dash(lag.behind.time().map(short_duration)),
             state(lag),
