@@ -178,7 +178,9 @@ async fn checkpoints_inside_an_aggregate_refusals_noise_and_a_final_checkpoint_o
         dir.display()
     );
     let properties = properties(&dir, &local, "ml-protocol", &command, "");
-    let daemon = multilang(&dir, &properties, &[], "rkcl.log").spawn().unwrap();
+    let daemon = multilang(&dir, &properties, &[], "rkcl.log")
+        .spawn()
+        .unwrap();
     eventually("every record", Duration::from_secs(60), || {
         data_seen(&dir) == names(300, "agg")
     })
@@ -207,7 +209,11 @@ async fn checkpoints_inside_an_aggregate_refusals_noise_and_a_final_checkpoint_o
     terminate_async(daemon).await;
     let events = self::events(&dir);
     let shard_events = &events[shard];
-    assert!(shard_events.iter().any(|e| e["event"] == "shutdownRequested"));
+    assert!(
+        shard_events
+            .iter()
+            .any(|e| e["event"] == "shutdownRequested")
+    );
     let last = shard_events
         .iter()
         .filter(|e| e["event"] == "record")
@@ -235,7 +241,9 @@ async fn a_child_that_crashes_mid_batch_is_restarted_and_nothing_is_lost() {
         dir.display()
     );
     let properties = properties(&dir, &local, "ml-crash", &command, "");
-    let daemon = multilang(&dir, &properties, &[], "rkcl.log").spawn().unwrap();
+    let daemon = multilang(&dir, &properties, &[], "rkcl.log")
+        .spawn()
+        .unwrap();
     eventually("every record", Duration::from_secs(60), || {
         data_seen(&dir) == names(200, "plain")
     })
@@ -270,14 +278,19 @@ async fn a_child_that_never_answers_is_timed_out_and_restarted() {
     );
     let properties = properties(&dir, &local, "ml-hang", &command, "timeoutInSeconds = 2");
     let started = Instant::now();
-    let daemon = multilang(&dir, &properties, &[], "rkcl.log").spawn().unwrap();
+    let daemon = multilang(&dir, &properties, &[], "rkcl.log")
+        .spawn()
+        .unwrap();
     eventually("every record", Duration::from_secs(60), || {
         data_seen(&dir) == names(50, "slow")
     })
     .await;
     assert!(started.elapsed() >= Duration::from_secs(2));
     let log = log_text(&dir, "rkcl.log");
-    assert!(log.contains("did not answer processRecords within 2s"), "{log}");
+    assert!(
+        log.contains("did not answer processRecords within 2s"),
+        "{log}"
+    );
     terminate_async(daemon).await;
 }
 
@@ -294,9 +307,14 @@ async fn on_child_failure_exit_ends_the_daemon_with_an_error() {
         dir.display()
     );
     let properties = properties(&dir, &local, "ml-exit", &command, "");
-    let mut daemon = multilang(&dir, &properties, &["--on-child-failure", "exit"], "rkcl.log")
-        .spawn()
-        .unwrap();
+    let mut daemon = multilang(
+        &dir,
+        &properties,
+        &["--on-child-failure", "exit"],
+        "rkcl.log",
+    )
+    .spawn()
+    .unwrap();
     let status = tokio::task::spawn_blocking(move || {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -335,4 +353,283 @@ fn a_missing_key_is_one_error_line() {
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("executableName"), "{stderr}");
+}
+
+/// Where downloads are kept between runs.
+fn cache() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("multilang-cache");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn skip(what: &str) {
+    #[allow(clippy::print_stderr)]
+    {
+        eprintln!("SKIPPED: {what}");
+    }
+}
+
+fn run_quietly(command: &mut Command) -> bool {
+    command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+/// The extracted amazon-kclpy 3.2.0 sdist (its Python package needs none of
+/// the jars its setup.py would fetch), downloaded once; `None` without
+/// python3 or the network.
+fn kclpy_sdist() -> Option<PathBuf> {
+    let root = cache().join("amazon_kclpy-3.2.0");
+    if root.join("samples/sample_kclpy_app.py").exists() {
+        return Some(root);
+    }
+    if !has("python3") {
+        skip("python3 is not installed");
+        return None;
+    }
+    let download = cache().join("pip");
+    let fetched = run_quietly(
+        Command::new("python3")
+            .args(["-m", "pip", "download", "--no-deps", "--no-binary", ":all:"])
+            .args(["amazon_kclpy==3.2.0", "-d"])
+            .arg(&download),
+    ) && run_quietly(
+        Command::new("tar")
+            .arg("xzf")
+            .arg(download.join("amazon_kclpy-3.2.0.tar.gz"))
+            .arg("-C")
+            .arg(cache()),
+    );
+    if fetched && root.join("samples/sample_kclpy_app.py").exists() {
+        Some(root)
+    } else {
+        skip("the amazon_kclpy 3.2.0 sdist could not be downloaded from PyPI");
+        None
+    }
+}
+
+/// A directory with aws-kcl 2.3.2 installed from npm, once; `None` without
+/// node or the network.
+fn aws_kcl() -> Option<PathBuf> {
+    let root = cache().join("node");
+    if root.join("node_modules/aws-kcl/package.json").exists() {
+        return Some(root);
+    }
+    if !has("node") || !has("npm") {
+        skip("node or npm is not installed");
+        return None;
+    }
+    std::fs::create_dir_all(&root).unwrap();
+    let installed = run_quietly(
+        Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--prefix"])
+            .arg(&root)
+            .arg("aws-kcl@2.3.2"),
+    );
+    if installed && root.join("node_modules/aws-kcl/package.json").exists() {
+        Some(root)
+    } else {
+        skip("aws-kcl 2.3.2 could not be installed from npm");
+        None
+    }
+}
+
+/// The sequence numbers the kclpy sample logged ("Sequence Number: N") on
+/// its stderr, from rkcl's JSON log, by shard.
+fn kclpy_processed(dir: &Path, log: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let mut text: BTreeMap<String, String> = BTreeMap::new();
+    for line in log_text(dir, log).lines() {
+        let Ok(event) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if event["target"] != "rkcl::multilang::stderr" {
+            continue;
+        }
+        let shard = event["fields"]["shard_id"].as_str().unwrap().to_owned();
+        let message = event["fields"]["message"].as_str().unwrap();
+        text.entry(shard).or_default().push_str(message);
+    }
+    text.into_iter()
+        .map(|(shard, text)| {
+            let sequences = text
+                .split("Sequence Number: ")
+                .skip(1)
+                .map(|rest| rest.chars().take_while(char::is_ascii_digit).collect())
+                .collect();
+            (shard, sequences)
+        })
+        .collect()
+}
+
+fn all_sequences(processed: &BTreeMap<String, BTreeSet<String>>) -> BTreeSet<String> {
+    processed.values().flatten().cloned().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_amazon_kclpy_sample_runs_unchanged_checkpoints_and_resumes() {
+    let Some(sdist) = kclpy_sdist() else { return };
+    let dir = scratch("kclpy");
+    let local = Local::start().await.unwrap();
+    let kinesis = Kinesis::new(local.kinesis_client());
+    let stream = create_stream(&kinesis, "orders", 4).await;
+    let written = put_with_positions(&local, &stream, &records(400, "py")).await;
+    let command = format!(
+        "python3 {}",
+        sdist.join("samples/sample_kclpy_app.py").display()
+    );
+    let properties = properties(&dir, &local, "ml-kclpy", &command, "");
+    let daemon = multilang(&dir, &properties, &[], "first.log")
+        .env("PYTHONPATH", &sdist)
+        .env("PYTHONUNBUFFERED", "1")
+        .spawn()
+        .unwrap();
+    let expected: BTreeSet<String> = written
+        .iter()
+        .map(|p| p.sequence_number.to_string())
+        .collect();
+    eventually(
+        "the sample logs every record",
+        Duration::from_secs(60),
+        || all_sequences(&kclpy_processed(&dir, "first.log")) == expected,
+    )
+    .await;
+    assert_eq!(kclpy_processed(&dir, "first.log").len(), 4, "four children");
+
+    // SIGTERM: shutdownRequested, the sample's checkpoint() lands at the
+    // last record of each shard, the leases are released.
+    terminate_async(daemon).await;
+    let store = lease_table(&local, "ml-kclpy").await;
+    let leases = store.list().await.unwrap();
+    assert_eq!(leases.len(), 4);
+    for lease in &leases {
+        let last = written
+            .iter()
+            .filter(|p| p.shard_id.as_str() == lease.key.as_str())
+            .map(|p| ExtendedSequenceNumber::new(p.sequence_number.clone(), 0))
+            .max()
+            .unwrap();
+        assert_eq!(lease.checkpoint, last, "{lease:?}");
+        assert_eq!(lease.owner, None);
+    }
+
+    // A restart resumes there: only the new records are processed.
+    let after = put_with_positions(&local, &stream, &records(40, "py-after")).await;
+    let daemon = multilang(&dir, &properties, &[], "second.log")
+        .env("PYTHONPATH", &sdist)
+        .env("PYTHONUNBUFFERED", "1")
+        .spawn()
+        .unwrap();
+    let expected_after: BTreeSet<String> = after
+        .iter()
+        .map(|p| p.sequence_number.to_string())
+        .collect();
+    eventually("the new records", Duration::from_secs(60), || {
+        all_sequences(&kclpy_processed(&dir, "second.log")).is_superset(&expected_after)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    terminate_async(daemon).await;
+    assert_eq!(
+        all_sequences(&kclpy_processed(&dir, "second.log")),
+        expected_after,
+        "nothing before the checkpoints again"
+    );
+}
+
+/// An aws-kcl processor: each record's data to `<out>/<shard>.jsonl`, a
+/// checkpoint at the batch's last sequence number (aws-kcl sends no
+/// sub-sequence number), and `checkpoint()` at shutdown and shard end.
+const NODE_PROCESSOR: &str = r"
+const kcl = require('aws-kcl');
+const fs = require('fs');
+const path = require('path');
+const out = process.argv[2];
+let shardId = 'unknown';
+kcl({
+  initialize: function (input, done) { shardId = input.shardId; done(); },
+  processRecords: function (input, done) {
+    const lines = input.records.map(function (r) {
+      return JSON.stringify({ event: 'record', sequenceNumber: r.sequenceNumber,
+        subSequenceNumber: r.subSequenceNumber, data: r.data }) + '\n';
+    }).join('');
+    fs.appendFileSync(path.join(out, shardId + '.jsonl'), lines);
+    const last = input.records[input.records.length - 1].sequenceNumber;
+    input.checkpointer.checkpoint(last, function (err) {
+      fs.appendFileSync(path.join(out, shardId + '.jsonl'),
+        JSON.stringify({ event: 'checkpoint', error: err || null }) + '\n');
+      done();
+    });
+  },
+  leaseLost: function (input, done) { done(); },
+  shardEnded: function (input, done) { input.checkpointer.checkpoint(function () { done(); }); },
+  shutdownRequested: function (input, done) { input.checkpointer.checkpoint(function () { done(); }); },
+}).run();
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aws_kcl_processor_runs_checkpoints_and_resumes() {
+    let Some(node_root) = aws_kcl() else { return };
+    let dir = scratch("node");
+    let script = node_root.join("processor.js");
+    std::fs::write(&script, NODE_PROCESSOR).unwrap();
+    let local = Local::start().await.unwrap();
+    let kinesis = Kinesis::new(local.kinesis_client());
+    let stream = create_stream(&kinesis, "orders", 4).await;
+    let written = put_with_positions(&local, &stream, &records(400, "js")).await;
+    let command = format!("node {} {}", script.display(), dir.display());
+    let properties = properties(&dir, &local, "ml-node", &command, "");
+    let daemon = multilang(&dir, &properties, &[], "first.log")
+        .spawn()
+        .unwrap();
+    eventually("every record", Duration::from_secs(60), || {
+        data_seen(&dir) == names(400, "js")
+    })
+    .await;
+    let events = events(&dir);
+    assert_eq!(events.len(), 4, "four children");
+    let checkpoint_errors: Vec<&Value> = events
+        .values()
+        .flatten()
+        .filter(|e| e["event"] == "checkpoint")
+        .map(|e| &e["error"])
+        .collect();
+    assert!(!checkpoint_errors.is_empty());
+    assert!(
+        checkpoint_errors.iter().all(|e| e.is_null()),
+        "{checkpoint_errors:?}"
+    );
+
+    terminate_async(daemon).await;
+    let store = lease_table(&local, "ml-node").await;
+    for lease in store.list().await.unwrap() {
+        let last = written
+            .iter()
+            .filter(|p| p.shard_id.as_str() == lease.key.as_str())
+            .map(|p| ExtendedSequenceNumber::new(p.sequence_number.clone(), 0))
+            .max()
+            .unwrap();
+        assert_eq!(lease.checkpoint, last, "{lease:?}");
+        assert_eq!(lease.owner, None);
+    }
+
+    // A restart resumes after the checkpoints.
+    for file in std::fs::read_dir(&dir).unwrap() {
+        let path = file.unwrap().path();
+        if path.extension().is_some_and(|e| e == "jsonl") {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    put_with_positions(&local, &stream, &records(40, "js-after")).await;
+    let daemon = multilang(&dir, &properties, &[], "second.log")
+        .spawn()
+        .unwrap();
+    eventually("the new records", Duration::from_secs(60), || {
+        data_seen(&dir).is_superset(&names(40, "js-after"))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    terminate_async(daemon).await;
+    assert_eq!(data_seen(&dir), names(40, "js-after"));
 }

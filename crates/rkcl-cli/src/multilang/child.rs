@@ -320,7 +320,7 @@ fn log_stderr(shard_id: &ShardId, line: &[u8]) {
     let text = String::from_utf8_lossy(line);
     let text = text.trim_end_matches(['\n', '\r']);
     if !text.is_empty() {
-        tracing::info!(target: "rkcl_cli::multilang::stderr", shard_id = %shard_id, "{text}");
+        tracing::info!(target: "rkcl::multilang::stderr", shard_id = %shard_id, "{text}");
     }
 }
 

@@ -122,12 +122,13 @@ impl MultiLangConfig {
         if let Some(worker) = get("workerId") {
             builder = builder.worker_id(worker);
         }
-        if let Some(max) = number(properties, "maxLeasesForWorker")? {
-            if max > 0 {
-                builder = builder.max_leases_per_worker(
-                    usize::try_from(max).context("maxLeasesForWorker is too large")?,
-                );
-            }
+        // Zero or less means no limit, as in the Java KCL.
+        if let Some(max) = number(properties, "maxLeasesForWorker")?
+            && max > 0
+        {
+            builder = builder.max_leases_per_worker(
+                usize::try_from(max).context("maxLeasesForWorker is too large")?,
+            );
         }
         let scheduler = builder
             .build()
