@@ -181,9 +181,19 @@ async fn checkpoints_inside_an_aggregate_refusals_noise_and_a_final_checkpoint_o
     let daemon = multilang(&dir, &properties, &[], "rkcl.log")
         .spawn()
         .unwrap();
-    eventually("every record", Duration::from_secs(60), || {
-        data_seen(&dir) == names(300, "agg")
-    })
+    // The checkpoints of the first batch follow its records.
+    let checkpoint_events = |dir: &Path| {
+        events(dir)
+            .values()
+            .flatten()
+            .filter(|e| e["event"] == "checkpoint")
+            .count()
+    };
+    eventually(
+        "every record and three checkpoints",
+        Duration::from_secs(60),
+        || data_seen(&dir) == names(300, "agg") && checkpoint_events(&dir) == 3,
+    )
     .await;
 
     let events = events(&dir);

@@ -11,8 +11,8 @@ Flags:
                             record with subSequenceNumber 1, then at the
                             batch's first record (behind it)
   noise                     print lines that are no messages
-  crash_once_at=N           exit mid-batch at the N-th record seen by all
-                            children together, once
+  crash_once_at=N           exit mid-batch at the N-th record a child sees,
+                            once over all children
   hang_once                 never answer the first batch, once
 """
 
@@ -25,6 +25,7 @@ OUT = sys.argv[1]
 FLAGS = sys.argv[2:]
 shard = "unknown"
 batches = 0
+seen = 0
 
 
 def flag_value(name):
@@ -75,12 +76,10 @@ def once(name):
 
 
 def records_seen(count):
-    """Adds `count` to the records seen by all children; the new total."""
-    path = os.path.join(OUT, "seen.count")
-    total = (int(open(path).read()) if os.path.exists(path) else 0) + count
-    with open(path, "w") as out:
-        out.write(str(total))
-    return total
+    """Adds `count` to the records this child has seen; the new total."""
+    global seen
+    seen += count
+    return seen
 
 
 def process(message):
