@@ -593,9 +593,21 @@ async fn an_aws_kcl_processor_runs_checkpoints_and_resumes() {
     let daemon = multilang(&dir, &properties, &[], "first.log")
         .spawn()
         .unwrap();
-    eventually("every record", Duration::from_secs(60), || {
-        data_seen(&dir) == names(400, "js")
-    })
+    // Each batch's checkpoint answer is logged after its records.
+    let answered = |dir: &Path| {
+        let events = events(dir);
+        events.len() == 4
+            && events.values().all(|shard| {
+                shard
+                    .last()
+                    .is_some_and(|last| last["event"] == "checkpoint")
+            })
+    };
+    eventually(
+        "every record, answered checkpoints",
+        Duration::from_secs(60),
+        || data_seen(&dir) == names(400, "js") && answered(&dir),
+    )
     .await;
     let events = events(&dir);
     assert_eq!(events.len(), 4, "four children");
