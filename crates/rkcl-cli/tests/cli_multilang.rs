@@ -13,7 +13,7 @@ use base64::Engine;
 use rkcl::{ExtendedSequenceNumber, Kinesis, leases::LeaseStore, record::ProducerRecord};
 use rkcl_local::Local;
 use rkcl_local::testkit::Packing::Aggregated;
-use rkcl_local::testkit::{create_stream, eventually, lease_table, put, put_with_positions};
+use rkcl_local::testkit::{create_stream, eventually, lease_table, put, put_with_positions, split};
 use serde_json::Value;
 
 /// The scripted child of these tests.
@@ -507,15 +507,42 @@ async fn the_amazon_kclpy_sample_runs_unchanged_checkpoints_and_resumes() {
     .await;
     assert_eq!(kclpy_processed(&dir, "first.log").len(), 4, "four children");
 
+    // A split while it reads: the parent's child gets shardEnded (the
+    // sample checkpoints SHARD_END), its children's children take over.
+    let parent = kinesis.list_shards(&stream).await.unwrap().remove(0);
+    split(&local, &stream, &parent, None).await;
+    let more = put_with_positions(&local, &stream, &records(200, "py-split")).await;
+    let children: BTreeSet<&str> = more
+        .iter()
+        .map(|p| p.shard_id.as_str())
+        .filter(|id| written.iter().all(|p| p.shard_id.as_str() != *id))
+        .collect();
+    assert_eq!(children.len(), 2, "records in both children");
+    let expected: BTreeSet<String> = expected
+        .into_iter()
+        .chain(more.iter().map(|p| p.sequence_number.to_string()))
+        .collect();
+    eventually(
+        "every record, after the split too",
+        Duration::from_secs(60),
+        || all_sequences(&kclpy_processed(&dir, "first.log")) == expected,
+    )
+    .await;
+
     // SIGTERM: shutdownRequested, the sample's checkpoint() lands at the
-    // last record of each shard, the leases are released.
+    // last record of each open shard, the leases are released.
     terminate_async(daemon).await;
     let store = lease_table(&local, "ml-kclpy").await;
     let leases = store.list().await.unwrap();
-    assert_eq!(leases.len(), 4);
+    assert!(leases.len() >= 5, "{leases:?}");
     for lease in &leases {
+        if lease.key.as_str() == parent.id.as_str() {
+            assert_eq!(lease.checkpoint, ExtendedSequenceNumber::ShardEnd);
+            continue;
+        }
         let last = written
             .iter()
+            .chain(&more)
             .filter(|p| p.shard_id.as_str() == lease.key.as_str())
             .map(|p| ExtendedSequenceNumber::new(p.sequence_number.clone(), 0))
             .max()
