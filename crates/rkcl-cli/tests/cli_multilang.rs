@@ -305,6 +305,43 @@ async fn a_child_that_never_answers_is_timed_out_and_restarted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_that_answers_with_the_wrong_status_is_restarted() {
+    let dir = scratch("wrong");
+    let local = Local::start().await.unwrap();
+    let kinesis = Kinesis::new(local.kinesis_client());
+    let stream = create_stream(&kinesis, "orders", 1).await;
+    put_with_positions(&local, &stream, &records(30, "status")).await;
+    let command = format!(
+        "python3 {} {} wrong_status_once",
+        scripted_child().display(),
+        dir.display()
+    );
+    let properties = properties(&dir, &local, "ml-wrong", &command, "");
+    let daemon = multilang(&dir, &properties, &[], "rkcl.log")
+        .spawn()
+        .unwrap();
+    eventually(
+        "every record, twice delivered",
+        Duration::from_secs(60),
+        || {
+            let initializations = events(&dir)
+                .values()
+                .flatten()
+                .filter(|e| e["event"] == "initialize")
+                .count();
+            data_seen(&dir) == names(30, "status") && initializations == 2
+        },
+    )
+    .await;
+    let log = log_text(&dir, "rkcl.log");
+    assert!(
+        log.contains(r#"the child answered processRecords with a status for \"initialize\""#),
+        "{log}"
+    );
+    terminate_async(daemon).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_child_failure_exit_ends_the_daemon_with_an_error() {
     let dir = scratch("exit");
     let local = Local::start().await.unwrap();

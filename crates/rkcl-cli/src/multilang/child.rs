@@ -137,14 +137,19 @@ impl Process {
         let (program, args) = command
             .split_first()
             .ok_or_else(|| ChildFailure::Spawn(std::io::Error::other("executableName is empty")))?;
-        let mut child = tokio::process::Command::new(program)
+        let mut command = tokio::process::Command::new(program);
+        command
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(ChildFailure::Spawn)?;
+            .kill_on_drop(true);
+        // A process group of its own: Ctrl-C in a terminal reaches the
+        // daemon only, which then asks each child to shut down, instead of
+        // interrupting the children before they can checkpoint.
+        #[cfg(unix)]
+        command.process_group(0);
+        let mut child = command.spawn().map_err(ChildFailure::Spawn)?;
         let pipes = (child.stdin.take(), child.stdout.take(), child.stderr.take());
         let (Some(stdin), Some(stdout), Some(stderr)) = pipes else {
             return Err(ChildFailure::Spawn(std::io::Error::other(

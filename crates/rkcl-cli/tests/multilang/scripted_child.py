@@ -14,6 +14,8 @@ Flags:
   crash_once_at=N           exit mid-batch at the N-th record a child sees,
                             once over all children
   hang_once                 never answer the first batch, once
+  wrong_status_once         answer the first batch with a status for
+                            another action, once
 """
 
 import json
@@ -128,6 +130,9 @@ def main():
             checkpoint(action, None, None)
         else:
             log({"event": action})
+        if action == "processRecords" and "wrong_status_once" in FLAGS and once("wrong"):
+            log({"event": "wrong-status"})
+            action = "initialize"
         send({"action": "status", "responseFor": action})
 
 
