@@ -6,7 +6,9 @@
 //!     multilang` running the amazon-kclpy 3.2.0 sample unchanged (it logs
 //!     one line per record on its stderr, which the daemon logs; the
 //!     records are counted there). Measured from the spawn: the time to the
-//!     first record and records/s until the last one.
+//!     first record and records/s until the last one. The sample's stderr
+//!     is buffered by Python (8 KiB), so the daemon sees its first record
+//!     late: that time is an upper bound.
 //! (2) Memory: the daemon's own VmRSS (`/proc/PID/status`; the children are
 //!     separate processes and not counted) once it holds every lease of an
 //!     idle stream of 4 and of 100 shards, with the smallest child
@@ -35,7 +37,7 @@ const RECORDS: usize = 100_000;
 const RECORD_SIZE: usize = 100;
 const SHARDS: u32 = 4;
 const IDLE_SHARD_COUNTS: [u32; 2] = [4, 100];
-const TIMEOUT: Duration = Duration::from_secs(600);
+const TIMEOUT: Duration = Duration::from_secs(180);
 
 fn scratch() -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("multilang-bench");

@@ -105,7 +105,26 @@ fn terminate(child: &mut Child) {
     }
 }
 
-async fn terminate_async(mut child: Child) {
+/// A daemon killed when dropped, so a failed test leaves no process behind.
+struct Daemon(Option<Child>);
+
+impl Daemon {
+    fn spawn(command: &mut Command) -> Self {
+        Self(Some(command.spawn().unwrap()))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+async fn terminate_async(mut daemon: Daemon) {
+    let mut child = daemon.0.take().unwrap();
     tokio::task::spawn_blocking(move || terminate(&mut child))
         .await
         .unwrap();
@@ -178,9 +197,7 @@ async fn checkpoints_inside_an_aggregate_refusals_noise_and_a_final_checkpoint_o
         dir.display()
     );
     let properties = properties(&dir, &local, "ml-protocol", &command, "");
-    let daemon = multilang(&dir, &properties, &[], "rkcl.log")
-        .spawn()
-        .unwrap();
+    let daemon = Daemon::spawn(&mut multilang(&dir, &properties, &[], "rkcl.log"));
     // The checkpoints of the first batch follow its records.
     let checkpoint_events = |dir: &Path| {
         events(dir)
@@ -251,9 +268,7 @@ async fn a_child_that_crashes_mid_batch_is_restarted_and_nothing_is_lost() {
         dir.display()
     );
     let properties = properties(&dir, &local, "ml-crash", &command, "");
-    let daemon = multilang(&dir, &properties, &[], "rkcl.log")
-        .spawn()
-        .unwrap();
+    let daemon = Daemon::spawn(&mut multilang(&dir, &properties, &[], "rkcl.log"));
     eventually("every record", Duration::from_secs(60), || {
         data_seen(&dir) == names(200, "plain")
     })
@@ -288,9 +303,7 @@ async fn a_child_that_never_answers_is_timed_out_and_restarted() {
     );
     let properties = properties(&dir, &local, "ml-hang", &command, "timeoutInSeconds = 2");
     let started = Instant::now();
-    let daemon = multilang(&dir, &properties, &[], "rkcl.log")
-        .spawn()
-        .unwrap();
+    let daemon = Daemon::spawn(&mut multilang(&dir, &properties, &[], "rkcl.log"));
     eventually("every record", Duration::from_secs(60), || {
         data_seen(&dir) == names(50, "slow")
     })
@@ -317,9 +330,7 @@ async fn a_child_that_answers_with_the_wrong_status_is_restarted() {
         dir.display()
     );
     let properties = properties(&dir, &local, "ml-wrong", &command, "");
-    let daemon = multilang(&dir, &properties, &[], "rkcl.log")
-        .spawn()
-        .unwrap();
+    let daemon = Daemon::spawn(&mut multilang(&dir, &properties, &[], "rkcl.log"));
     eventually(
         "every record, twice delivered",
         Duration::from_secs(60),
@@ -354,18 +365,16 @@ async fn on_child_failure_exit_ends_the_daemon_with_an_error() {
         dir.display()
     );
     let properties = properties(&dir, &local, "ml-exit", &command, "");
-    let mut daemon = multilang(
+    let mut daemon = Daemon::spawn(&mut multilang(
         &dir,
         &properties,
         &["--on-child-failure", "exit"],
         "rkcl.log",
-    )
-    .spawn()
-    .unwrap();
+    ));
     let status = tokio::task::spawn_blocking(move || {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Some(status) = daemon.try_wait().unwrap() {
+            if let Some(status) = daemon.0.as_mut().unwrap().try_wait().unwrap() {
                 return status;
             }
             assert!(Instant::now() < deadline, "did not exit");
@@ -527,11 +536,11 @@ async fn the_amazon_kclpy_sample_runs_unchanged_checkpoints_and_resumes() {
         sdist.join("samples/sample_kclpy_app.py").display()
     );
     let properties = properties(&dir, &local, "ml-kclpy", &command, "");
-    let daemon = multilang(&dir, &properties, &[], "first.log")
-        .env("PYTHONPATH", &sdist)
-        .env("PYTHONUNBUFFERED", "1")
-        .spawn()
-        .unwrap();
+    let daemon = Daemon::spawn(
+        multilang(&dir, &properties, &[], "first.log")
+            .env("PYTHONPATH", &sdist)
+            .env("PYTHONUNBUFFERED", "1"),
+    );
     let expected: BTreeSet<String> = written
         .iter()
         .map(|p| p.sequence_number.to_string())
@@ -590,11 +599,11 @@ async fn the_amazon_kclpy_sample_runs_unchanged_checkpoints_and_resumes() {
 
     // A restart resumes there: only the new records are processed.
     let after = put_with_positions(&local, &stream, &records(40, "py-after")).await;
-    let daemon = multilang(&dir, &properties, &[], "second.log")
-        .env("PYTHONPATH", &sdist)
-        .env("PYTHONUNBUFFERED", "1")
-        .spawn()
-        .unwrap();
+    let daemon = Daemon::spawn(
+        multilang(&dir, &properties, &[], "second.log")
+            .env("PYTHONPATH", &sdist)
+            .env("PYTHONUNBUFFERED", "1"),
+    );
     let expected_after: BTreeSet<String> = after
         .iter()
         .map(|p| p.sequence_number.to_string())
@@ -654,9 +663,7 @@ async fn an_aws_kcl_processor_runs_checkpoints_and_resumes() {
     let written = put_with_positions(&local, &stream, &records(400, "js")).await;
     let command = format!("node {} {}", script.display(), dir.display());
     let properties = properties(&dir, &local, "ml-node", &command, "");
-    let daemon = multilang(&dir, &properties, &[], "first.log")
-        .spawn()
-        .unwrap();
+    let daemon = Daemon::spawn(&mut multilang(&dir, &properties, &[], "first.log"));
     // Each batch's checkpoint answer is logged after its records.
     let answered = |dir: &Path| {
         let events = events(dir);
@@ -708,9 +715,7 @@ async fn an_aws_kcl_processor_runs_checkpoints_and_resumes() {
         }
     }
     put_with_positions(&local, &stream, &records(40, "js-after")).await;
-    let daemon = multilang(&dir, &properties, &[], "second.log")
-        .spawn()
-        .unwrap();
+    let daemon = Daemon::spawn(&mut multilang(&dir, &properties, &[], "second.log"));
     eventually("the new records", Duration::from_secs(60), || {
         data_seen(&dir).is_superset(&names(40, "js-after"))
     })

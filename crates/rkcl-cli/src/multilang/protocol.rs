@@ -217,6 +217,29 @@ mod tests {
     }
 
     #[test]
+    fn refused_checkpoints_carry_the_java_exception_names() {
+        let lost = rkcl::Error::LeaseLost {
+            lease_key: "shardId-0".into(),
+        };
+        assert_eq!(error_name(&lost), "ShutdownException");
+        let throttled = rkcl::Error::Throttled {
+            service: rkcl::error::Service::DynamoDb,
+            message: "slow down".into(),
+        };
+        assert_eq!(error_name(&throttled), "ThrottlingException");
+        let behind = rkcl::Error::InvalidCheckpoint {
+            lease_key: "shardId-0".into(),
+            message: "before the stored".into(),
+        };
+        assert_eq!(error_name(&behind), "IllegalArgumentException");
+        let failed = rkcl::Error::Transport {
+            service: rkcl::error::Service::DynamoDb,
+            message: "connection reset".into(),
+        };
+        assert_eq!(error_name(&failed), "KinesisClientLibDependencyException");
+    }
+
+    #[test]
     fn lines_from_the_child_are_messages_or_noise() {
         assert_eq!(
             parse_line(r#"{"action":"status","responseFor":"initialize"}"#),
