@@ -64,6 +64,8 @@ fn kclpy_sdist() -> Option<PathBuf> {
     let ok = quiet(
         Command::new("python3")
             .args(["-m", "pip", "download", "--no-deps", "--no-binary", ":all:"])
+            // Without a network, give up in seconds rather than minutes.
+            .args(["--timeout", "20", "--retries", "1"])
             .args(["amazon_kclpy==3.2.0", "-d"])
             .arg(cache.join("pip")),
     ) && quiet(

@@ -449,6 +449,8 @@ fn kclpy_sdist() -> Option<PathBuf> {
     let fetched = run_quietly(
         Command::new("python3")
             .args(["-m", "pip", "download", "--no-deps", "--no-binary", ":all:"])
+            // Without a network, give up in seconds rather than minutes.
+            .args(["--timeout", "20", "--retries", "1"])
             .args(["amazon_kclpy==3.2.0", "-d"])
             .arg(&download),
     ) && run_quietly(
@@ -480,7 +482,14 @@ fn aws_kcl() -> Option<PathBuf> {
     std::fs::create_dir_all(&root).unwrap();
     let installed = run_quietly(
         Command::new("npm")
-            .args(["install", "--no-audit", "--no-fund", "--prefix"])
+            .args(["install", "--no-audit", "--no-fund"])
+            .args([
+                "--fetch-retries",
+                "1",
+                "--fetch-timeout",
+                "20000",
+                "--prefix",
+            ])
             .arg(&root)
             .arg("aws-kcl@2.3.2"),
     );
