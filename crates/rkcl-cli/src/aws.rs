@@ -44,9 +44,18 @@ impl AwsArgs {
     }
 
     async fn sdk_config(&self) -> anyhow::Result<aws_config::SdkConfig> {
+        self.sdk_config_with_region(None).await
+    }
+
+    /// The SDK config for these settings; `region` applies when `--region`
+    /// is not given (and wins over the environment and the profile).
+    pub(crate) async fn sdk_config_with_region(
+        &self,
+        region: Option<&str>,
+    ) -> anyhow::Result<aws_config::SdkConfig> {
         let mut loader = aws_config::defaults(BehaviorVersion::latest());
-        if let Some(region) = &self.region {
-            loader = loader.region(Region::new(region.clone()));
+        if let Some(region) = self.region.as_deref().or(region) {
+            loader = loader.region(Region::new(region.to_owned()));
         }
         if let Some(profile) = &self.profile {
             loader = loader.profile_name(profile);

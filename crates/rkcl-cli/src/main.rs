@@ -15,6 +15,7 @@ mod demo;
 mod kpl;
 mod leases;
 mod local;
+mod multilang;
 mod observe;
 mod output;
 mod put;
@@ -50,6 +51,10 @@ enum Command {
     Leases(leases::LeasesArgs),
     /// Run Kinesis and DynamoDB on 127.0.0.1 until Ctrl-C.
     Local(local::LocalArgs),
+    /// Run record processors written for the Java KCL's MultiLangDaemon
+    /// (amazon-kclpy, aws-kcl, ...) from its properties file: one child
+    /// process per shard, no JVM.
+    Multilang(multilang::MultiLangArgs),
     /// Encode and decode the KPL aggregation format.
     #[command(subcommand)]
     Kpl(kpl::KplCommand),
@@ -94,6 +99,7 @@ fn main() -> ExitCode {
             Command::Leases(args) => leases::run(&cli.aws, args).await,
             Command::Local(args) => local::run(args).await,
             Command::Kpl(command) => kpl::run(command),
+            Command::Multilang(args) => multilang::run(&cli.aws, args).await,
             Command::Put(args) => put::run(&cli.aws, args).await,
             Command::Status(args) => status::run(&cli.aws, args).await,
             Command::Stream(command) => stream::run(&cli.aws, command).await,
