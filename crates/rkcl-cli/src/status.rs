@@ -30,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
 use rkcl::{
-    Error, ExtendedSequenceNumber,
+    Error,
     aws::StreamRef,
     lag::{self, Behind, RecordsBehind, RenewalAge, RenewalWatch, ShardLag, WorkerLag},
     leases::{Lease, LeaseStore},
