@@ -140,7 +140,7 @@ pub(crate) enum Outcome {
     Failed(&'static str),
 }
 
-/// Reads a handler's response to `records`: empty, `{}` or no
+/// Reads a handler's response to `records`: empty, `null`, `{}` or no
 /// `batchItemFailures` is success; `batchItemFailures` resumes at the
 /// earliest record it names (by sequence number; a KPL aggregate's user
 /// records share theirs, so it resumes at the first of them); an identifier
@@ -152,9 +152,11 @@ pub(crate) fn read_response(text: &str, records: &[UserRecord]) -> Outcome {
     if text.is_empty() {
         return Outcome::Success;
     }
-    let Ok(response) = serde_json::from_str::<Response>(text) else {
+    // `null` is what a handler returning nothing gives: success.
+    let Ok(response) = serde_json::from_str::<Option<Response>>(text) else {
         return Outcome::Failed("the handler's response is not a JSON object");
     };
+    let response = response.unwrap_or_default();
     if response.error_message.is_some() || response.error_type.is_some() {
         return Outcome::Failed("the handler returned an error");
     }

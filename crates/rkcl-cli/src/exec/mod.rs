@@ -144,6 +144,27 @@ pub(crate) struct Worker {
     pub(crate) store: DynamoDbLeaseStore,
 }
 
+/// How many batches of each lane are read ahead of the handler.
+const BATCHES_AHEAD: usize = 2;
+
+/// The in-flight limits over all shards and per shard (bytes): the
+/// library's defaults.
+const MAX_IN_FLIGHT_RECORDS: usize = 100_000;
+const MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
+const MAX_IN_FLIGHT_BYTES_PER_SHARD: usize = 16 << 20;
+
+/// The records of one shard in flight: a few batches per lane. Kept small
+/// so that a shutdown waits for a few batches only, not for everything read
+/// ahead: a batch whose handler finishes after the shutdown grace time is
+/// handled again by the next owner.
+fn read_ahead(options: &BatchOptions) -> usize {
+    options
+        .batch_size
+        .saturating_mul(options.parallelization_factor)
+        .saturating_mul(BATCHES_AHEAD)
+        .clamp(1, MAX_IN_FLIGHT_RECORDS)
+}
+
 /// The stream's ARN: the argument when it is one, else DescribeStreamSummary's.
 async fn stream_arn(kinesis: &Kinesis, stream: &rkcl::aws::StreamRef) -> anyhow::Result<String> {
     match stream {
@@ -170,6 +191,8 @@ pub(crate) async fn run(
     let (records, interval) = worker.checkpoint_every;
     let config = ConsumerConfig::builder(worker.scheduler)
         .checkpoint_every(records, interval)
+        .max_in_flight_per_shard(read_ahead(&options), MAX_IN_FLIGHT_BYTES_PER_SHARD)
+        .max_in_flight(MAX_IN_FLIGHT_RECORDS, MAX_IN_FLIGHT_BYTES)
         .shutdown_grace(worker.shutdown_grace)
         .build()?;
     let consumer = Consumer::start(config, worker.kinesis, worker.store)

@@ -173,7 +173,7 @@ impl Piped {
         let (Some(stdin), Some(stdout), Some(stderr)) = pipes else {
             return Err(std::io::Error::other("the child's pipes were not opened"));
         };
-        tracing::info!(shard_id = %shard_id, pid = child.id(), "started a child");
+        tracing::debug!(shard_id = %shard_id, pid = child.id(), "started a child");
         Ok(Self {
             child,
             stdin,
@@ -196,6 +196,7 @@ impl Process {
     fn spawn(command: &[String], shard_id: &ShardId) -> Result<Self, ChildFailure> {
         let piped = Piped::spawn(command, &[], shard_id, StderrTarget::Multilang)
             .map_err(ChildFailure::Spawn)?;
+        tracing::info!(shard_id = %shard_id, pid = piped.child.id(), "started a child");
         Ok(Self {
             child: piped.child,
             stdin: Some(piped.stdin),
