@@ -43,7 +43,9 @@ pub(crate) struct Handlers {
     timeout: Option<Duration>,
     source: EventSource,
     /// Per-lane processes waiting for their lane's next batch, by shard.
-    /// Never locked across an `.await`.
+    /// Never locked across an `.await`. The processes of a shard whose
+    /// lease this worker lost stay idle here until the worker stops (the
+    /// library does not say when a shard's lanes end).
     idle: Mutex<HashMap<ShardId, Vec<LaneProcess>>>,
 }
 
