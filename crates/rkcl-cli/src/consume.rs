@@ -14,6 +14,7 @@ use rkcl::{
 use tokio::sync::Notify;
 
 use crate::aws::{AwsArgs, stream_ref};
+use crate::exec::{ExecArgs, Worker};
 use crate::observe::{FLUSH_TIMEOUT, ObserveArgs};
 use crate::output::{flush, write_json_line};
 use crate::retrieval::RetrievalArgs;
@@ -52,7 +53,13 @@ pub(crate) struct ConsumeArgs {
     reading: RetrievalArgs,
     #[command(flatten)]
     observe: ObserveArgs,
+    #[command(flatten)]
+    exec: ExecArgs,
 }
+
+/// With `--exec` and `--checkpoint-every N`, a shard whose watermark moves
+/// is also checkpointed at least this often.
+const EXEC_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
 
 /// When to checkpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -191,6 +198,23 @@ pub(crate) async fn run(aws: &AwsArgs, args: ConsumeArgs) -> anyhow::Result<Exit
         .ensure_table(Duration::from_secs(60))
         .await
         .context("could not prepare the lease table")?;
+    if let Some(command) = &args.exec.exec {
+        let worker = Worker {
+            scheduler: config,
+            checkpoint_every: match every {
+                Every::Records(records) => (records, EXEC_CHECKPOINT_INTERVAL),
+                Every::Time(interval) => (u64::MAX, interval),
+            },
+            shutdown_grace: args.shutdown_timeout.into(),
+            kinesis,
+            store,
+        };
+        crate::exec::run(worker, &args.exec, command, signals).await?;
+        if let Some(telemetry) = telemetry {
+            let _ = tokio::time::timeout(FLUSH_TIMEOUT, telemetry.shutdown()).await;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let closed = Arc::new(Notify::new());
     let (stream_name, format, stdout_closed) =
         (stream.name().to_owned(), args.data, closed.clone());

@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 mod aws;
 mod consume;
 mod demo;
+mod exec;
 mod kpl;
 mod leases;
 mod local;
@@ -42,7 +43,7 @@ struct Cli {
 enum Command {
     /// Be one worker of a consumer group: records to stdout as JSON lines,
     /// checkpoints of what was written.
-    Consume(consume::ConsumeArgs),
+    Consume(Box<consume::ConsumeArgs>),
     /// Watch a consumer group on an embedded Kinesis through a kill, a
     /// split, a merge, a join and a leave (`--chaos`: worker processes
     /// under SIGKILL), and report what came out.
@@ -94,7 +95,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Consume(args) => consume::run(&cli.aws, args).await,
+            Command::Consume(args) => consume::run(&cli.aws, *args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Leases(args) => leases::run(&cli.aws, args).await,
             Command::Local(args) => local::run(args).await,

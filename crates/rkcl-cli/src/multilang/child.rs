@@ -123,6 +123,66 @@ impl std::fmt::Display for ChildFailure {
 
 impl std::error::Error for ChildFailure {}
 
+/// Whose stderr a child's lines are logged as: the log target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StderrTarget {
+    /// `rkcl::multilang::stderr`.
+    Multilang,
+    /// `rkcl::exec::stderr`.
+    Exec,
+}
+
+/// A child started with its three pipes, its stderr already drained into
+/// the log under the shard's id.
+#[derive(Debug)]
+pub(crate) struct Piped {
+    pub(crate) child: tokio::process::Child,
+    pub(crate) stdin: ChildStdin,
+    pub(crate) stdout: ChildStdout,
+    /// Ends once the child's stderr is closed.
+    pub(crate) stderr: JoinHandle<()>,
+}
+
+impl Piped {
+    /// Starts `command` (program and arguments) with `env` added, in a
+    /// process group of its own, killed when dropped.
+    pub(crate) fn spawn(
+        command: &[String],
+        env: &[(&str, &str)],
+        shard_id: &ShardId,
+        target: StderrTarget,
+    ) -> std::io::Result<Self> {
+        let (program, args) = command
+            .split_first()
+            .ok_or_else(|| std::io::Error::other("the command is empty"))?;
+        let mut command = tokio::process::Command::new(program);
+        command
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        // A process group of its own: Ctrl-C in a terminal reaches rkcl
+        // only, which then shuts each child down in order, instead of
+        // interrupting the children before they can finish.
+        #[cfg(unix)]
+        command.process_group(0);
+        let mut child = command.spawn()?;
+        let pipes = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+        let (Some(stdin), Some(stdout), Some(stderr)) = pipes else {
+            return Err(std::io::Error::other("the child's pipes were not opened"));
+        };
+        tracing::debug!(shard_id = %shard_id, pid = child.id(), "started a child");
+        Ok(Self {
+            child,
+            stdin,
+            stdout,
+            stderr: tokio::spawn(drain_stderr(stderr, shard_id.clone(), target)),
+        })
+    }
+}
+
 /// A running child.
 #[derive(Debug)]
 struct Process {
@@ -134,34 +194,14 @@ struct Process {
 
 impl Process {
     fn spawn(command: &[String], shard_id: &ShardId) -> Result<Self, ChildFailure> {
-        let (program, args) = command
-            .split_first()
-            .ok_or_else(|| ChildFailure::Spawn(std::io::Error::other("executableName is empty")))?;
-        let mut command = tokio::process::Command::new(program);
-        command
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        // A process group of its own: Ctrl-C in a terminal reaches the
-        // daemon only, which then asks each child to shut down, instead of
-        // interrupting the children before they can checkpoint.
-        #[cfg(unix)]
-        command.process_group(0);
-        let mut child = command.spawn().map_err(ChildFailure::Spawn)?;
-        let pipes = (child.stdin.take(), child.stdout.take(), child.stderr.take());
-        let (Some(stdin), Some(stdout), Some(stderr)) = pipes else {
-            return Err(ChildFailure::Spawn(std::io::Error::other(
-                "the child's pipes were not opened",
-            )));
-        };
-        tracing::info!(shard_id = %shard_id, pid = child.id(), "started a child");
+        let piped = Piped::spawn(command, &[], shard_id, StderrTarget::Multilang)
+            .map_err(ChildFailure::Spawn)?;
+        tracing::info!(shard_id = %shard_id, pid = piped.child.id(), "started a child");
         Ok(Self {
-            child,
-            stdin: Some(stdin),
-            stdout: BufReader::new(stdout).lines(),
-            stderr: tokio::spawn(drain_stderr(stderr, shard_id.clone())),
+            child: piped.child,
+            stdin: Some(piped.stdin),
+            stdout: BufReader::new(piped.stdout).lines(),
+            stderr: piped.stderr,
         })
     }
 
@@ -290,7 +330,7 @@ async fn checkpoint(
 }
 
 /// Logs the child's stderr, line by line, under the shard's id.
-async fn drain_stderr(stderr: impl AsyncRead + Unpin, shard_id: ShardId) {
+async fn drain_stderr(stderr: impl AsyncRead + Unpin, shard_id: ShardId, target: StderrTarget) {
     let mut stderr = stderr;
     let mut pending: Vec<u8> = Vec::new();
     let mut chunk = vec![0_u8; 8 * 1024];
@@ -306,26 +346,34 @@ async fn drain_stderr(stderr: impl AsyncRead + Unpin, shard_id: ShardId) {
                 pending.extend_from_slice(chunk.get(..n).unwrap_or_default());
                 while let Some(end) = pending.iter().position(|&b| b == b'\n') {
                     let line: Vec<u8> = pending.drain(..=end).collect();
-                    log_stderr(&shard_id, &line);
+                    log_stderr(target, &shard_id, &line);
                 }
                 if pending.len() >= STDERR_MAX_LINE {
-                    log_stderr(&shard_id, &std::mem::take(&mut pending));
+                    log_stderr(target, &shard_id, &std::mem::take(&mut pending));
                 }
             }
             // Nothing more for a while: log the line so far.
-            Err(_) => log_stderr(&shard_id, &std::mem::take(&mut pending)),
+            Err(_) => log_stderr(target, &shard_id, &std::mem::take(&mut pending)),
         }
     }
     if !pending.is_empty() {
-        log_stderr(&shard_id, &pending);
+        log_stderr(target, &shard_id, &pending);
     }
 }
 
-fn log_stderr(shard_id: &ShardId, line: &[u8]) {
+fn log_stderr(target: StderrTarget, shard_id: &ShardId, line: &[u8]) {
     let text = String::from_utf8_lossy(line);
     let text = text.trim_end_matches(['\n', '\r']);
-    if !text.is_empty() {
-        tracing::info!(target: "rkcl::multilang::stderr", shard_id = %shard_id, "{text}");
+    if text.is_empty() {
+        return;
+    }
+    match target {
+        StderrTarget::Multilang => {
+            tracing::info!(target: "rkcl::multilang::stderr", shard_id = %shard_id, "{text}");
+        }
+        StderrTarget::Exec => {
+            tracing::info!(target: "rkcl::exec::stderr", shard_id = %shard_id, "{text}");
+        }
     }
 }
 

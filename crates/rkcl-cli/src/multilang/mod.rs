@@ -26,6 +26,7 @@ mod properties;
 mod protocol;
 
 use child::{ChildProcessor, Children, OnChildFailure};
+pub(crate) use child::{EXIT_GRACE, Piped, StderrTarget};
 use config::MultiLangConfig;
 
 #[derive(Debug, clap::Args)]
