@@ -6,9 +6,9 @@
 //!     multilang` running the amazon-kclpy 3.2.0 sample unchanged (it logs
 //!     one line per record on its stderr, which the daemon logs; the
 //!     records are counted there). Measured from the spawn: the time to the
-//!     first record and records/s until the last one. The sample's stderr
-//!     is buffered by Python (8 KiB), so the daemon sees its first record
-//!     late: that time is an upper bound.
+//!     first record and records/s until the last one. The children run with
+//!     `PYTHONUNBUFFERED=1`, so each stderr line reaches the daemon when the
+//!     sample writes it.
 //! (2) Memory: the daemon's own VmRSS (`/proc/PID/status`; the children are
 //!     separate processes and not counted) once it holds every lease of an
 //!     idle stream of 4 and of 100 shards, with the smallest child
@@ -128,23 +128,29 @@ fn terminate(child: &mut Child) {
     }
 }
 
-/// Counts occurrences of `pattern` in lines of `reader` (with what
-/// `text_of` takes from each line), recording the time of the first.
+/// Counts occurrences of `pattern` in lines of `reader` (in what `text_of`
+/// takes from each line, per the source it names), recording the time of
+/// the first.
 fn count_in_lines(
     reader: impl std::io::Read + Send + 'static,
     pattern: &'static str,
-    text_of: fn(&str) -> Option<String>,
+    text_of: fn(&str) -> Option<(String, String)>,
 ) -> (Arc<AtomicUsize>, Arc<std::sync::Mutex<Option<Instant>>>) {
     let count = Arc::new(AtomicUsize::new(0));
     let first = Arc::new(std::sync::Mutex::new(None));
     let (count_out, first_out) = (count.clone(), first.clone());
     std::thread::spawn(move || {
-        // A pattern split across two messages is counted once: the carry
-        // is shorter than the pattern.
-        let mut carry = String::new();
+        // A pattern split across two messages of one source is counted
+        // once: each source's carry is shorter than the pattern. (The
+        // kclpy sample writes its log without newlines, so the daemon logs
+        // it in pieces, and the pieces of different shards interleave.)
+        let mut carries: std::collections::HashMap<String, String> = Default::default();
         for line in BufReader::new(reader).lines() {
             let Ok(line) = line else { break };
-            let Some(text) = text_of(&line) else { continue };
+            let Some((source, text)) = text_of(&line) else {
+                continue;
+            };
+            let carry = carries.entry(source).or_default();
             let joined = format!("{carry}{text}");
             let found = joined.matches(pattern).count();
             if found > 0 {
@@ -152,7 +158,7 @@ fn count_in_lines(
                 count.fetch_add(found, Ordering::SeqCst);
             }
             let keep = joined.len().saturating_sub(pattern.len() - 1);
-            carry = joined.get(keep..).unwrap_or_default().to_owned();
+            *carry = joined.get(keep..).unwrap_or_default().to_owned();
         }
     });
     (count_out, first_out)
@@ -187,7 +193,7 @@ async fn throughput(local: &Local, dir: &Path) {
         .spawn()
         .unwrap();
     let (count, first) = count_in_lines(child.stdout.take().unwrap(), "\"data\"", |line| {
-        Some(line.to_owned())
+        Some((String::new(), line.to_owned()))
     });
     wait_for(&count, &mut child, "rkcl consume").await;
     report("rkcl consume", started, *first.lock().unwrap());
@@ -204,6 +210,9 @@ async fn throughput(local: &Local, dir: &Path) {
     let started = Instant::now();
     let mut child = multilang(local, dir, "bench-kclpy", "bench-throughput", &executable)
         .env("PYTHONPATH", &sdist)
+        // The sample logs each record on stderr; unbuffered, so the daemon
+        // sees each line when it is written (the sample itself unchanged).
+        .env("PYTHONUNBUFFERED", "1")
         .env("RKCL_LOG", "warn,rkcl::multilang::stderr=info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -211,7 +220,8 @@ async fn throughput(local: &Local, dir: &Path) {
         .unwrap();
     let (count, first) = count_in_lines(child.stderr.take().unwrap(), "Data Size: ", |line| {
         let event: serde_json::Value = serde_json::from_str(line).ok()?;
-        Some(event["fields"]["message"].as_str()?.to_owned())
+        let shard = event["fields"]["shard_id"].as_str()?.to_owned();
+        Some((shard, event["fields"]["message"].as_str()?.to_owned()))
     });
     wait_for(&count, &mut child, "rkcl multilang").await;
     report(

@@ -703,11 +703,38 @@ async fn an_aws_kcl_processor_runs_checkpoints_and_resumes() {
         "{checkpoint_errors:?}"
     );
 
+    // A split while it reads: the parent's child gets shardEnded and
+    // checkpoints SHARD_END; the new shards' children take over.
+    let parent = kinesis.list_shards(&stream).await.unwrap().remove(0);
+    split(&local, &stream, &parent, None).await;
+    let more = put_with_positions(&local, &stream, &records(200, "js-split")).await;
+    let children: BTreeSet<&str> = more
+        .iter()
+        .map(|p| p.shard_id.as_str())
+        .filter(|id| written.iter().all(|p| p.shard_id.as_str() != *id))
+        .collect();
+    assert_eq!(children.len(), 2, "records in both children");
+    let everything: BTreeSet<String> = names(400, "js")
+        .into_iter()
+        .chain(names(200, "js-split"))
+        .collect();
+    eventually(
+        "every record, after the split too",
+        Duration::from_secs(60),
+        || data_seen(&dir) == everything,
+    )
+    .await;
+
     terminate_async(daemon).await;
     let store = lease_table(&local, "ml-node").await;
     for lease in store.list().await.unwrap() {
+        if lease.key.as_str() == parent.id.as_str() {
+            assert_eq!(lease.checkpoint, ExtendedSequenceNumber::ShardEnd);
+            continue;
+        }
         let last = written
             .iter()
+            .chain(&more)
             .filter(|p| p.shard_id.as_str() == lease.key.as_str())
             .map(|p| ExtendedSequenceNumber::new(p.sequence_number.clone(), 0))
             .max()
