@@ -209,7 +209,7 @@ pub(crate) async fn run(aws: &AwsArgs, args: ConsumeArgs) -> anyhow::Result<Exit
             kinesis,
             store,
         };
-        crate::exec::run(worker, &args.exec, command, signals).await?;
+        crate::exec::run(worker, &args.exec, command, signals, telemetry.as_ref()).await?;
         if let Some(telemetry) = telemetry {
             let _ = tokio::time::timeout(FLUSH_TIMEOUT, telemetry.shutdown()).await;
         }

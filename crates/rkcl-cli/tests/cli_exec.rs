@@ -404,3 +404,49 @@ async fn per_lane_handlers_are_restarted_after_a_crash() {
         "{log}"
     );
 }
+
+/// `GET path` on `addr`: its status, or `None` while nothing listens.
+fn http_status(addr: std::net::SocketAddr, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split(' ').nth(1)?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_worker_reports_its_readiness() {
+    if node_missing() {
+        return;
+    }
+    let dir = scratch("ready");
+    let local = Local::start().await.unwrap();
+    let kinesis = Kinesis::new(local.kinesis_client());
+    let stream = create_stream(&kinesis, "orders", 2).await;
+    put(&kinesis, &stream, records(200, 10), Plain).await;
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let metrics = format!("prometheus:{addr}");
+    let worker = consume(&local, &dir, "w1", &["--metrics", &metrics])
+        .spawn()
+        .unwrap();
+    let out = dir.join("out.txt");
+    wait_for("every record", &dir, Duration::from_secs(60), || {
+        read_lines(&out).len() >= 200
+    })
+    .await;
+    // The Stream API's worker feeds /readyz as the scheduler's does.
+    wait_for("ready", &dir, Duration::from_secs(30), || {
+        http_status(addr, "/readyz") == Some(200)
+    })
+    .await;
+    assert_eq!(http_status(addr, "/healthz"), Some(200));
+    terminate(worker).await;
+}

@@ -184,6 +184,7 @@ pub(crate) async fn run(
     args: &ExecArgs,
     command: &str,
     signals: rkcl::scheduler::Signals,
+    telemetry: Option<&rkcl::observe::Telemetry>,
 ) -> anyhow::Result<()> {
     let stream = worker.scheduler.stream.clone();
     let source = EventSource::from_arn(&stream_arn(&worker.kinesis, &stream).await?);
@@ -204,6 +205,9 @@ pub(crate) async fn run(
         ?options,
         "consuming with a handler"
     );
+    if let Some(telemetry) = telemetry {
+        telemetry.watch(consumer.health());
+    }
     let shutdown = consumer.shutdown_handle();
     tokio::spawn(async move {
         signals.recv().await;

@@ -160,6 +160,12 @@ impl Consumer {
         &self.worker_id
     }
 
+    /// This worker's health (its loops, the lease table, stalled shards),
+    /// for liveness and readiness probes; see [`crate::health`].
+    pub fn health(&self) -> crate::health::Health {
+        self.guard.0.scheduler.health()
+    }
+
     /// The leases this worker holds now (empty once shut down).
     pub fn held_leases(&self) -> Vec<Lease> {
         self.guard.0.scheduler.held_leases()
