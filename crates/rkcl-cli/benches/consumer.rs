@@ -38,6 +38,10 @@
 //! figures.
 #![allow(clippy::print_stdout)]
 
+#[path = "common/proc.rs"]
+mod proc;
+use proc::{cpu_seconds, status_kb};
+
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -348,26 +352,6 @@ async fn failover(local: &Local) {
     );
 }
 
-/// A value in kB from `/proc/<pid>/status`, while the process exists.
-fn status_kb(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-/// User plus system CPU time of a process so far, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // The fields after the command name, which ends with the last ')'.
-    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
-        .split_whitespace()
-        .collect();
-    // utime and stime are fields 14 and 15 of the whole line.
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
-}
-
 async fn memory() {
     let local = Local::start().await.unwrap();
     let kinesis = Kinesis::new(local.kinesis_client());
@@ -408,10 +392,11 @@ async fn memory() {
         },
     )
     .await;
-    let ticks = cpu_ticks(pid);
+    let cpu_before = cpu_seconds(pid).unwrap_or_default();
     tokio::time::sleep(IDLE_WINDOW).await;
     // USER_HZ is 100 on Linux.
-    let cpu = (cpu_ticks(pid) - ticks) as f64 / 100.0 / IDLE_WINDOW.as_secs_f64() * 100.0;
+    let cpu =
+        (cpu_seconds(pid).unwrap_or_default() - cpu_before) / IDLE_WINDOW.as_secs_f64() * 100.0;
     let rss = status_kb(pid, "VmRSS:").unwrap();
     let hwm = status_kb(pid, "VmHWM:").unwrap();
     let threads = status_kb(pid, "Threads:").unwrap();

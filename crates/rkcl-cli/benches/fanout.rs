@@ -76,6 +76,9 @@
 //! `latency` are the two measurements.
 #![allow(clippy::print_stdout)]
 
+#[path = "common/proc.rs"]
+mod proc;
+
 // A bench's root is its file in benches/; its modules live in a folder of
 // its name, as the modules of a non-root file would.
 #[path = "fanout/contenders.rs"]

@@ -21,6 +21,10 @@
 //! figures.
 #![allow(clippy::print_stdout)]
 
+#[path = "common/proc.rs"]
+mod proc;
+use proc::status_kb;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -241,14 +245,6 @@ fn report(what: &str, started: Instant, first: Option<Instant>) {
     );
 }
 
-fn vm_rss_kb(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
 /// VmRSS of a process once it holds every lease of `app` and idled 5 s.
 async fn rss_holding(local: &Local, mut child: Child, app: &str, shards: u32) -> u64 {
     let store = DynamoDbLeaseStore::new(local.dynamodb_client(), app);
@@ -268,7 +264,7 @@ async fn rss_holding(local: &Local, mut child: Child, app: &str, shards: u32) ->
     )
     .await;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let rss = vm_rss_kb(child.id()).unwrap_or_default();
+    let rss = status_kb(child.id(), "VmRSS:").unwrap_or_default();
     tokio::task::spawn_blocking(move || terminate(&mut child))
         .await
         .unwrap();

@@ -20,6 +20,10 @@
 //! figures.
 #![allow(clippy::print_stdout)]
 
+#[path = "common/proc.rs"]
+mod proc;
+use proc::cpu_seconds;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -81,16 +85,6 @@ fn consume(local: &Local, app: &str, stream: &str, metrics: Option<SocketAddr>) 
     command.spawn().unwrap()
 }
 
-/// User plus system CPU time of a process so far, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
-        .split_whitespace()
-        .collect();
-    // utime and stime, in clock ticks (USER_HZ is 100 on Linux).
-    (fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()) as f64 / 100.0
-}
-
 fn stop(mut child: Child) {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -137,7 +131,7 @@ fn run(local: &Local, app: &str, observed: Observed) -> (f64, f64) {
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(pid);
+    let cpu = cpu_seconds(pid).unwrap_or(f64::NAN);
     assert_eq!(lines, RECORDS, "{app} wrote {lines} records");
     stop(child);
     if let Some(scraper) = scraper {

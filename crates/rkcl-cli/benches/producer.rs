@@ -63,6 +63,9 @@
 //! try.
 #![allow(clippy::print_stdout)]
 
+#[path = "common/proc.rs"]
+mod proc;
+
 // A bench's root is its file in benches/; its modules live in a folder of
 // its name, as the modules of a non-root file would.
 #[path = "producer/child.rs"]

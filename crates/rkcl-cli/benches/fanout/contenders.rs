@@ -1,5 +1,6 @@
 //! How each contender is started, and kcl-rs' virtual environment.
 
+use crate::proc::run_command;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -62,24 +63,6 @@ pub(crate) fn kcl_rs_command(
         .args(["--timeout-s", &(RUN_TIMEOUT.as_secs() - 10).to_string()]);
     local_env(&mut command, endpoints);
     command
-}
-
-/// Runs `command`, returning its stdout or why it failed.
-pub(crate) fn run_command(command: &mut Command) -> Result<String, String> {
-    let out = command
-        .output()
-        .map_err(|err| format!("could not run {command:?}: {err}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<&str> = stderr.lines().rev().take(3).collect();
-        Err(format!(
-            "{command:?} failed ({}): {}",
-            out.status,
-            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-        ))
-    }
 }
 
 /// The Python of a virtual environment with kcl-rs installed: made under

@@ -1,6 +1,7 @@
 //! Contenders as child processes: their environment, their progress on
 //! stdout, their CPU time and memory from `/proc`, and stopping them.
 
+use crate::proc::{cpu_seconds, status_kb};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -70,29 +71,6 @@ impl Endpoints {
             dynamodb: local.dynamodb_endpoint().to_owned(),
         }
     }
-}
-
-/// A value in kB from `/proc/<pid>/status`, while the process exists.
-fn status_kb(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-/// User plus system CPU seconds of a process (all its threads) so far.
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The fields after the command name, which ends with the last ')'.
-    let fields: Vec<&str> = stat
-        .get(stat.rfind(')')? + 2..)?
-        .split_whitespace()
-        .collect();
-    // utime and stime are fields 14 and 15 of the whole line, in clock
-    // ticks; USER_HZ is 100 on Linux.
-    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(ticks as f64 / 100.0)
 }
 
 /// What a child's stdout told, with when the bench read it.

@@ -2,6 +2,7 @@
 //! stdout, their CPU time from `/proc`, and the Python virtual environment
 //! of the Python contenders.
 
+use crate::proc::{cpu_seconds, run_command};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -60,38 +61,6 @@ pub(crate) fn local_env(command: &mut Command, kinesis: &str) {
         .env_remove("AWS_PROFILE")
         .env_remove("RUST_LOG")
         .env_remove("RKCL_LOG");
-}
-
-/// User plus system CPU seconds of a process (all its threads) so far.
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The fields after the command name, which ends with the last ')'.
-    let fields: Vec<&str> = stat
-        .get(stat.rfind(')')? + 2..)?
-        .split_whitespace()
-        .collect();
-    // utime and stime are fields 14 and 15 of the whole line, in clock
-    // ticks; USER_HZ is 100 on Linux.
-    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(ticks as f64 / 100.0)
-}
-
-/// Runs `command`, returning its stdout or why it failed.
-fn run_command(command: &mut Command) -> Result<String, String> {
-    let out = command
-        .output()
-        .map_err(|err| format!("could not run {command:?}: {err}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<&str> = stderr.lines().rev().take(3).collect();
-        Err(format!(
-            "{command:?} failed ({}): {}",
-            out.status,
-            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-        ))
-    }
 }
 
 /// The Python of a virtual environment with aiokpl and boto3 installed at
