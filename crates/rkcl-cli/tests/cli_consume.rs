@@ -2,12 +2,15 @@
 //! record, stop cleanly on SIGTERM with final checkpoints and released
 //! leases, and a restart resumes after what was written.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{http_get, terminate};
 use rkcl::{
     DynamoDbLeaseStore, ExtendedSequenceNumber, Kinesis, leases::LeaseStore, record::ProducerRecord,
 };
@@ -48,23 +51,6 @@ fn spawn(mut command: Command, lines: &Arc<Mutex<Vec<serde_json::Value>>>) -> Ch
         }
     });
     child
-}
-
-fn terminate(child: &mut Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "{status}");
-            return;
-        }
-        assert!(Instant::now() < deadline, "did not stop after SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn unique(lines: &Mutex<Vec<serde_json::Value>>) -> BTreeSet<String> {
@@ -171,22 +157,6 @@ async fn share_stop_and_resume(reading: &[&str]) {
         .await
         .unwrap();
     assert_eq!(unique(&again), BTreeSet::from(["after-restart".to_owned()]));
-}
-
-/// `GET path` on `addr`: status and body, or `None` while nothing listens.
-fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    let status = head.split(' ').nth(1)?.parse().ok()?;
-    Some((status, body.to_owned()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

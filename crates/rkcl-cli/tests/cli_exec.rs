@@ -5,6 +5,8 @@
 //!
 //! Skipped, with a message, when `node` is not installed.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -115,24 +117,9 @@ async fn wait_for(what: &str, dir: &Path, timeout: Duration, condition: impl Fn(
 
 /// SIGTERM, then a clean exit within 30 s.
 async fn terminate(mut child: Child) {
-    tokio::task::spawn_blocking(move || {
-        let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                assert!(status.success(), "{status}");
-                return;
-            }
-            assert!(Instant::now() < deadline, "did not stop after SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    })
-    .await
-    .unwrap();
+    tokio::task::spawn_blocking(move || common::terminate(&mut child))
+        .await
+        .unwrap();
 }
 
 /// How often each line appears.
@@ -405,20 +392,6 @@ async fn per_lane_handlers_are_restarted_after_a_crash() {
     );
 }
 
-/// `GET path` on `addr`: its status, or `None` while nothing listens.
-fn http_status(addr: std::net::SocketAddr, path: &str) -> Option<u16> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response.split(' ').nth(1)?.parse().ok()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_worker_reports_its_readiness() {
     if node_missing() {
@@ -444,9 +417,12 @@ async fn a_handler_worker_reports_its_readiness() {
     .await;
     // The Stream API's worker feeds /readyz as the scheduler's does.
     wait_for("ready", &dir, Duration::from_secs(30), || {
-        http_status(addr, "/readyz") == Some(200)
+        common::http_get(addr, "/readyz").is_some_and(|(status, _)| status == 200)
     })
     .await;
-    assert_eq!(http_status(addr, "/healthz"), Some(200));
+    assert_eq!(
+        common::http_get(addr, "/healthz").map(|(s, _)| s),
+        Some(200)
+    );
     terminate(worker).await;
 }

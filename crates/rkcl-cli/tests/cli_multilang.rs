@@ -4,12 +4,15 @@
 //! processor run unchanged (downloaded once into the target directory; the
 //! tests say so and skip when python3, node or the network is missing).
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use common::terminate;
 use rkcl::{ExtendedSequenceNumber, Kinesis, leases::LeaseStore, record::ProducerRecord};
 use rkcl_local::Local;
 use rkcl_local::testkit::Packing::Aggregated;
@@ -85,24 +88,6 @@ fn multilang(dir: &Path, properties: &Path, args: &[&str], log_name: &str) -> Co
         .stdout(Stdio::null())
         .stderr(log);
     command
-}
-
-/// Sends SIGTERM and waits for a successful exit.
-fn terminate(child: &mut Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "{status}");
-            return;
-        }
-        assert!(Instant::now() < deadline, "did not stop after SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// A daemon killed when dropped, so a failed test leaves no process behind.
