@@ -348,7 +348,7 @@ async fn release_one<S: LeaseStore>(shared: &Shared<S>, key: &LeaseKey) -> Resul
 
 /// The loops a coordinator runs, one task each.
 #[derive(Clone, Copy, Debug)]
-enum Loop {
+pub(super) enum Loop {
     /// Renews held leases ([`renew_loop`]).
     Renewer,
     /// Takes and steals leases ([`take_loop`]).

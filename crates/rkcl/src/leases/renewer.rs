@@ -6,7 +6,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::LeaseStore;
-use super::coordinator::pause;
+use super::coordinator::{Loop, pause};
 use super::held::Shared;
 use crate::backoff::FailureStreak;
 use crate::error::Error;
@@ -25,7 +25,7 @@ pub(super) async fn renew_loop<S: LeaseStore>(shared: &Shared<S>, cancel: &Cance
     loop {
         shared
             .health
-            .beat("lease renewer", shared.config.renew_interval);
+            .beat(Loop::Renewer.name(), shared.config.renew_interval);
         if !pause(cancel, Instant::now() + shared.config.renew_interval).await {
             return;
         }

@@ -18,7 +18,7 @@ use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::coordinator::pause;
+use super::coordinator::{Loop, pause};
 use super::held::Shared;
 use super::taker::{self, Candidate};
 use super::{Lease, LeaseCoordinatorConfig, LeaseEvent, LeaseStore};
@@ -133,7 +133,7 @@ pub(super) async fn take_loop<S: LeaseStore>(shared: &Shared<S>, cancel: &Cancel
     loop {
         let now = Instant::now();
         shared.health.beat(
-            "lease taker",
+            Loop::Taker.name(),
             config.scan_interval.max(config.lease_duration),
         );
         let scanning = state.scan_due(now, config);
