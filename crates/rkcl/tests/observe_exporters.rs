@@ -180,6 +180,14 @@ fn record(registry: &MetricsRegistry) {
     });
 }
 
+/// Starts `builder`'s exporters over `registry`, records the test's
+/// metrics and shuts down, which publishes what is buffered.
+async fn record_and_publish(builder: rkcl::observe::TelemetryBuilder, registry: &MetricsRegistry) {
+    let telemetry = builder.start(registry.clone()).await.unwrap();
+    record(registry);
+    telemetry.shutdown().await;
+}
+
 async fn cloudwatch_client(url: &str) -> CloudWatch {
     let config = aws_sdk_cloudwatch::Config::builder()
         .behavior_version(aws_sdk_cloudwatch::config::BehaviorVersion::latest())
@@ -231,14 +239,7 @@ async fn cloudwatch_gets_the_kcl_names_dimensions_and_statistics() {
         cloudwatch_client(&url).await,
         CloudWatchConfig::new("orders-app").buffer_time(Duration::from_millis(200)),
     );
-    let telemetry = Telemetry::builder()
-        .cloudwatch(exporter)
-        .start(registry.clone())
-        .await
-        .unwrap();
-    record(&registry);
-    // Shutting down publishes what is buffered.
-    telemetry.shutdown().await;
+    record_and_publish(Telemetry::builder().cloudwatch(exporter), &registry).await;
     let recorded = recorded.lock().unwrap().clone();
     let data = put_metric_data(&recorded);
     assert!(!data.is_empty(), "{recorded:?}");
@@ -290,13 +291,7 @@ async fn cloudwatch_at_summary_level_leaves_out_the_detailed_metrics_and_at_none
             .level(MetricsLevel::Summary)
             .buffer_time(Duration::from_millis(200)),
     );
-    let telemetry = Telemetry::builder()
-        .cloudwatch(summary)
-        .start(registry.clone())
-        .await
-        .unwrap();
-    record(&registry);
-    telemetry.shutdown().await;
+    record_and_publish(Telemetry::builder().cloudwatch(summary), &registry).await;
     let data = put_metric_data(&recorded.lock().unwrap());
     let names: Vec<&str> = data
         .iter()
@@ -310,13 +305,7 @@ async fn cloudwatch_at_summary_level_leaves_out_the_detailed_metrics_and_at_none
         cloudwatch_client(&url).await,
         CloudWatchConfig::new("orders-app").level(MetricsLevel::None),
     );
-    let telemetry = Telemetry::builder()
-        .cloudwatch(none)
-        .start(registry.clone())
-        .await
-        .unwrap();
-    record(&registry);
-    telemetry.shutdown().await;
+    record_and_publish(Telemetry::builder().cloudwatch(none), &registry).await;
     assert!(recorded.lock().unwrap().is_empty());
 }
 
@@ -330,13 +319,7 @@ async fn otlp_gets_sums_gauges_and_histograms_as_json() {
             .interval(Duration::from_millis(200)),
     )
     .unwrap();
-    let telemetry = Telemetry::builder()
-        .otlp(exporter)
-        .start(registry.clone())
-        .await
-        .unwrap();
-    record(&registry);
-    telemetry.shutdown().await;
+    record_and_publish(Telemetry::builder().otlp(exporter), &registry).await;
     let recorded = recorded.lock().unwrap().clone();
     let last = recorded.last().expect("a push");
     assert_eq!(last.path, "/v1/metrics");
