@@ -43,6 +43,32 @@ fn has(program: &str) -> bool {
         .is_ok_and(|status| status.success())
 }
 
+/// A scripted child's test: a scratch directory `name`, local services
+/// with a stream `orders` of `shards` shards holding `count` records named
+/// `prefix-N`, and the properties of application `ml-NAME` running the
+/// scripted child in `mode`, with `extra` properties.
+async fn scripted(
+    name: &str,
+    shards: u32,
+    count: usize,
+    prefix: &str,
+    mode: &str,
+    extra: &str,
+) -> (PathBuf, Local, PathBuf) {
+    let dir = scratch(name);
+    let local = Local::start().await.unwrap();
+    let kinesis = Kinesis::new(local.kinesis_client());
+    let stream = create_stream(&kinesis, "orders", shards).await;
+    put_with_positions(&local, &stream, &records(count, prefix)).await;
+    let command = format!(
+        "python3 {} {} {mode}",
+        scripted_child().display(),
+        dir.display()
+    );
+    let properties = properties(&dir, &local, &format!("ml-{name}"), &command, extra);
+    (dir, local, properties)
+}
+
 /// A properties file for `command` on the local services, polling.
 fn properties(dir: &Path, local: &Local, app: &str, command: &str, extra: &str) -> PathBuf {
     let path = dir.join("app.properties");
@@ -242,17 +268,8 @@ async fn checkpoints_inside_an_aggregate_refusals_noise_and_a_final_checkpoint_o
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_that_crashes_mid_batch_is_restarted_and_nothing_is_lost() {
-    let dir = scratch("crash");
-    let local = Local::start().await.unwrap();
-    let kinesis = Kinesis::new(local.kinesis_client());
-    let stream = create_stream(&kinesis, "orders", 2).await;
-    put_with_positions(&local, &stream, &records(200, "plain")).await;
-    let command = format!(
-        "python3 {} {} crash_once_at=50",
-        scripted_child().display(),
-        dir.display()
-    );
-    let properties = properties(&dir, &local, "ml-crash", &command, "");
+    let (dir, _local, properties) =
+        scripted("crash", 2, 200, "plain", "crash_once_at=50", "").await;
     let daemon = Daemon::spawn(&mut multilang(&dir, &properties, &[], "rkcl.log"));
     eventually("every record", Duration::from_secs(60), || {
         data_seen(&dir) == names(200, "plain")
@@ -276,17 +293,8 @@ async fn a_child_that_crashes_mid_batch_is_restarted_and_nothing_is_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_that_never_answers_is_timed_out_and_restarted() {
-    let dir = scratch("hang");
-    let local = Local::start().await.unwrap();
-    let kinesis = Kinesis::new(local.kinesis_client());
-    let stream = create_stream(&kinesis, "orders", 1).await;
-    put_with_positions(&local, &stream, &records(50, "slow")).await;
-    let command = format!(
-        "python3 {} {} hang_once",
-        scripted_child().display(),
-        dir.display()
-    );
-    let properties = properties(&dir, &local, "ml-hang", &command, "timeoutInSeconds = 2");
+    let (dir, _local, properties) =
+        scripted("hang", 1, 50, "slow", "hang_once", "timeoutInSeconds = 2").await;
     let started = Instant::now();
     let daemon = Daemon::spawn(&mut multilang(&dir, &properties, &[], "rkcl.log"));
     eventually("every record", Duration::from_secs(60), || {
@@ -304,17 +312,8 @@ async fn a_child_that_never_answers_is_timed_out_and_restarted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_that_answers_with_the_wrong_status_is_restarted() {
-    let dir = scratch("wrong");
-    let local = Local::start().await.unwrap();
-    let kinesis = Kinesis::new(local.kinesis_client());
-    let stream = create_stream(&kinesis, "orders", 1).await;
-    put_with_positions(&local, &stream, &records(30, "status")).await;
-    let command = format!(
-        "python3 {} {} wrong_status_once",
-        scripted_child().display(),
-        dir.display()
-    );
-    let properties = properties(&dir, &local, "ml-wrong", &command, "");
+    let (dir, _local, properties) =
+        scripted("wrong", 1, 30, "status", "wrong_status_once", "").await;
     let daemon = Daemon::spawn(&mut multilang(&dir, &properties, &[], "rkcl.log"));
     eventually(
         "every record, twice delivered",
@@ -339,17 +338,7 @@ async fn a_child_that_answers_with_the_wrong_status_is_restarted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_child_failure_exit_ends_the_daemon_with_an_error() {
-    let dir = scratch("exit");
-    let local = Local::start().await.unwrap();
-    let kinesis = Kinesis::new(local.kinesis_client());
-    let stream = create_stream(&kinesis, "orders", 1).await;
-    put_with_positions(&local, &stream, &records(20, "fatal")).await;
-    let command = format!(
-        "python3 {} {} crash_once_at=5",
-        scripted_child().display(),
-        dir.display()
-    );
-    let properties = properties(&dir, &local, "ml-exit", &command, "");
+    let (dir, _local, properties) = scripted("exit", 1, 20, "fatal", "crash_once_at=5", "").await;
     let mut daemon = Daemon::spawn(&mut multilang(
         &dir,
         &properties,
