@@ -366,8 +366,12 @@ impl Engine {
         if result.is_err() {
             metrics::PRODUCER_FAILED_RECORDS.counter(&[]).increment(1);
         }
-        // The sender may have stopped waiting; its permits go back either way.
-        let _ = queued.reply.send(result);
+        // The permits go back before the answer, so a sender that has its
+        // answer finds the room it held free. The sender may have stopped
+        // waiting; its permits go back either way.
+        let Queued { reply, _permits, .. } = queued;
+        drop(_permits);
+        let _ = reply.send(result);
     }
 
     fn expired(queued: &Queued) -> SendError {
