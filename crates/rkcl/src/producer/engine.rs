@@ -369,7 +369,9 @@ impl Engine {
         // The permits go back before the answer, so a sender that has its
         // answer finds the room it held free. The sender may have stopped
         // waiting; its permits go back either way.
-        let Queued { reply, _permits, .. } = queued;
+        let Queued {
+            reply, _permits, ..
+        } = queued;
         drop(_permits);
         let _ = reply.send(result);
     }
