@@ -13,6 +13,8 @@ use rkcl::{
 };
 use tokio::sync::Notify;
 
+use rkcl::tracker::{FormerStreams, MultiStreamConfig, StaticStreams, StreamConfig, StreamsFile};
+
 use crate::aws::{AwsArgs, stream_ref};
 use crate::exec::{ExecArgs, Worker};
 use crate::observe::{FLUSH_TIMEOUT, ObserveArgs};
@@ -26,9 +28,33 @@ pub(crate) struct ConsumeArgs {
     /// (created if missing).
     #[arg(long)]
     app: String,
-    /// The stream's name or ARN.
+    /// The stream's name or ARN. Repeat it to read several streams with one
+    /// lease table (multi-stream mode; each may also be an identifier
+    /// `account:name:creationEpoch`).
+    #[arg(long = "stream", required_unless_present = "streams_file")]
+    streams: Vec<String>,
+    /// Multi-stream mode over the streams listed in FILE (one identifier,
+    /// ARN or name per line; `#` starts a comment), read again every
+    /// `--streams-refresh`, so streams are added and removed by editing it.
+    #[arg(long, value_name = "FILE")]
+    streams_file: Option<std::path::PathBuf>,
+    /// Multi-stream mode even with one `--stream` (lease keys
+    /// `account:name:creationEpoch:shardId`, the Java KCL's format).
     #[arg(long)]
-    stream: String,
+    multi_stream: bool,
+    /// Multi-stream mode: how often the streams are read again.
+    #[arg(long, default_value = "60s")]
+    streams_refresh: humantime::Duration,
+    /// Multi-stream mode: where streams added while running start when
+    /// their shards have no checkpoint (`latest` or `trim-horizon`).
+    #[arg(long, default_value = "latest")]
+    new_streams_from: String,
+    /// Multi-stream mode: delete the leases of streams no longer listed
+    /// once unlisted for this long (a stream listed again starts over).
+    /// Default: keep them, so a stream listed again resumes at its
+    /// checkpoints.
+    #[arg(long, value_name = "DURATION")]
+    delete_former_streams_after: Option<humantime::Duration>,
     /// This worker's id. Default: the host name and a random suffix.
     #[arg(long)]
     worker_id: Option<String>,
@@ -82,6 +108,35 @@ fn parse_every(text: &str) -> anyhow::Result<Every> {
         bail!("--checkpoint-every must be positive");
     }
     Ok(Every::Time(every))
+}
+
+/// The multi-stream settings the arguments ask for; `None` for one stream.
+fn multi_stream(args: &ConsumeArgs) -> anyhow::Result<Option<MultiStreamConfig>> {
+    if args.streams_file.is_none() && args.streams.len() <= 1 && !args.multi_stream {
+        return Ok(None);
+    }
+    if args.streams_file.is_some() && !args.streams.is_empty() {
+        bail!("name the streams with --stream or with --streams-file, not both");
+    }
+    let mut multi = match &args.streams_file {
+        Some(path) => MultiStreamConfig::new(StreamsFile::new(path)),
+        None => MultiStreamConfig::new(StaticStreams(
+            args.streams.iter().map(|s| StreamConfig::new(s)).collect(),
+        )),
+    };
+    multi = multi
+        .refresh_interval(args.streams_refresh.into())
+        .new_stream_position(match parse_initial(&args.new_streams_from)? {
+            InitialPosition::AtTimestamp(_) => {
+                bail!("--new-streams-from takes latest or trim-horizon")
+            }
+            position => position,
+        });
+    if let Some(wait) = args.delete_former_streams_after {
+        multi = multi.former_streams(FormerStreams::DeleteUnlisted { wait: wait.into() });
+    }
+    multi.validate()?;
+    Ok(Some(multi))
 }
 
 fn parse_initial(text: &str) -> anyhow::Result<InitialPosition> {
@@ -177,9 +232,18 @@ pub(crate) async fn run(aws: &AwsArgs, args: ConsumeArgs) -> anyhow::Result<Exit
     // Installed first: a SIGTERM during start-up is answered with a clean
     // shutdown once the worker runs, instead of ending the process at once.
     let signals = rkcl::scheduler::Signals::register();
-    let stream = stream_ref(&args.stream)?;
     let every = parse_every(&args.checkpoint_every)?;
-    let mut builder = SchedulerConfig::builder(&args.app, &args.stream)
+    let multi = multi_stream(&args)?;
+    let single = match (&multi, args.streams.first()) {
+        (None, Some(stream)) => Some(stream_ref(stream)?),
+        _ => None,
+    };
+    let mut builder = match (multi, &single) {
+        (Some(multi), _) => SchedulerConfig::builder_for_streams(&args.app, multi),
+        (None, Some(stream)) => SchedulerConfig::builder(&args.app, stream.to_string()),
+        (None, None) => bail!("name a stream with --stream or --streams-file"),
+    };
+    builder = builder
         .initial_position(parse_initial(&args.from)?)
         .lease_duration(args.lease_duration.into())
         .retrieval(args.reading.retrieval()?)
@@ -199,6 +263,11 @@ pub(crate) async fn run(aws: &AwsArgs, args: ConsumeArgs) -> anyhow::Result<Exit
         .await
         .context("could not prepare the lease table")?;
     if let Some(command) = &args.exec.exec {
+        if single.is_none() {
+            bail!(
+                "--exec reads one stream: name one --stream without --streams-file or --multi-stream"
+            );
+        }
         let worker = Worker {
             scheduler: config,
             checkpoint_every: match every {
@@ -216,11 +285,20 @@ pub(crate) async fn run(aws: &AwsArgs, args: ConsumeArgs) -> anyhow::Result<Exit
         return Ok(ExitCode::SUCCESS);
     }
     let closed = Arc::new(Notify::new());
-    let (stream_name, format, stdout_closed) =
-        (stream.name().to_owned(), args.data, closed.clone());
+    let (stream_name, format, stdout_closed) = (
+        single
+            .as_ref()
+            .map(|s| s.name().to_owned())
+            .unwrap_or_default(),
+        args.data,
+        closed.clone(),
+    );
     let scheduler = Scheduler::start(config, kinesis, store, move |shard: &ShardInfo| {
         StdoutWriter {
-            stream: stream_name.clone(),
+            stream: shard
+                .stream
+                .as_ref()
+                .map_or_else(|| stream_name.clone(), |id| id.name().to_owned()),
             shard_id: shard.shard_id.clone(),
             format,
             every,
@@ -231,7 +309,7 @@ pub(crate) async fn run(aws: &AwsArgs, args: ConsumeArgs) -> anyhow::Result<Exit
         }
     })
     .await
-    .with_context(|| format!("could not start consuming {}", args.stream))?;
+    .with_context(|| format!("could not start consuming {}", args.streams.join(", ")))?;
     tracing::info!(worker_id = scheduler.worker_id(), "consuming");
     if let Some(telemetry) = &telemetry {
         telemetry.watch(scheduler.health());

@@ -97,12 +97,25 @@ async fn list(store: &rkcl::DynamoDbLeaseStore, app: &str, json: bool) -> anyhow
             ),
         )?;
     }
+    let mut stream = None;
     for lease in &leases {
+        // A multi-stream table: one heading per stream, then its leases by
+        // shard id.
+        if !json
+            && let Some(id) = lease.key.stream_identifier()
+            && stream != Some(id)
+        {
+            stream = Some(id);
+            if !write_line(&mut out, &stream_heading(id, &leases))? {
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
         let ok = if json {
             write_json_line(
                 &mut out,
                 &serde_json::json!({
                     "lease_key": lease.key.as_str(),
+                    "stream": lease.key.stream_identifier(),
                     "shard_id": lease.shard_id().as_str(),
                     "owner": lease.owner,
                     "counter": lease.counter,
@@ -121,7 +134,7 @@ async fn list(store: &rkcl::DynamoDbLeaseStore, app: &str, json: bool) -> anyhow
                 &mut out,
                 &format!(
                     "{:<24} {:<24} {:>8} {:<58} {:>7} {:<12} {:<24} {:<24}",
-                    lease.key,
+                    lease.shard_id(),
                     lease.owner.as_deref().unwrap_or("-"),
                     lease.counter,
                     checkpoint_text(&lease.checkpoint),
@@ -138,6 +151,24 @@ async fn list(store: &rkcl::DynamoDbLeaseStore, app: &str, json: bool) -> anyhow
     }
     flush(&mut out)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The line above a stream's leases: its identifier and how many leases
+/// it has, held and finished.
+fn stream_heading(stream: &str, leases: &[Lease]) -> String {
+    let of_stream: Vec<&Lease> = leases
+        .iter()
+        .filter(|l| l.key.stream_identifier() == Some(stream))
+        .collect();
+    let held = of_stream.iter().filter(|l| l.owner.is_some()).count();
+    let finished = of_stream
+        .iter()
+        .filter(|l| l.checkpoint == ExtendedSequenceNumber::ShardEnd)
+        .count();
+    format!(
+        "stream {stream}: {} leases, {held} held, {finished} finished",
+        of_stream.len()
+    )
 }
 
 async fn reset(

@@ -193,7 +193,10 @@ impl Checkpointer {
         )
         .await?;
         crate::metrics::CHECKPOINT_SECONDS
-            .histogram(&[self.inner.shard_id.as_str()])
+            .histogram(&[
+                key.stream_identifier().unwrap_or_default(),
+                self.inner.shard_id.as_str(),
+            ])
             .record(started.elapsed().as_secs_f64());
         tracing::debug!(lease_key = %key, checkpoint = %target, "checkpointed");
         if let Ok(mut state) = self.inner.state.lock()

@@ -102,12 +102,15 @@ mod shard_sync;
 pub mod shards;
 mod stop;
 pub mod stream;
+pub mod tracker;
 pub mod watchdog;
 
 pub use aws::{DynamoDbLeaseStore, Kinesis};
 pub use checkpoint::Checkpointer;
 pub use error::{Error, Result};
-pub use model::{ExtendedSequenceNumber, InitialPosition, SequenceNumber, ShardId};
+pub use model::{
+    ExtendedSequenceNumber, InitialPosition, SequenceNumber, ShardId, StreamIdentifier,
+};
 pub use processor::{
     FailurePolicy, InitializationInput, ProcessRecordsInput, ProcessorError, RecordProcessor,
     RecordProcessorFactory, ShardInfo,
@@ -116,6 +119,7 @@ pub use record::UserRecord;
 pub use scheduler::{Scheduler, SchedulerConfig, ShutdownReport};
 pub use stop::{StopReason, StopSignal};
 pub use stream::{CommittableRecord, Consumer, ConsumerConfig};
+pub use tracker::{MultiStreamConfig, StreamConfig};
 
 // The README's examples compile as doctests of this item, so they keep up
 // with the API. It exists only while doctests are collected.

@@ -6,7 +6,7 @@
 //! meaning. Code that emits a metric goes through these constants, so no
 //! name is spelled twice, and tests and dashboards can read the same list
 //! ([`ALL`]). Labels are bounded: a shard id, a worker id, or a cause out
-//! of a closed set, never a sequence number or anything per record.
+//! of a closed set, a stream identifier, never a sequence number or anything per record.
 //!
 //! ```
 //! // Register descriptions (units, help text) with the installed recorder.
@@ -76,6 +76,10 @@ impl Metric {
 
 /// The label naming a shard.
 pub const SHARD: &str = "shard";
+/// The label naming a shard's stream in a multi-stream application (its
+/// identifier, `account:streamName:creationEpoch`); empty for an
+/// application of one stream.
+pub const STREAM: &str = "stream";
 /// The label naming a worker.
 pub const WORKER: &str = "worker";
 /// The label naming why something happened, out of a closed set of
@@ -94,7 +98,7 @@ pub const RECORDS_PROCESSED: Metric = Metric {
     name: "rkcl_records_processed",
     kind: MetricKind::Counter,
     unit: Unit::Count,
-    labels: &[SHARD],
+    labels: &[STREAM, SHARD],
     description: "User records processed successfully.",
 };
 
@@ -103,7 +107,7 @@ pub const BYTES_PROCESSED: Metric = Metric {
     name: "rkcl_bytes_processed",
     kind: MetricKind::Counter,
     unit: Unit::Bytes,
-    labels: &[SHARD],
+    labels: &[STREAM, SHARD],
     description: "Bytes of record data in batches processed successfully.",
 };
 
@@ -112,7 +116,7 @@ pub const MILLIS_BEHIND_LATEST: Metric = Metric {
     name: "rkcl_millis_behind_latest",
     kind: MetricKind::Gauge,
     unit: Unit::Milliseconds,
-    labels: &[SHARD],
+    labels: &[STREAM, SHARD],
     description: "How far behind the tip of the shard the last batch was read.",
 };
 
@@ -121,7 +125,7 @@ pub const PROCESS_SECONDS: Metric = Metric {
     name: "rkcl_process_seconds",
     kind: MetricKind::Histogram,
     unit: Unit::Seconds,
-    labels: &[SHARD],
+    labels: &[STREAM, SHARD],
     description: "Time spent in one process_records call.",
 };
 
@@ -130,7 +134,7 @@ pub const PROCESS_FAILURES: Metric = Metric {
     name: "rkcl_process_failures",
     kind: MetricKind::Counter,
     unit: Unit::Count,
-    labels: &[SHARD],
+    labels: &[STREAM, SHARD],
     description: "process_records calls that returned an error or panicked.",
 };
 
@@ -139,7 +143,7 @@ pub const CHECKPOINT_SECONDS: Metric = Metric {
     name: "rkcl_checkpoint_seconds",
     kind: MetricKind::Histogram,
     unit: Unit::Seconds,
-    labels: &[SHARD],
+    labels: &[STREAM, SHARD],
     description: "Time to store one checkpoint, retries included.",
 };
 
@@ -148,7 +152,7 @@ pub const UNCOMMITTED_RECORDS_WARNED: Metric = Metric {
     name: "rkcl_uncommitted_records_warned",
     kind: MetricKind::Counter,
     unit: Unit::Count,
-    labels: &[SHARD],
+    labels: &[STREAM, SHARD],
     description: "Records of the Stream API left uncommitted past the warning time.",
 };
 
@@ -365,7 +369,7 @@ mod tests {
                 metric
                     .labels
                     .iter()
-                    .all(|l| [SHARD, WORKER, CAUSE].contains(l)),
+                    .all(|l| [STREAM, SHARD, WORKER, CAUSE].contains(l)),
                 "{} has an unbounded label",
                 metric.name
             );
@@ -399,9 +403,11 @@ mod tests {
 
     #[test]
     fn labels_pair_names_with_values() {
-        let labels = RECORDS_PROCESSED.labels(&["shardId-000000000001"]);
-        assert_eq!(labels.len(), 1);
-        assert_eq!(labels[0].key(), "shard");
-        assert_eq!(labels[0].value(), "shardId-000000000001");
+        let labels = RECORDS_PROCESSED.labels(&["1:orders:5", "shardId-000000000001"]);
+        assert_eq!(labels.len(), 2);
+        assert_eq!(labels[0].key(), "stream");
+        assert_eq!(labels[0].value(), "1:orders:5");
+        assert_eq!(labels[1].key(), "shard");
+        assert_eq!(labels[1].value(), "shardId-000000000001");
     }
 }

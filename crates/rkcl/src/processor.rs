@@ -18,7 +18,7 @@ use futures_util::future::BoxFuture;
 use crate::checkpoint::Checkpointer;
 use crate::error::{Error, Result};
 use crate::leases::FencingToken;
-use crate::model::{ExtendedSequenceNumber, LeaseKey, ShardId};
+use crate::model::{ExtendedSequenceNumber, LeaseKey, ShardId, StreamIdentifier};
 use crate::record::UserRecord;
 use crate::stop::StopSignal;
 
@@ -30,6 +30,9 @@ pub type ProcessorError = Box<dyn std::error::Error + Send + Sync + 'static>;
 pub struct ShardInfo {
     /// The shard.
     pub shard_id: ShardId,
+    /// The shard's stream in a multi-stream application; `None` for an
+    /// application of one stream.
+    pub stream: Option<StreamIdentifier>,
     /// The lease key (the shard id for a single-stream application).
     pub lease_key: LeaseKey,
     /// The lease counter when this worker took the lease: pass it with

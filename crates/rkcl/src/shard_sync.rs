@@ -19,7 +19,7 @@ use crate::aws::Kinesis;
 use crate::aws::StreamRef;
 use crate::error::Result;
 use crate::leases::{Lease, LeaseStore};
-use crate::model::{ExtendedSequenceNumber, InitialPosition, LeaseKey, ShardId};
+use crate::model::{ExtendedSequenceNumber, InitialPosition, LeaseKey, ShardId, StreamIdentifier};
 use crate::shards::Shard;
 
 /// What one sync did.
@@ -29,17 +29,36 @@ pub(crate) struct SyncSummary {
     pub(crate) deleted: usize,
 }
 
-/// Lists the shards and brings the lease table in line; returns the shards.
+/// The stream one sync brings in line with the lease table.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SyncTarget<'a> {
+    /// How calls name the stream.
+    pub(crate) stream: &'a StreamRef,
+    /// The stream's identifier in a multi-stream table (the prefix of its
+    /// lease keys); `None` in a single-stream table, whose keys are shard
+    /// ids.
+    pub(crate) key_space: Option<&'a StreamIdentifier>,
+    /// Where shards without a lease start.
+    pub(crate) initial: &'a InitialPosition,
+}
+
+/// Lists the stream's shards and brings its leases among `leases` (the
+/// whole table, as just read) in line; returns the shards.
 pub(crate) async fn sync<S: LeaseStore>(
     kinesis: &Kinesis,
-    stream: &StreamRef,
+    target: SyncTarget<'_>,
     store: &S,
-    initial: &InitialPosition,
+    leases: &[Lease],
 ) -> Result<(Vec<Shard>, SyncSummary)> {
-    let shards = kinesis.list_shards(stream).await?;
-    let leases = store.list().await?;
+    let shards = kinesis.list_shards(target.stream).await?;
+    let space = target.key_space.map(ToString::to_string);
+    let leases: Vec<Lease> = leases
+        .iter()
+        .filter(|lease| lease.key.stream_identifier() == space.as_deref())
+        .cloned()
+        .collect();
     let mut summary = SyncSummary::default();
-    for lease in plan_new_leases(&shards, &leases, initial) {
+    for lease in plan_new_leases(&shards, &leases, target.initial, target.key_space) {
         if store.create_if_absent(&lease).await? {
             tracing::info!(lease_key = %lease.key, checkpoint = %lease.checkpoint, "created a lease for a new shard");
             summary.created += 1;
@@ -62,6 +81,7 @@ pub(crate) fn plan_new_leases(
     shards: &[Shard],
     leases: &[Lease],
     initial: &InitialPosition,
+    key_space: Option<&StreamIdentifier>,
 ) -> Vec<Lease> {
     let mut leased: BTreeSet<ShardId> = leases.iter().map(Lease::shard_id).collect();
     let by_id: HashMap<&ShardId, &Shard> = shards.iter().map(|s| (&s.id, s)).collect();
@@ -84,7 +104,11 @@ pub(crate) fn plan_new_leases(
                 _ => continue,
             }
         };
-        let mut lease = Lease::new(LeaseKey::for_shard(&shard.id), checkpoint);
+        let key = match key_space {
+            Some(stream) => LeaseKey::for_stream_shard(stream, &shard.id),
+            None => LeaseKey::for_shard(&shard.id),
+        };
+        let mut lease = Lease::new(key, checkpoint);
         lease.parent_shard_ids = shard.parents().cloned().collect();
         lease.hash_key_range = Some(shard.hash_key_range);
         leased.insert(shard.id.clone());
@@ -201,7 +225,7 @@ mod tests {
             shard("a", &[], false),
             shard("b", &[], false),
         ];
-        let planned = plan_new_leases(&shards, &[], &InitialPosition::TrimHorizon);
+        let planned = plan_new_leases(&shards, &[], &InitialPosition::TrimHorizon, None);
         let order: Vec<String> = planned.iter().map(|l| l.key.to_string()).collect();
         assert_eq!(order.last().map(String::as_str), Some("c"));
         assert!(
@@ -219,7 +243,7 @@ mod tests {
     #[test]
     fn latest_skips_closed_ancestors_and_children_of_leased_shards_start_at_trim_horizon() {
         let shards = [shard("a", &[], false), shard("b", &["a"], true)];
-        let planned = plan_new_leases(&shards, &[], &InitialPosition::Latest);
+        let planned = plan_new_leases(&shards, &[], &InitialPosition::Latest, None);
         assert_eq!(
             keys(&planned),
             vec![("b".to_owned(), ExtendedSequenceNumber::Latest)]
@@ -227,7 +251,7 @@ mod tests {
         // Later, b splits: its children start at TRIM_HORIZON.
         let mut later = shards.to_vec();
         later.push(shard("d", &["b"], true));
-        let planned_later = plan_new_leases(&later, &planned, &InitialPosition::Latest);
+        let planned_later = plan_new_leases(&later, &planned, &InitialPosition::Latest, None);
         assert_eq!(
             keys(&planned_later),
             vec![("d".to_owned(), ExtendedSequenceNumber::TrimHorizon)]
@@ -242,7 +266,9 @@ mod tests {
             ExtendedSequenceNumber::new("5".parse().unwrap(), 0),
         );
         for initial in [InitialPosition::TrimHorizon, InitialPosition::Latest] {
-            assert!(plan_new_leases(&shards, std::slice::from_ref(&child), &initial).is_empty());
+            assert!(
+                plan_new_leases(&shards, std::slice::from_ref(&child), &initial, None).is_empty()
+            );
         }
     }
 

@@ -49,6 +49,12 @@ impl Kinesis {
         Self { client }
     }
 
+    /// The region the client is configured for, if any (to build a
+    /// stream's ARN from its identifier).
+    pub fn region(&self) -> Option<String> {
+        self.client.config().region().map(ToString::to_string)
+    }
+
     /// The SDK client, for the calls kept in the other files of this layer
     /// (stream consumers, subscriptions).
     pub(super) fn client(&self) -> &Client {
@@ -225,6 +231,7 @@ impl Kinesis {
             status: summary.stream_status().as_str().to_owned(),
             open_shard_count: u32::try_from(summary.open_shard_count()).unwrap_or(0),
             retention_period_hours: u32::try_from(summary.retention_period_hours()).unwrap_or(0),
+            creation_epoch: u64::try_from(summary.stream_creation_timestamp().secs()).unwrap_or(0),
         })
     }
 

@@ -105,6 +105,9 @@ pub struct StreamSummary {
     pub open_shard_count: u32,
     /// How long records are kept, in hours.
     pub retention_period_hours: u32,
+    /// When the stream was created, in seconds since 1970 (part of its
+    /// [`StreamIdentifier`](crate::model::StreamIdentifier)).
+    pub creation_epoch: u64,
 }
 
 /// What one GetRecords call returned.

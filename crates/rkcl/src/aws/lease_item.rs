@@ -30,6 +30,11 @@ pub(super) mod attr {
     pub(super) const ENDING_HASH_KEY: &str = "endingHashKey";
     pub(super) const CHECKPOINT_OWNER: &str = "checkpointOwner";
     pub(super) const ENTITY_TYPE: &str = "entityType";
+    /// Multi-stream leases only: the stream identifier (the attribute's
+    /// name is the Java KCL's, from before identifiers had three parts).
+    pub(super) const STREAM_NAME: &str = "streamName";
+    /// Multi-stream leases only: the bare shard id.
+    pub(super) const SHARD_ID: &str = "shardId";
 }
 
 /// The `entityType` of lease items in a KCL 3.5 single-table layout.
@@ -75,6 +80,13 @@ pub(super) fn lease_to_item(lease: &Lease) -> HashMap<String, AttributeValue> {
         attr::OWNER_SWITCHES_SINCE_CHECKPOINT,
         number(lease.owner_switches_since_checkpoint),
     );
+    if let Some(stream) = lease.key.stream_identifier() {
+        put(attr::STREAM_NAME, AttributeValue::S(stream.to_owned()));
+        put(
+            attr::SHARD_ID,
+            AttributeValue::S(lease.key.shard_id().as_str().to_owned()),
+        );
+    }
     if !lease.parent_shard_ids.is_empty() {
         put(attr::PARENT_SHARD_ID, string_set(&lease.parent_shard_ids));
     }
@@ -171,8 +183,26 @@ pub(super) fn lease_from_item(item: &HashMap<String, AttributeValue>) -> Result<
         child_shard_ids: shard_ids(item, attr::CHILD_SHARD_IDS, &key)?,
         hash_key_range,
         checkpoint_owner: string(item, attr::CHECKPOINT_OWNER, &key)?,
-        key: LeaseKey::parse(key)?,
+        key: multi_stream_attributes_agree(item, LeaseKey::parse(key.as_str())?)?,
     }))
+}
+
+/// The key, once the `streamName` and `shardId` attributes of a
+/// multi-stream item (when present) are found to say what it says.
+fn multi_stream_attributes_agree(
+    item: &HashMap<String, AttributeValue>,
+    key: LeaseKey,
+) -> Result<LeaseKey> {
+    let stream = string(item, attr::STREAM_NAME, key.as_str())?;
+    let shard = string(item, attr::SHARD_ID, key.as_str())?;
+    if stream.is_some_and(|s| Some(s.as_str()) != key.stream_identifier())
+        || shard.is_some_and(|s| s != key.shard_id().as_str())
+    {
+        return Err(Error::InvalidInput(format!(
+            "lease {key}: its streamName or shardId attribute does not match its leaseKey"
+        )));
+    }
+    Ok(key)
 }
 
 /// The string attribute `name` of the lease `key`, if present.

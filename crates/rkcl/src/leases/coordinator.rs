@@ -112,6 +112,17 @@ impl<S: LeaseStore + 'static> LeaseCoordinator<S> {
         store: S,
         config: LeaseCoordinatorConfig,
     ) -> Result<(Self, mpsc::UnboundedReceiver<LeaseEvent>)> {
+        Self::start_scoped(store, config, None)
+    }
+
+    /// As [`start`](Self::start), taking only leases of the streams in
+    /// `scope` (stream identifiers) when it is `Some`: a multi-stream worker
+    /// never takes a lease of a stream it does not read.
+    pub(crate) fn start_scoped(
+        store: S,
+        config: LeaseCoordinatorConfig,
+        scope: Option<std::collections::HashSet<String>>,
+    ) -> Result<(Self, mpsc::UnboundedReceiver<LeaseEvent>)> {
         config.validate()?;
         let (events, receiver) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
@@ -121,6 +132,7 @@ impl<S: LeaseStore + 'static> LeaseCoordinator<S> {
             events,
             shard_calls: tokio::sync::Semaphore::new(SHARD_CALL_CONCURRENCY),
             health: Health::new(),
+            scope: std::sync::RwLock::new(scope),
         });
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
@@ -255,6 +267,14 @@ impl<S: LeaseStore + 'static> LeaseCoordinator<S> {
     /// The lease store.
     pub fn store(&self) -> &S {
         &self.shared.store
+    }
+
+    /// From now on, takes only leases of the streams in `scope` (stream
+    /// identifiers); leases already held are kept until released.
+    pub(crate) fn set_scope(&self, scope: std::collections::HashSet<String>) {
+        if let Ok(mut current) = self.shared.scope.write() {
+            *current = Some(scope);
+        }
     }
 
     /// Stops the loops (of every clone) and releases every held lease for

@@ -47,12 +47,28 @@ pub(super) struct Shared<S> {
     pub(super) shard_calls: tokio::sync::Semaphore,
     /// Where the loops report their rounds and the lease table's answers.
     pub(super) health: Health,
+    /// The streams whose leases this worker may take, by stream identifier;
+    /// `None`: every lease in the table (an application of one stream).
+    pub(super) scope: std::sync::RwLock<Option<HashSet<String>>>,
 }
 
 impl<S> Shared<S> {
     /// A copy of the held lease `key`, if it is held.
     pub(super) fn held_copy(&self, key: &LeaseKey) -> Option<Held> {
         self.held.lock().ok()?.get(key).cloned()
+    }
+
+    /// Whether the taker may take the lease `key`: a multi-stream key of a
+    /// stream in scope, or any key when there is no scope.
+    pub(super) fn in_scope(&self, key: &LeaseKey) -> bool {
+        match self.scope.read() {
+            Ok(scope) => match (&*scope, key.stream_identifier()) {
+                (None, _) => true,
+                (Some(streams), Some(stream)) => streams.contains(stream),
+                (Some(_), None) => false,
+            },
+            Err(_) => false,
+        }
     }
 
     /// The keys of every held lease.

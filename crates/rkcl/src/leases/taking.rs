@@ -257,7 +257,10 @@ async fn scan_and_take<S: LeaseStore>(
 ) -> Result<()> {
     let config = &shared.config;
     let me = config.worker_id.as_str();
-    let leases = shared.store.list().await?;
+    let mut leases = shared.store.list().await?;
+    // Leases of streams this worker does not read are neither taken nor
+    // counted in the fair share.
+    leases.retain(|lease| shared.in_scope(&lease.key));
     let now = Instant::now();
     state.last_scan = Some(now);
     state

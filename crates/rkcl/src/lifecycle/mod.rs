@@ -33,7 +33,7 @@
 //! reader sees all transitions in one place.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::FutureExt;
@@ -43,7 +43,7 @@ use crate::checkpoint::Checkpointer;
 use crate::error::{Error, Result};
 use crate::leases::{FencingToken, Lease, LeaseAccess};
 use crate::metrics;
-use crate::model::{ExtendedSequenceNumber, HashKeyRange, ShardId, StartingPosition};
+use crate::model::{ExtendedSequenceNumber, HashKeyRange, LeaseKey, StartingPosition};
 use crate::processor::{
     DeadLetter, FailurePolicy, InitializationInput, ProcessRecordsInput, RecordProcessor,
     RecordProcessorFactory, ShardInfo, guarded,
@@ -72,17 +72,42 @@ pub(crate) enum Outcome {
 /// What every shard consumer of a worker shares.
 #[derive(Debug)]
 pub(crate) struct WorkerContext {
-    /// Opens each shard's record source, as the worker's retrieval setting
-    /// says.
-    pub(crate) sources: Arc<dyn OpenRecordSource>,
-    pub(crate) initial_timestamp: Option<SystemTime>,
+    /// The streams read, by stream identifier (`None`: the one stream of a
+    /// single-stream application); a lease's key says which is its.
+    pub(crate) streams: RwLock<HashMap<Option<String>, Arc<StreamContext>>>,
     pub(crate) leases: Arc<dyn LeaseAccess>,
     pub(crate) failure: FailurePolicy,
     pub(crate) parent_poll_interval: Duration,
-    /// The shards as the last shard sync listed them.
-    pub(crate) shards: Mutex<HashMap<ShardId, Shard>>,
+    /// The shards as the last shard sync listed them, by lease key.
+    pub(crate) shards: Mutex<HashMap<LeaseKey, Shard>>,
     /// Asks the scheduler for a shard sync now (after a shard ended).
     pub(crate) sync_now: Notify,
+}
+
+/// What the consumers of one stream's shards share.
+#[derive(Debug)]
+pub(crate) struct StreamContext {
+    /// Opens each shard's record source, as the worker's retrieval setting
+    /// says.
+    pub(crate) sources: Arc<dyn OpenRecordSource>,
+    /// The time of an `AT_TIMESTAMP` start.
+    pub(crate) initial_timestamp: Option<SystemTime>,
+}
+
+impl WorkerContext {
+    /// The context of the stream the lease `key` belongs to.
+    fn stream_of(&self, key: &LeaseKey) -> Result<Arc<StreamContext>> {
+        let stream = key.stream_identifier().map(str::to_owned);
+        self.streams
+            .read()
+            .ok()
+            .and_then(|streams| streams.get(&stream).cloned())
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "the stream of lease {key} is not read by this worker"
+                ))
+            })
+    }
 }
 
 /// The states of a shard's consumer (see the module docs).
@@ -191,6 +216,7 @@ impl ShardConsumer {
     ) -> Self {
         let info = ShardInfo {
             shard_id: lease.shard_id(),
+            stream: lease.key.stream(),
             lease_key: lease.key.clone(),
             fencing_token: token,
             parent_shard_ids: lease.parent_shard_ids.clone(),
@@ -344,8 +370,8 @@ impl ShardConsumer {
         self.resume = Some(start.clone());
         let opened = self
             .context
-            .sources
-            .open(&shard, start, self.stop.child_token());
+            .stream_of(&self.info.lease_key)
+            .and_then(|stream| stream.sources.open(&shard, start, self.stop.child_token()));
         self.shard = Some(shard);
         match opened {
             Ok(source) => State::Processing(
@@ -411,10 +437,11 @@ impl ShardConsumer {
             )));
         };
         tracing::info!(from = ?start, "opening the shard's reader again");
-        let source = self
-            .context
-            .sources
-            .open(shard, start.clone(), self.stop.child_token())?;
+        let source = self.context.stream_of(&self.info.lease_key)?.sources.open(
+            shard,
+            start.clone(),
+            self.stop.child_token(),
+        )?;
         self.progress.reader_restarted();
         Ok(source)
     }
@@ -483,7 +510,7 @@ impl ShardConsumer {
                 .shards
                 .lock()
                 .ok()
-                .and_then(|shards| shards.get(&self.info.shard_id).cloned())
+                .and_then(|shards| shards.get(&self.info.lease_key).cloned())
             {
                 return Ok(Some(shard));
             }
@@ -502,7 +529,11 @@ impl ShardConsumer {
         Ok(match &self.lease.checkpoint {
             ExtendedSequenceNumber::TrimHorizon => StartingPosition::TrimHorizon,
             ExtendedSequenceNumber::Latest => StartingPosition::Latest,
-            ExtendedSequenceNumber::AtTimestamp => match self.context.initial_timestamp {
+            ExtendedSequenceNumber::AtTimestamp => match self
+                .context
+                .stream_of(&self.info.lease_key)?
+                .initial_timestamp
+            {
                 Some(at) => StartingPosition::AtTimestamp(at),
                 None => {
                     return Err(Error::Config(format!(
@@ -526,7 +557,10 @@ impl ShardConsumer {
         running: &mut Running<P>,
         batch: ShardBatch,
     ) -> Option<StopReason> {
-        let shard = [self.info.shard_id.as_str()];
+        let shard = [
+            self.info.lease_key.stream_identifier().unwrap_or_default(),
+            self.info.shard_id.as_str(),
+        ];
         if let Some(behind) = batch.millis_behind_latest {
             metrics::MILLIS_BEHIND_LATEST
                 .gauge(&shard)

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::leases::{InMemoryLeaseStore, LeaseStore};
-use crate::model::{HashKey, LeaseKey, SequenceNumber};
+use crate::model::{HashKey, SequenceNumber, ShardId};
 use crate::processor::ProcessorError;
 use crate::record::UserRecord;
 use crate::retrieval::{ShardEnd, ShardEndReason};
@@ -232,9 +232,12 @@ impl Harness {
         let store = Arc::new(InMemoryLeaseStore::new());
         let sources = Arc::new(ScriptedSources::default());
         *sources.script.lock().unwrap() = Some(script.into());
-        let context = Arc::new(WorkerContext {
+        let stream = StreamContext {
             sources: sources.clone(),
             initial_timestamp: None,
+        };
+        let context = Arc::new(WorkerContext {
+            streams: RwLock::new(HashMap::from([(None, Arc::new(stream))])),
             leases: Arc::new(StoreAccess(store.clone())),
             failure: FailurePolicy::retry()
                 .with_backoff(Duration::from_millis(100), Duration::from_millis(100)),

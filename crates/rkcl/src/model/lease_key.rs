@@ -5,7 +5,7 @@ use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::str::FromStr;
 
-use super::ShardId;
+use super::{ShardId, StreamIdentifier};
 use crate::error::Error;
 
 /// The key of a lease: the shard id for an application of one stream
@@ -77,6 +77,16 @@ impl LeaseKey {
         }
     }
 
+    /// The key of a shard's lease in a multi-stream application:
+    /// `account:streamName:creationEpoch:shardId`.
+    pub fn for_stream_shard(stream: &StreamIdentifier, shard: &ShardId) -> Self {
+        let prefix = stream.to_string();
+        Self {
+            shard_at: prefix.len() + 1,
+            text: format!("{prefix}:{shard}"),
+        }
+    }
+
     /// The key as written in the lease table.
     pub fn as_str(&self) -> &str {
         &self.text
@@ -94,6 +104,13 @@ impl LeaseKey {
             0 => None,
             at => self.text.get(..at - 1),
         }
+    }
+
+    /// The stream of a multi-stream key, parsed; `None` for a single-stream
+    /// key (or, never for a key this type parsed, a malformed prefix).
+    pub fn stream(&self) -> Option<StreamIdentifier> {
+        self.stream_identifier()
+            .and_then(|text| StreamIdentifier::parse(text).ok())
     }
 
     /// The key of another shard's lease in the same key space (a parent's,
@@ -200,6 +217,11 @@ mod tests {
         assert_eq!(key.stream_identifier(), Some("123:orders:170"));
         let parent = key.sibling(&ShardId::from("shardId-000000000001"));
         assert_eq!(parent, "123:orders:170:shardId-000000000001");
+        let stream = key.stream().unwrap();
+        assert_eq!(
+            LeaseKey::for_stream_shard(&stream, &ShardId::from("shardId-000000000001")),
+            parent
+        );
         assert_eq!(parent.shard_id(), ShardId::from("shardId-000000000001"));
         assert_eq!(parent.stream_identifier(), Some("123:orders:170"));
     }

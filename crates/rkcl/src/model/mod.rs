@@ -13,9 +13,11 @@ use crate::error::Error;
 
 mod lease_key;
 mod sequence;
+mod stream_identifier;
 
 pub use lease_key::LeaseKey;
 pub use sequence::{ExtendedSequenceNumber, SequenceNumber};
+pub use stream_identifier::StreamIdentifier;
 
 /// The identifier of a shard, such as `shardId-000000000001`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

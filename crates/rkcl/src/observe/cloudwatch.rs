@@ -212,6 +212,10 @@ fn data(
         for (label, value) in &sample.labels {
             let dimension = match label.as_str() {
                 metrics::SHARD => "ShardId".to_owned(),
+                // The Java KCL's dimension of multi-stream applications;
+                // none for an application of one stream.
+                metrics::STREAM if value.is_empty() => continue,
+                metrics::STREAM => "StreamId".to_owned(),
                 metrics::WORKER => "WorkerIdentifier".to_owned(),
                 metrics::CAUSE => "Cause".to_owned(),
                 // A label the registry adds to every series (a worker id
@@ -277,20 +281,23 @@ mod tests {
     fn record(registry: &MetricsRegistry) {
         ::metrics::with_local_recorder(registry, || {
             crate::metrics::RECORDS_PROCESSED
-                .counter(&["shardId-000000000001"])
+                .counter(&["", "shardId-000000000001"])
                 .increment(5);
             crate::metrics::LEASES_HELD.gauge(&["w-1"]).set(2.0);
+            crate::metrics::BYTES_PROCESSED
+                .counter(&["1:orders:5", "shardId-000000000001"])
+                .increment(100);
             crate::metrics::PROCESS_SECONDS
-                .histogram(&["shardId-000000000001"])
+                .histogram(&["", "shardId-000000000001"])
                 .record(0.25);
             crate::metrics::PROCESS_SECONDS
-                .histogram(&["shardId-000000000001"])
+                .histogram(&["", "shardId-000000000001"])
                 .record(0.75);
             crate::metrics::CHECKPOINT_SECONDS
-                .histogram(&["shardId-000000000001"])
+                .histogram(&["", "shardId-000000000001"])
                 .record(0.01);
             crate::metrics::PROCESS_FAILURES
-                .counter(&["shardId-000000000001"])
+                .counter(&["", "shardId-000000000001"])
                 .increment(1);
         });
     }
@@ -318,6 +325,15 @@ mod tests {
             ]
         );
         assert_eq!(records.value, DatumValue::Value(5.0));
+        // A multi-stream application's series carry the stream as `StreamId`.
+        let bytes = find(&data, "DataBytesProcessed").unwrap();
+        assert!(
+            bytes
+                .dimensions
+                .contains(&("StreamId".to_owned(), "1:orders:5".to_owned())),
+            "{:?}",
+            bytes.dimensions
+        );
         let leases = find(&data, "CurrentLeases").unwrap();
         assert_eq!(
             leases.dimensions[1],
@@ -342,7 +358,7 @@ mod tests {
         // they did not; times only when something was recorded.
         ::metrics::with_local_recorder(&registry, || {
             crate::metrics::RECORDS_PROCESSED
-                .counter(&["shardId-000000000001"])
+                .counter(&["", "shardId-000000000001"])
                 .increment(3);
         });
         let next = super::data(

@@ -262,11 +262,11 @@ mod tests {
         ::metrics::with_local_recorder(&registry, || {
             crate::metrics::describe_all();
             crate::metrics::RECORDS_PROCESSED
-                .counter(&["shardId-000000000000"])
+                .counter(&["", "shardId-000000000000"])
                 .increment(4);
             crate::metrics::LEASES_HELD.gauge(&["w-1"]).set(1.0);
             crate::metrics::PROCESS_SECONDS
-                .histogram(&["shardId-000000000000"])
+                .histogram(&["", "shardId-000000000000"])
                 .record(0.3);
         });
         let body = request(&registry, "orders", 1, 2);

@@ -8,6 +8,7 @@ use crate::leases::LeaseCoordinatorConfig;
 use crate::model::InitialPosition;
 use crate::processor::FailurePolicy;
 use crate::retrieval::{FanOutConfig, PollingConfig, Retrieval};
+use crate::tracker::MultiStreamConfig;
 use crate::watchdog::WatchdogConfig;
 
 /// How a [`Scheduler`](super::Scheduler) runs. Made with [`SchedulerConfig::builder`].
@@ -38,6 +39,9 @@ pub struct SchedulerConfig {
     /// When a shard counts as stalled and what is done about it. Default:
     /// [`WatchdogConfig::default`].
     pub watchdog: WatchdogConfig,
+    /// Multi-stream mode: the streams come from a tracker and `stream` is
+    /// not used. `None` (the default): the one stream `stream` names.
+    pub multi_stream: Option<MultiStreamConfig>,
 }
 
 impl SchedulerConfig {
@@ -58,8 +62,23 @@ impl SchedulerConfig {
                 failure_policy: FailurePolicy::default(),
                 parent_poll_interval: Duration::from_secs(1),
                 watchdog: WatchdogConfig::default(),
+                multi_stream: None,
             },
         }
+    }
+
+    /// A builder with the defaults for an application reading every stream
+    /// `streams` lists, in one lease table (the Java KCL's multi-stream
+    /// format). The initial position set on the builder applies to streams
+    /// read from start-up that do not set their own; see
+    /// [`crate::tracker`].
+    pub fn builder_for_streams(
+        application_name: impl Into<String>,
+        streams: MultiStreamConfig,
+    ) -> SchedulerConfigBuilder {
+        let mut builder = Self::builder(application_name, "");
+        builder.config.multi_stream = Some(streams);
+        builder
     }
 
     /// Checks every value.
@@ -79,8 +98,12 @@ impl SchedulerConfig {
                  (3 to 255 of a-z, A-Z, 0-9, '_', '-', '.')"
             )));
         }
-        if self.stream.name().is_empty() {
-            return Err(Error::Config("the stream name is empty".into()));
+        match &self.multi_stream {
+            Some(streams) => streams.validate()?,
+            None if self.stream.name().is_empty() => {
+                return Err(Error::Config("the stream name is empty".into()));
+            }
+            None => {}
         }
         if let InitialPosition::AtTimestamp(at) = self.initial_position {
             validate_start_time(at, SystemTime::now())?;

@@ -3,7 +3,7 @@
 //! runs one shard consumer task per held lease on the caller's runtime.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -15,16 +15,18 @@ use crate::error::{Error, Result};
 use crate::health::Health;
 use crate::leases::{Lease, LeaseAccess, LeaseCoordinator, LeaseStore};
 use crate::lifecycle::WorkerContext;
-use crate::model::{InitialPosition, LeaseKey};
+use crate::model::LeaseKey;
 use crate::processor::RecordProcessorFactory;
-use crate::retrieval::{KinesisSources, Retrieval, resolve_consumer};
+use crate::tracker::Tracking;
 
 mod config;
 mod signals;
+mod streams;
 mod worker;
 
 pub use config::{SchedulerConfig, SchedulerConfigBuilder};
 pub use signals::{Signals, wait_for_signal};
+use streams::{ReadTarget, check_table_mode, open_stream};
 use worker::Worker;
 
 /// What a shutdown did, by lease.
@@ -107,41 +109,84 @@ impl Scheduler {
         F: RecordProcessorFactory,
     {
         config.validate()?;
-        kinesis.describe_stream_summary(&config.stream).await?;
-        store.list().await?;
-        // Fan-out reads through a stream consumer: found or registered
-        // once, here, before any shard is read.
-        let consumer_arn = match &config.retrieval {
-            Retrieval::FanOut(fanout) => Some(
-                resolve_consumer(&kinesis, &config.stream, fanout, &config.application_name)
-                    .await?
-                    .arn,
-            ),
-            _ => None,
+        let table = store.list().await?;
+        check_table_mode(
+            &table,
+            config.multi_stream.is_some(),
+            &config.application_name,
+        )?;
+        // The streams read from start-up: the one configured, or those the
+        // tracker lists now.
+        let mut tracking = None;
+        let reads = match &config.multi_stream {
+            None => {
+                kinesis.describe_stream_summary(&config.stream).await?;
+                vec![ReadTarget {
+                    id: None,
+                    stream: config.stream.clone(),
+                    initial_position: config.initial_position.clone(),
+                    consumer_arn: None,
+                }]
+            }
+            Some(multi) => {
+                let listed = multi.tracker.streams().await?;
+                let mut tracked = Tracking::default();
+                let changes = tracked
+                    .update(&kinesis, &listed, &config.initial_position)
+                    .await;
+                tracing::info!(
+                    streams = changes.added.len(),
+                    "multi-stream mode: reading the streams the tracker lists"
+                );
+                tracking = Some(tracked);
+                changes.added.into_iter().map(ReadTarget::from).collect()
+            }
         };
-        let (shards, _) =
-            crate::shard_sync::sync(&kinesis, &config.stream, &store, &config.initial_position)
-                .await?;
+        let mut streams = HashMap::new();
+        for read in &reads {
+            match open_stream(&kinesis, &config, read).await {
+                Ok(context) => {
+                    streams.insert(read.key(), Arc::new(context));
+                }
+                // One stream of many that cannot be read is left out (and
+                // retried at the next refresh); the one stream of a
+                // single-stream application is an error.
+                Err(err) if tracking.is_some() => {
+                    tracing::warn!(stream = %read.stream, error = %err, "cannot read a listed stream; leaving it out until the next refresh");
+                    if let (Some(tracked), Some(id)) = (tracking.as_mut(), &read.id) {
+                        tracked.active.remove(&id.to_string());
+                    }
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        let mut shards = HashMap::new();
+        for read in reads.iter().filter(|r| streams.contains_key(&r.key())) {
+            match crate::shard_sync::sync(&kinesis, read.sync_target(), &store, &table).await {
+                Ok((listed, _)) => shards.extend(
+                    listed
+                        .into_iter()
+                        .map(|shard| (read.lease_key(&shard.id), shard)),
+                ),
+                Err(err) if tracking.is_some() => {
+                    tracing::warn!(stream = %read.stream, error = %err, "the first shard sync of a stream failed; it is retried at the next one");
+                }
+                Err(err) => return Err(err),
+            }
+        }
         let worker_id = config.leases.worker_id.clone();
-        let (coordinator, events) = LeaseCoordinator::start(store, config.leases.clone())?;
+        let scope = tracking.as_ref().map(Tracking::scope);
+        let (coordinator, events) =
+            LeaseCoordinator::start_scoped(store, config.leases.clone(), scope)?;
         let health = coordinator.health();
         health.started(config.leases.lease_duration, true);
         let leases: Arc<dyn LeaseAccess> = Arc::new(coordinator.clone());
         let context = Arc::new(WorkerContext {
-            sources: Arc::new(KinesisSources {
-                kinesis: kinesis.clone(),
-                stream: config.stream.clone(),
-                retrieval: config.retrieval.clone(),
-                consumer_arn,
-            }),
-            initial_timestamp: match config.initial_position {
-                InitialPosition::AtTimestamp(at) => Some(at),
-                _ => None,
-            },
+            streams: RwLock::new(streams),
             leases: leases.clone(),
             failure: config.failure_policy.clone(),
             parent_poll_interval: config.parent_poll_interval,
-            shards: Mutex::new(shards.into_iter().map(|s| (s.id.clone(), s)).collect()),
+            shards: Mutex::new(shards),
             sync_now: tokio::sync::Notify::new(),
         });
         let shutdown = Arc::new(ShutdownRequest::default());
@@ -160,6 +205,7 @@ impl Scheduler {
             health: health.clone(),
             progress: HashMap::new(),
             stalled: HashMap::new(),
+            tracking,
         };
         let span = tracing::info_span!("worker", worker_id = %worker_id);
         let task = tokio::spawn(tracing::Instrument::instrument(

@@ -19,6 +19,7 @@ use crate::metrics;
 use crate::model::LeaseKey;
 use crate::processor::RecordProcessorFactory;
 use crate::stop::{StopReason, StopSender};
+use crate::tracker::Tracking;
 use crate::watchdog::{ShardProgress, StallAction, StallCause};
 
 /// The worker loop's name in health checks.
@@ -44,6 +45,8 @@ pub(super) struct Worker<S, F> {
     pub(super) progress: HashMap<LeaseKey, (Arc<ShardProgress>, AbortHandle)>,
     /// The shards stalled at the last check, and why.
     pub(super) stalled: HashMap<LeaseKey, StallCause>,
+    /// Multi-stream mode: the streams read and the tracker's memory.
+    pub(super) tracking: Option<Tracking>,
 }
 
 impl<S, F> Worker<S, F>
@@ -60,6 +63,14 @@ where
         let mut sync = tokio::time::interval(self.config.shard_sync_interval);
         sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         sync.tick().await;
+        let refresh_every = self
+            .config
+            .multi_stream
+            .as_ref()
+            .map_or(Duration::from_secs(3_600), |multi| multi.refresh_interval);
+        let mut refresh = tokio::time::interval(refresh_every);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        refresh.tick().await;
         let mut watchdog = tokio::time::interval(self.config.watchdog.check_interval);
         watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let context = self.context.clone();
@@ -70,6 +81,7 @@ where
                 Some(event) = events.recv() => self.on_lease_event(event),
                 Some(done) = self.tasks.join_next() => self.on_consumer_done(done),
                 _ = sync.tick() => self.sync().await,
+                _ = refresh.tick() => self.refresh_streams().await,
                 () = context.sync_now.notified() => self.sync().await,
             }
         }
@@ -224,28 +236,6 @@ where
             }
             Err(err) => {
                 tracing::warn!(lease_key = %key, error = %err, "stopped the stalled shard's consumer; its lease could not be released and will expire")
-            }
-        }
-    }
-
-    async fn sync(&mut self) {
-        match crate::shard_sync::sync(
-            &self.kinesis,
-            &self.config.stream,
-            self.coordinator.store(),
-            &self.config.initial_position,
-        )
-        .await
-        {
-            Ok((shards, summary)) => {
-                self.sync_streak.succeeded();
-                if let Ok(mut known) = self.context.shards.lock() {
-                    known.extend(shards.into_iter().map(|s| (s.id.clone(), s)));
-                }
-                tracing::debug!(?summary, "shard sync");
-            }
-            Err(err) => {
-                self.sync_streak.failed(&err);
             }
         }
     }

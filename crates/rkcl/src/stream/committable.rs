@@ -273,6 +273,12 @@ impl CommittableRecord {
         self.handle.shard()
     }
 
+    /// The stream it came from in a multi-stream application; `None` for an
+    /// application of one stream.
+    pub fn stream(&self) -> Option<&crate::model::StreamIdentifier> {
+        self.handle.shard().stream.as_ref()
+    }
+
     /// The fencing token of the lease it was read under: pass it with
     /// downstream writes so a store can refuse a stale owner.
     pub fn fencing_token(&self) -> &FencingToken {

@@ -155,6 +155,12 @@ async fn checkpoint_loop(
     settings: FeedSettings,
 ) {
     let shard = state.info.shard_id.as_str().to_owned();
+    let stream = state
+        .info
+        .lease_key
+        .stream_identifier()
+        .unwrap_or_default()
+        .to_owned();
     let check = (settings.warn_after / 2)
         .min(Duration::from_secs(1))
         .max(Duration::from_millis(10));
@@ -182,7 +188,7 @@ async fn checkpoint_loop(
         {
             warned = Some(oldest.index);
             crate::metrics::UNCOMMITTED_RECORDS_WARNED
-                .counter(&[shard.as_str()])
+                .counter(&[stream.as_str(), shard.as_str()])
                 .increment(1);
             tracing::warn!(
                 shard_id = %shard,
