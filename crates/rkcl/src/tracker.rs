@@ -279,34 +279,66 @@ pub(crate) struct TrackedStream {
     pub(crate) consumer_arn: Option<String>,
 }
 
-/// Finds the identifier of a stream and how to name it in calls: an
-/// identifier as given (its ARN in the client's region, or its name when
-/// the client has no region); an ARN or a name through DescribeStreamSummary,
-/// which is logged.
+/// Finds the identifier of a stream and how to name it in calls, with
+/// DescribeStreamSummary (logged): an ARN or a name is looked up for its
+/// account and creation time. An identifier is checked against the stream
+/// of its name in the client's account: the same stream is named by name;
+/// one created again since (another creation time) is refused, since its
+/// leases' checkpoints belong to the stream that was deleted; a stream of
+/// another account is named by its ARN in the client's region.
 ///
 /// # Errors
 ///
-/// The errors of DescribeStreamSummary; [`Error::InvalidInput`] when the
-/// answer has no usable ARN.
+/// The errors of DescribeStreamSummary; [`Error::ResourceNotFound`] for an
+/// identifier whose stream was deleted and created again;
+/// [`Error::Config`] for another account's stream with no region
+/// configured; [`Error::InvalidInput`] when an answer has no usable ARN.
 pub(crate) async fn resolve(
     kinesis: &Kinesis,
     selector: &StreamSelector,
 ) -> Result<(StreamIdentifier, StreamRef)> {
     let stream = match selector {
-        StreamSelector::Identifier(id) => {
-            let stream = match kinesis.region() {
-                Some(region) => StreamRef::Arn(id.arn(&region)),
-                None => StreamRef::Name(id.name().to_owned()),
-            };
-            return Ok((id.clone(), stream));
-        }
+        StreamSelector::Identifier(id) => return resolve_identifier(kinesis, id).await,
         StreamSelector::Arn(arn) => StreamRef::Arn(arn.clone()),
         StreamSelector::Name(name) => StreamRef::Name(name.clone()),
     };
     let summary = kinesis.describe_stream_summary(&stream).await?;
     let id = StreamIdentifier::from_arn(&summary.arn, summary.creation_epoch)?;
-    tracing::info!(stream = %selector, stream_identifier = %id, "looked up the stream's account and creation time with DescribeStreamSummary");
     Ok((id, stream))
+}
+
+/// [`resolve`] for a stream named by its identifier.
+async fn resolve_identifier(
+    kinesis: &Kinesis,
+    id: &StreamIdentifier,
+) -> Result<(StreamIdentifier, StreamRef)> {
+    let by_name = StreamRef::Name(id.name().to_owned());
+    match kinesis.describe_stream_summary(&by_name).await {
+        Ok(summary) => {
+            let found = StreamIdentifier::from_arn(&summary.arn, summary.creation_epoch)?;
+            if found == *id {
+                return Ok((id.clone(), by_name));
+            }
+            if found.account() == id.account() {
+                return Err(Error::ResourceNotFound {
+                    service: crate::error::Service::Kinesis,
+                    message: format!(
+                        "stream {id} no longer exists: the stream named {} now is {found}",
+                        id.name()
+                    ),
+                });
+            }
+        }
+        // Not in this account: perhaps in the identifier's.
+        Err(Error::ResourceNotFound { .. }) => {}
+        Err(err) => return Err(err),
+    }
+    let region = kinesis.region().ok_or_else(|| {
+        Error::Config(format!(
+            "stream {id} is in another account; a region is needed to name it by ARN"
+        ))
+    })?;
+    Ok((id.clone(), StreamRef::Arn(id.arn(&region))))
 }
 
 /// The tracker's state between refreshes: what is read, since when streams
@@ -353,7 +385,10 @@ impl Tracking {
             let key = config.stream.to_string();
             let found = match resolve(kinesis, &config.stream).await {
                 Ok(found) => {
-                    self.resolved.insert(key, found.clone());
+                    let known = self.resolved.insert(key, found.clone());
+                    if known.as_ref().map(|(id, _)| id) != Some(&found.0) {
+                        tracing::info!(stream = %config.stream, stream_identifier = %found.0, "found the stream's account and creation time with DescribeStreamSummary");
+                    }
                     found
                 }
                 Err(err) => match self.resolved.get(&key) {
