@@ -259,6 +259,37 @@ mod tests {
     }
 
     #[test]
+    fn multi_stream_leases_are_keyed_by_stream_and_children_by_their_parents_stream() {
+        let stream = StreamIdentifier::parse("123:orders:17").unwrap();
+        let shards = [shard("a", &[], false), shard("b", &["a"], true)];
+        let planned = plan_new_leases(&shards, &[], &InitialPosition::TrimHorizon, Some(&stream));
+        let keys: Vec<String> = planned.iter().map(|l| l.key.to_string()).collect();
+        assert_eq!(keys, ["123:orders:17:a", "123:orders:17:b"]);
+        // The child's parents are read as siblings of its own key.
+        let child = &planned[1];
+        assert_eq!(
+            child.key.sibling(&child.parent_shard_ids[0]),
+            "123:orders:17:a"
+        );
+        // Leases of one stream make another stream's shards no descendants.
+        let other = StreamIdentifier::parse("123:payments:18").unwrap();
+        let later = [shard("c", &["a"], true)];
+        assert_eq!(
+            keys_only(&plan_new_leases(
+                &later,
+                &[],
+                &InitialPosition::Latest,
+                Some(&other)
+            )),
+            ["123:payments:18:c"]
+        );
+    }
+
+    fn keys_only(leases: &[Lease]) -> Vec<String> {
+        leases.iter().map(|l| l.key.to_string()).collect()
+    }
+
+    #[test]
     fn a_cleaned_up_parent_is_not_created_again() {
         let shards = [shard("a", &[], false), shard("b", &["a"], true)];
         let child = Lease::new(

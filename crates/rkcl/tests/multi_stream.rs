@@ -728,3 +728,147 @@ async fn a_table_of_the_other_mode_is_refused_at_start_up() {
         other => panic!("expected a config error, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_deleted_on_the_kinesis_side_ends_cleanly_and_the_others_go_on() {
+    let local = Local::start().await.unwrap();
+    let kinesis = Kinesis::new(local.kinesis_client());
+    let doomed = create_stream(&kinesis, "ms-doomed", 2).await;
+    let lasting = create_stream(&kinesis, "ms-lasting", 1).await;
+    put(&kinesis, &doomed, keyed_records(2, 10, 0), Plain).await;
+    put(&kinesis, &lasting, keyed_records(1, 10, 0), Plain).await;
+    let doomed_id = identifier(&kinesis, &doomed).await;
+    let tracker = StaticStreams(vec![
+        StreamConfig::new("ms-doomed"),
+        StreamConfig::new("ms-lasting"),
+    ]);
+    let store = lease_table(&local, "doom-app").await;
+    let journal = Arc::new(Journal::default());
+    let worker = Scheduler::start(
+        config(
+            "doom-app",
+            "w-1",
+            MultiStreamConfig::new(tracker).refresh_interval(Duration::from_secs(1)),
+        ),
+        kinesis.clone(),
+        lease_table(&local, "doom-app").await,
+        recorder(&journal),
+    )
+    .await
+    .unwrap();
+    eventually("both streams read", Duration::from_secs(30), || {
+        let journal = journal.clone();
+        async move { journal.unique("ms-doomed") == 20 && journal.unique("ms-lasting") == 10 }
+    })
+    .await;
+    local
+        .kinesis_client()
+        .delete_stream()
+        .stream_name("ms-doomed")
+        .send()
+        .await
+        .unwrap();
+    // Its shards end: their leases are finished and let go.
+    eventually(
+        "the deleted stream's shards ended",
+        Duration::from_secs(30),
+        || {
+            let (store, id) = (store.clone(), doomed_id.clone());
+            async move {
+                let prefix = id.to_string();
+                let leases: Vec<_> = store
+                    .list()
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .filter(|l| l.key.stream_identifier() == Some(prefix.as_str()))
+                    .collect();
+                leases
+                    .iter()
+                    .all(|l| l.owner.is_none() && l.checkpoint == ExtendedSequenceNumber::ShardEnd)
+            }
+        },
+    )
+    .await;
+    // The other stream goes on.
+    put(&kinesis, &lasting, keyed_records(1, 10, 10), Plain).await;
+    eventually("the other stream goes on", Duration::from_secs(30), || {
+        let journal = journal.clone();
+        async move { journal.unique("ms-lasting") == 20 }
+    })
+    .await;
+    let report = worker.shutdown(Duration::from_secs(10)).await;
+    assert!(report.unfinished_leases.is_empty(), "{report:?}");
+    assert_exactly_once_in_order(&journal, "ms-doomed", 20);
+    assert_exactly_once_in_order(&journal, "ms-lasting", 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_stream_api_reads_many_streams_and_records_know_theirs() {
+    use futures_util::StreamExt;
+    use rkcl::{Consumer, ConsumerConfig};
+
+    let local = Local::start().await.unwrap();
+    let kinesis = Kinesis::new(local.kinesis_client());
+    let mut expected: BTreeMap<String, usize> = BTreeMap::new();
+    for (name, shards) in [("ms-api-a", 1), ("ms-api-b", 2)] {
+        let stream = create_stream(&kinesis, name, shards).await;
+        put(&kinesis, &stream, keyed_records(3, 10, 0), Aggregated).await;
+        expected.insert(identifier(&kinesis, &stream).await.to_string(), 30);
+    }
+    let store = lease_table(&local, "api-app").await;
+    let tracker = StaticStreams(vec![
+        StreamConfig::new("ms-api-a"),
+        StreamConfig::new("ms-api-b"),
+    ]);
+    let scheduler = config("api-app", "w-1", MultiStreamConfig::new(tracker));
+    let consumer = Consumer::start(
+        ConsumerConfig::builder(scheduler)
+            .checkpoint_every(1, Duration::from_millis(100))
+            .build()
+            .unwrap(),
+        kinesis.clone(),
+        store.clone(),
+    )
+    .await
+    .unwrap();
+    let mut records = consumer.records();
+    let mut seen: BTreeMap<String, BTreeSet<(usize, usize)>> = BTreeMap::new();
+    while seen.values().map(BTreeSet::len).sum::<usize>() < 60 {
+        let record = tokio::time::timeout(Duration::from_secs(30), records.next())
+            .await
+            .expect("records of both streams")
+            .expect("the stream goes on")
+            .expect("no error");
+        let stream = record
+            .stream()
+            .expect("a multi-stream record knows its stream");
+        assert_eq!(
+            record.shard().lease_key.stream_identifier(),
+            Some(stream.to_string().as_str())
+        );
+        seen.entry(stream.to_string())
+            .or_default()
+            .insert(key_and_number(record.data()));
+        record.commit();
+    }
+    let counts: BTreeMap<String, usize> = seen.iter().map(|(k, v)| (k.clone(), v.len())).collect();
+    assert_eq!(counts, expected);
+    drop(records);
+    // Every lease checkpointed past its start under its stream's key.
+    eventually(
+        "checkpoints of both streams",
+        Duration::from_secs(20),
+        || {
+            let store = store.clone();
+            async move {
+                let leases = store.list().await.unwrap();
+                leases.len() == 3
+                    && leases.iter().all(|l| {
+                        l.key.stream().is_some() && l.checkpoint.sequence_number().is_some()
+                    })
+            }
+        },
+    )
+    .await;
+}
