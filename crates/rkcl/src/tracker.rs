@@ -16,6 +16,49 @@
 //! takes them again. Their leases are then kept or deleted as
 //! [`FormerStreams`] says — never while a worker holds one, and never for a
 //! stream still listed.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! use rkcl::tracker::{FormerStreams, MultiStreamConfig, StaticStreams, StreamConfig};
+//! use rkcl::{
+//!     Checkpointer, InitialPosition, ProcessRecordsInput, ProcessorError, RecordProcessor,
+//!     Scheduler, SchedulerConfig, ShardInfo,
+//! };
+//!
+//! # #[allow(dead_code)]
+//! struct Print(String);
+//!
+//! impl RecordProcessor for Print {
+//!     async fn process_records(
+//!         &mut self,
+//!         input: &ProcessRecordsInput,
+//!         checkpointer: &Checkpointer,
+//!     ) -> Result<(), ProcessorError> {
+//!         tracing::info!(stream = %self.0, records = input.records.len(), "a batch");
+//!         checkpointer.checkpoint().await?;
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # #[allow(dead_code)]
+//! # async fn run(kinesis: rkcl::Kinesis, store: rkcl::DynamoDbLeaseStore) -> rkcl::Result<()> {
+//! let streams = MultiStreamConfig::new(StaticStreams(vec![
+//!     StreamConfig::new("orders"),
+//!     StreamConfig::new("payments").initial_position(InitialPosition::Latest),
+//! ]))
+//! .former_streams(FormerStreams::DeleteUnlisted {
+//!     wait: Duration::from_secs(3_600),
+//! });
+//! let config = SchedulerConfig::builder_for_streams("billing", streams).build()?;
+//! let scheduler = Scheduler::start(config, kinesis, store, |shard: &ShardInfo| {
+//!     Print(shard.stream.as_ref().map(|s| s.name().to_owned()).unwrap_or_default())
+//! })
+//! .await?;
+//! scheduler.run_until_signal(Duration::from_secs(30)).await;
+//! # Ok(())
+//! # }
+//! ```
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -408,10 +451,7 @@ impl Tracking {
                 .get(&id.to_string())
                 .cloned()
                 .unwrap_or(TrackedStream {
-                    initial_position: config
-                        .initial_position
-                        .clone()
-                        .unwrap_or_else(|| position.clone()),
+                    initial_position: config.initial_position.unwrap_or(*position),
                     consumer_arn: config.consumer_arn.clone(),
                     id,
                     stream,
@@ -441,7 +481,7 @@ impl Tracking {
     /// The former streams whose leases may be deleted now under `strategy`:
     /// `in_table` are the streams with leases in the table, `named` the
     /// streams the tracker names for deletion. Never a stream read now.
-    pub(crate) fn to_delete(
+    pub(crate) fn due_for_deletion(
         &mut self,
         strategy: FormerStreams,
         in_table: &HashSet<String>,
@@ -532,7 +572,7 @@ mod tests {
         for now in [t0, later] {
             assert!(
                 tracking
-                    .to_delete(
+                    .due_for_deletion(
                         FormerStreams::Keep,
                         &set(&["1:a:1", "1:b:1"]),
                         &set(&[]),
@@ -552,32 +592,32 @@ mod tests {
         let table = set(&["1:a:1", "1:b:1"]);
         assert!(
             tracking
-                .to_delete(strategy, &table, &set(&[]), t0)
+                .due_for_deletion(strategy, &table, &set(&[]), t0)
                 .is_empty()
         );
         assert!(
             tracking
-                .to_delete(strategy, &table, &set(&[]), t0 + Duration::from_secs(9))
+                .due_for_deletion(strategy, &table, &set(&[]), t0 + Duration::from_secs(9))
                 .is_empty()
         );
         assert_eq!(
-            tracking.to_delete(strategy, &table, &set(&[]), t0 + wait),
+            tracking.due_for_deletion(strategy, &table, &set(&[]), t0 + wait),
             ["1:b:1"]
         );
         // Listed again before the wait ends: the clock starts over after.
         let mut tracking = tracking_of(&["1:a:1"]);
-        tracking.to_delete(strategy, &table, &set(&[]), t0);
+        tracking.due_for_deletion(strategy, &table, &set(&[]), t0);
         let mut relisted = tracking_of(&["1:a:1", "1:b:1"]);
         std::mem::swap(&mut tracking.active, &mut relisted.active);
         assert!(
             tracking
-                .to_delete(strategy, &table, &set(&[]), t0 + wait)
+                .due_for_deletion(strategy, &table, &set(&[]), t0 + wait)
                 .is_empty()
         );
         std::mem::swap(&mut tracking.active, &mut relisted.active);
         assert!(
             tracking
-                .to_delete(
+                .due_for_deletion(
                     strategy,
                     &table,
                     &set(&[]),
@@ -595,10 +635,14 @@ mod tests {
         let t0 = Instant::now();
         let table = set(&["1:a:1", "1:b:1", "1:c:1"]);
         let named = set(&["1:a:1", "1:b:1"]);
-        assert!(tracking.to_delete(strategy, &table, &named, t0).is_empty());
+        assert!(
+            tracking
+                .due_for_deletion(strategy, &table, &named, t0)
+                .is_empty()
+        );
         // a is listed: never deleted; c is unlisted but not named: kept.
         assert_eq!(
-            tracking.to_delete(strategy, &table, &named, t0 + wait),
+            tracking.due_for_deletion(strategy, &table, &named, t0 + wait),
             ["1:b:1"]
         );
     }

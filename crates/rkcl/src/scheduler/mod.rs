@@ -124,7 +124,7 @@ impl Scheduler {
                 vec![ReadTarget {
                     id: None,
                     stream: config.stream.clone(),
-                    initial_position: config.initial_position.clone(),
+                    initial_position: config.initial_position,
                     consumer_arn: None,
                 }]
             }

@@ -148,7 +148,7 @@ where
             None => vec![ReadTarget {
                 id: None,
                 stream: self.config.stream.clone(),
-                initial_position: self.config.initial_position.clone(),
+                initial_position: self.config.initial_position,
                 consumer_arn: None,
             }],
         }
@@ -306,7 +306,8 @@ where
         let Some(tracking) = self.tracking.as_mut() else {
             return;
         };
-        let due = tracking.to_delete(strategy, &in_table, &named, tokio::time::Instant::now());
+        let due =
+            tracking.due_for_deletion(strategy, &in_table, &named, tokio::time::Instant::now());
         for lease in &table {
             let Some(stream) = lease.key.stream_identifier() else {
                 continue;
