@@ -384,13 +384,19 @@ async fn resolve_identifier(
     Ok((id.clone(), StreamRef::Arn(id.arn(&region))))
 }
 
+/// How long a stream's looked-up identifier is used before it is looked up
+/// again (DescribeStreamSummary allows 20 calls a second per account, shared
+/// by every worker): a stream deleted and created again under its name is
+/// read as the new stream within this time.
+pub const LOOK_UP_AGAIN_AFTER: Duration = Duration::from_secs(900);
+
 /// The tracker's state between refreshes: what is read, since when streams
 /// found in the table are unlisted, since when streams were named for
 /// deletion.
 #[derive(Debug, Default)]
 pub(crate) struct Tracking {
-    /// Identifiers already looked up, by the selector's text.
-    resolved: HashMap<String, (StreamIdentifier, StreamRef)>,
+    /// Identifiers already looked up, by the selector's text, with when.
+    resolved: HashMap<String, (StreamIdentifier, StreamRef, Instant)>,
     /// The streams read now, by identifier text.
     pub(crate) active: BTreeMap<String, TrackedStream>,
     /// Streams in the lease table and not listed, with when that was first
@@ -413,10 +419,11 @@ pub(crate) struct Changes {
 impl Tracking {
     /// Looks up what `configs` name and makes them the streams read;
     /// `position` gives a stream without its own initial position its
-    /// start. Names and ARNs are looked up at every refresh (a stream
-    /// deleted and created again under its name is a new stream); when a
-    /// look-up fails, the last answer for that selector stands (logged),
-    /// and a selector never looked up is skipped until the next refresh.
+    /// start. Names, ARNs and identifiers are looked up when first listed
+    /// and again after [`LOOK_UP_AGAIN_AFTER`] (a stream deleted and created
+    /// again under its name is a new stream); when a look-up fails, the last
+    /// answer for that selector stands (logged), and a selector never looked
+    /// up is skipped until the next refresh.
     pub(crate) async fn update(
         &mut self,
         kinesis: &Kinesis,
@@ -426,18 +433,28 @@ impl Tracking {
         let mut listed: BTreeMap<String, TrackedStream> = BTreeMap::new();
         for config in configs {
             let key = config.stream.to_string();
-            let found = match resolve(kinesis, &config.stream).await {
-                Ok(found) => {
-                    let known = self.resolved.insert(key, found.clone());
-                    if known.as_ref().map(|(id, _)| id) != Some(&found.0) {
-                        tracing::info!(stream = %config.stream, stream_identifier = %found.0, "found the stream's account and creation time with DescribeStreamSummary");
+            let now = Instant::now();
+            let cached = self
+                .resolved
+                .get(&key)
+                .filter(|(.., at)| now.duration_since(*at) < LOOK_UP_AGAIN_AFTER)
+                .map(|(id, stream, _)| (id.clone(), stream.clone()));
+            let looked_up = match cached {
+                Some(found) => Ok(found),
+                None => resolve(kinesis, &config.stream).await,
+            };
+            let found = match looked_up {
+                Ok((id, stream)) => {
+                    let known = self.resolved.insert(key, (id.clone(), stream.clone(), now));
+                    if known.as_ref().map(|(id, ..)| id) != Some(&id) {
+                        tracing::info!(stream = %config.stream, stream_identifier = %id, "found the stream's account and creation time with DescribeStreamSummary");
                     }
-                    found
+                    (id, stream)
                 }
                 Err(err) => match self.resolved.get(&key) {
-                    Some(found) => {
+                    Some((id, stream, _)) => {
                         tracing::warn!(stream = %config.stream, error = %err, "could not look up a listed stream; keeping its last identifier");
-                        found.clone()
+                        (id.clone(), stream.clone())
                     }
                     None => {
                         tracing::warn!(stream = %config.stream, error = %err, "could not look up a listed stream; it is skipped until the next refresh");

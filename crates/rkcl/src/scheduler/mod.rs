@@ -143,8 +143,16 @@ impl Scheduler {
             }
         };
         let mut streams = HashMap::new();
-        for read in &reads {
-            match open_stream(&kinesis, &config, read).await {
+        // Streams are opened and synced all at once: a worker of many
+        // streams starts as soon as one of one stream.
+        let opened = futures_util::future::join_all(
+            reads
+                .iter()
+                .map(|read| open_stream(&kinesis, &config, read)),
+        )
+        .await;
+        for (read, opened) in reads.iter().zip(opened) {
+            match opened {
                 Ok(context) => {
                     streams.insert(read.key(), Arc::new(context));
                 }
@@ -161,8 +169,18 @@ impl Scheduler {
             }
         }
         let mut shards = HashMap::new();
-        for read in reads.iter().filter(|r| streams.contains_key(&r.key())) {
-            match crate::shard_sync::sync(&kinesis, read.sync_target(), &store, &table).await {
+        let syncing: Vec<&ReadTarget> = reads
+            .iter()
+            .filter(|r| streams.contains_key(&r.key()))
+            .collect();
+        let synced = futures_util::future::join_all(
+            syncing
+                .iter()
+                .map(|read| crate::shard_sync::sync(&kinesis, read.sync_target(), &store, &table)),
+        )
+        .await;
+        for (read, synced) in syncing.into_iter().zip(synced) {
+            match synced {
                 Ok((listed, _)) => shards.extend(
                     listed
                         .into_iter()

@@ -165,15 +165,18 @@ where
             }
         };
         let mut failed = None;
-        for read in self.reads() {
-            match crate::shard_sync::sync(
+        let reads = self.reads();
+        let synced = futures_util::future::join_all(reads.iter().map(|read| {
+            crate::shard_sync::sync(
                 &self.kinesis,
                 read.sync_target(),
                 self.coordinator.store(),
                 &table,
             )
-            .await
-            {
+        }))
+        .await;
+        for (read, synced) in reads.into_iter().zip(synced) {
+            match synced {
                 Ok((shards, summary)) => {
                     if let Ok(mut known) = self.context.shards.lock() {
                         known.extend(
