@@ -45,7 +45,8 @@ pub(crate) struct StatusArgs {
     /// The application name, which names the lease table.
     #[arg(long)]
     app: String,
-    /// The stream's name or ARN. Default: the application name.
+    /// The stream's name or ARN. Default: the application name. In a
+    /// multi-stream table, the stream whose leases to show (required).
     #[arg(long)]
     stream: Option<String>,
     /// One JSON object per lease and per shard without a lease, then a
@@ -82,6 +83,7 @@ pub(crate) async fn run(aws: &AwsArgs, args: StatusArgs) -> anyhow::Result<ExitC
     let group = Group {
         app: args.app.clone(),
         stream,
+        stream_given: args.stream.is_some(),
         store: aws.lease_store(&args.app).await?,
         kinesis: aws.kinesis().await?,
         max_records: args.max_records,
@@ -147,6 +149,8 @@ fn write_frame(out: &mut dyn std::io::Write, frame: &[u8]) -> anyhow::Result<boo
 struct Group {
     app: String,
     stream: StreamRef,
+    /// Whether `--stream` named it (a multi-stream table needs it).
+    stream_given: bool,
     store: rkcl::DynamoDbLeaseStore,
     kinesis: rkcl::Kinesis,
     max_records: u32,
@@ -165,7 +169,7 @@ struct Report {
 impl Group {
     async fn leases(&self) -> anyhow::Result<Vec<Lease>> {
         match self.store.list().await {
-            Ok(leases) => Ok(leases),
+            Ok(leases) => self.of_the_stream(leases),
             Err(Error::ResourceNotFound { .. }) => bail!(
                 "there is no lease table {:?}: no worker of application {:?} has started yet, \
                  or --app is wrong",
@@ -174,6 +178,31 @@ impl Group {
             ),
             Err(err) => Err(err).with_context(|| format!("lease table {}", self.store.table())),
         }
+    }
+
+    /// The leases of the stream shown: all of a single-stream table; in a
+    /// multi-stream table, those of the stream `--stream` names.
+    fn of_the_stream(&self, mut leases: Vec<Lease>) -> anyhow::Result<Vec<Lease>> {
+        let streams: std::collections::BTreeSet<String> = leases
+            .iter()
+            .filter_map(|l| l.key.stream().map(|s| s.name().to_owned()))
+            .collect();
+        if streams.is_empty() {
+            return Ok(leases);
+        }
+        if !self.stream_given {
+            bail!(
+                "lease table {:?} is a multi-stream table: name one of its streams with --stream ({})",
+                self.store.table(),
+                streams.into_iter().collect::<Vec<_>>().join(", ")
+            );
+        }
+        leases.retain(|l| {
+            l.key
+                .stream()
+                .is_some_and(|s| s.name() == self.stream.name())
+        });
+        Ok(leases)
     }
 
     /// Reads the lease table (for `sample`, every half second), lists the
@@ -185,10 +214,17 @@ impl Group {
     ) -> anyhow::Result<Report> {
         let shards = match self.kinesis.list_shards(&self.stream).await {
             Ok(shards) => shards,
-            Err(Error::ResourceNotFound { .. }) => bail!(
-                "there is no stream {:?} (pass --stream when it is not named after the application)",
-                self.stream.to_string()
-            ),
+            Err(Error::ResourceNotFound { .. }) => {
+                // A multi-stream table without --stream is answered with
+                // its streams.
+                if let Ok(leases) = self.store.list().await {
+                    self.of_the_stream(leases)?;
+                }
+                bail!(
+                    "there is no stream {:?} (pass --stream when it is not named after the application)",
+                    self.stream.to_string()
+                )
+            }
             Err(err) => return Err(err).with_context(|| format!("stream {}", self.stream)),
         };
         let started = Instant::now();

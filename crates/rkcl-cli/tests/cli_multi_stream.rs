@@ -127,6 +127,27 @@ async fn consume_reads_every_stream_named_and_leases_groups_by_stream() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(leases.len(), 3);
+    // `rkcl status` of a multi-stream table shows one stream's leases.
+    let refused = rkcl(&local)
+        .args(["status", "--app", "cli-multi", "--sample", "0s"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(message.contains("cli-a, cli-b"), "{message}");
+    let status = rkcl(&local)
+        .args(["status", "--app", "cli-multi", "--stream", "cli-a"])
+        .args(["--json", "--sample", "0s"])
+        .output()
+        .unwrap();
+    assert!(status.status.success());
+    let shard_lines = String::from_utf8(status.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|l| l["type"] == "shard")
+        .count();
+    assert_eq!(shard_lines, 2);
     for lease in &leases {
         let stream = lease["stream"].as_str().unwrap();
         assert_eq!(
