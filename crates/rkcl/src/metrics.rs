@@ -183,6 +183,15 @@ pub const LEASES_HELD: Metric = Metric {
     description: "Leases this worker holds now.",
 };
 
+/// Streams this worker reads (multi-stream mode).
+pub const STREAMS_READ: Metric = Metric {
+    name: "rkcl_streams_read",
+    kind: MetricKind::Gauge,
+    unit: Unit::Count,
+    labels: &[WORKER],
+    description: "Streams this worker reads (multi-stream mode).",
+};
+
 /// SubscribeToShard sessions opened (enhanced fan-out).
 pub const SUBSCRIPTIONS: Metric = Metric {
     name: "rkcl_subscriptions",
@@ -319,6 +328,7 @@ pub const ALL: &[Metric] = &[
     LEASES_TAKEN,
     LEASES_LOST,
     LEASES_HELD,
+    STREAMS_READ,
     SUBSCRIPTIONS,
     RESUBSCRIPTIONS,
     SHARDS_STALLED,

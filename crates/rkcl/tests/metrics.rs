@@ -406,7 +406,8 @@ async fn a_worker_reports_exact_records_bytes_leases_and_latency_samples_per_sha
     let mut records_total = 0;
     let mut bytes_total = 0;
     for (shard, raw) in &raw {
-        let label = [(catalogue::SHARD, shard.as_str())];
+        // An application of one stream: the stream label is empty.
+        let label = [(catalogue::STREAM, ""), (catalogue::SHARD, shard.as_str())];
         // User records after de-aggregation; bytes of the Kinesis records
         // as read (an aggregate counts whole), as `ShardBatch::bytes` says.
         let records = captured.counter(catalogue::RECORDS_PROCESSED.name, &label);
@@ -460,7 +461,8 @@ async fn a_worker_reports_exact_records_bytes_leases_and_latency_samples_per_sha
     );
     // The final checkpoints repeat the stored ones: no further samples.
     for shard in raw.keys() {
-        let label = [(catalogue::SHARD, shard.as_str())];
+        // An application of one stream: the stream label is empty.
+        let label = [(catalogue::STREAM, ""), (catalogue::SHARD, shard.as_str())];
         let calls = batches[&ShardId::new(shard.as_str())];
         assert_eq!(
             captured

@@ -180,6 +180,11 @@ pub fn kcl_name(name: &str) -> Option<KclName> {
         n if n == metrics::LEASES_TAKEN.name => {
             ("TakeLeases", "TakenLeases", MetricsLevel::Summary)
         }
+        n if n == metrics::STREAMS_READ.name => (
+            "MultiStreamTracker",
+            "ActiveStreams.Count",
+            MetricsLevel::Summary,
+        ),
         _ => return None,
     };
     Some(KclName {

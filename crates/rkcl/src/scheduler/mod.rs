@@ -194,6 +194,11 @@ impl Scheduler {
         }
         let worker_id = config.leases.worker_id.clone();
         let scope = tracking.as_ref().map(Tracking::scope);
+        if let Some(tracking) = &tracking {
+            crate::metrics::STREAMS_READ
+                .gauge(&[&config.leases.worker_id])
+                .set(tracking.active.len() as f64);
+        }
         let (coordinator, events) =
             LeaseCoordinator::start_scoped(store, config.leases.clone(), scope)?;
         let health = coordinator.health();

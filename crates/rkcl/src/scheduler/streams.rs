@@ -252,6 +252,9 @@ where
         }
         if let Some(tracking) = &self.tracking {
             self.coordinator.set_scope(tracking.scope());
+            crate::metrics::STREAMS_READ
+                .gauge(&[self.coordinator.worker_id()])
+                .set(tracking.active.len() as f64);
         }
         for gone in &changes.removed {
             tracing::info!(stream_identifier = %gone.id, "a stream is no longer listed; its shards' consumers finish and release their leases");
