@@ -872,3 +872,62 @@ async fn the_stream_api_reads_many_streams_and_records_know_theirs() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fan_out_reads_every_stream_through_its_own_stream_consumer() {
+    use rkcl::retrieval::FanOutConfig;
+
+    let local = Local::start().await.unwrap();
+    let kinesis = Kinesis::new(local.kinesis_client());
+    let mut arns = Vec::new();
+    for (name, shards) in [("ms-efo-a", 1), ("ms-efo-b", 2)] {
+        let stream = create_stream(&kinesis, name, shards).await;
+        put(&kinesis, &stream, keyed_records(2, 20, 0), Plain).await;
+        arns.push(kinesis.describe_stream_summary(&stream).await.unwrap().arn);
+    }
+    let tracker = StaticStreams(vec![
+        StreamConfig::new("ms-efo-a"),
+        StreamConfig::new("ms-efo-b"),
+    ]);
+    let fan_out = FanOutConfig::builder()
+        .base_backoff(Duration::from_millis(10))
+        .max_backoff(Duration::from_millis(200))
+        .idle_timeout(FanOutConfig::MIN_IDLE_TIMEOUT)
+        .build()
+        .unwrap();
+    let config = SchedulerConfig::builder_for_streams("efo-app", MultiStreamConfig::new(tracker))
+        .worker_id("w-1")
+        .initial_position(InitialPosition::TrimHorizon)
+        .lease_duration(LEASE)
+        .fan_out(fan_out)
+        .shard_sync_interval(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let journal = Arc::new(Journal::default());
+    let worker = Scheduler::start(
+        config,
+        kinesis.clone(),
+        lease_table(&local, "efo-app").await,
+        recorder(&journal),
+    )
+    .await
+    .unwrap();
+    eventually(
+        "both streams read with fan-out",
+        Duration::from_secs(30),
+        || {
+            let journal = journal.clone();
+            async move { journal.unique("ms-efo-a") == 40 && journal.unique("ms-efo-b") == 40 }
+        },
+    )
+    .await;
+    worker.shutdown(Duration::from_secs(10)).await;
+    assert_exactly_once_in_order(&journal, "ms-efo-a", 40);
+    assert_exactly_once_in_order(&journal, "ms-efo-b", 40);
+    // One stream consumer per stream, named after the application.
+    for arn in &arns {
+        let consumers = kinesis.list_stream_consumers(arn).await.unwrap();
+        assert_eq!(consumers.len(), 1, "{arn}");
+        assert_eq!(consumers[0].name, "efo-app");
+    }
+}
