@@ -29,7 +29,16 @@ pub(crate) struct LocalArgs {
     /// printed at start).
     #[arg(long, value_name = "N", requires = "faults")]
     seed: Option<u64>,
+    /// Count the requests each service gets, by operation, and write the
+    /// counts since start to FILE as JSON every second and at exit, such as
+    /// {"dynamodb":{"UpdateItem":12},"kinesis":{"GetRecords":40}}. Each
+    /// request then takes one more local hop.
+    #[arg(long, value_name = "FILE")]
+    request_counts: Option<PathBuf>,
 }
+
+/// How often `--request-counts` rewrites its file.
+const REQUEST_COUNTS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub(crate) async fn run(args: LocalArgs) -> anyhow::Result<ExitCode> {
     let mut builder = rkcl_local::Local::builder()
@@ -43,6 +52,9 @@ pub(crate) async fn run(args: LocalArgs) -> anyhow::Result<ExitCode> {
         builder = builder
             .faults(plan)
             .fault_seed(args.seed.unwrap_or_else(rand::random));
+    }
+    if args.request_counts.is_some() {
+        builder = builder.count_requests();
     }
     let local = builder.start().await?;
     {
@@ -90,9 +102,25 @@ pub(crate) async fn run(args: LocalArgs) -> anyhow::Result<ExitCode> {
         writeln!(out, "Press Ctrl-C to stop.")?;
         out.flush()?;
     }
-    shutdown_signal()
-        .await
-        .context("could not wait for Ctrl-C")?;
+    let stopped = shutdown_signal();
+    match &args.request_counts {
+        Some(path) => {
+            write_request_counts(path, &local.request_counts())?;
+            let mut every = tokio::time::interval(REQUEST_COUNTS_EVERY);
+            tokio::pin!(stopped);
+            loop {
+                tokio::select! {
+                    result = &mut stopped => {
+                        result.context("could not wait for Ctrl-C")?;
+                        break;
+                    }
+                    _ = every.tick() => write_request_counts(path, &local.request_counts())?,
+                }
+            }
+            write_request_counts(path, &local.request_counts())?;
+        }
+        None => stopped.await.context("could not wait for Ctrl-C")?,
+    }
     let counts = local.fault_counts();
     let seed = local.fault_seed();
     local.shutdown().await;
@@ -105,6 +133,33 @@ pub(crate) async fn run(args: LocalArgs) -> anyhow::Result<ExitCode> {
         out.flush()?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `counts` to `path` as one JSON object of services, each an object
+/// of operations and counts. The file is replaced whole (written beside it,
+/// then renamed), so a reader never sees half of it.
+fn write_request_counts(
+    path: &std::path::Path,
+    counts: &rkcl_local::RequestCounts,
+) -> anyhow::Result<()> {
+    let mut services = serde_json::Map::new();
+    for service in rkcl_local::Service::ALL {
+        services.insert(service.name().to_owned(), serde_json::json!({}));
+    }
+    for (service, operation, n) in counts.iter() {
+        if let Some(serde_json::Value::Object(operations)) = services.get_mut(service.name()) {
+            operations.insert(operation.to_owned(), n.into());
+        }
+    }
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    let text = serde_json::Value::Object(services).to_string();
+    std::fs::write(&partial, text + "\n")
+        .with_context(|| format!("could not write {}", partial.display()))?;
+    std::fs::rename(&partial, path)
+        .with_context(|| format!("could not write {}", path.display()))?;
+    Ok(())
 }
 
 /// Resolves on Ctrl-C or, on Unix, SIGTERM.

@@ -1,5 +1,7 @@
 //! `rkcl local --faults`: a bad spec is refused naming the bad part; a good
 //! one prints its seed at start and the faults it injected at SIGTERM.
+//! `rkcl local --request-counts FILE` keeps FILE's counts of requests by
+//! service and operation up to date, and injects no fault.
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
@@ -85,4 +87,52 @@ async fn the_seed_is_printed_and_the_faults_counted() {
     stdout.read_to_string(&mut tail).unwrap();
     assert!(tail.contains("Faults injected (seed 5):"), "{tail}");
     assert!(tail.contains("kinesis.ListStreams throttle 3"), "{tail}");
+}
+
+#[tokio::test]
+async fn request_counts_are_written_by_service_and_operation() {
+    let file = std::env::temp_dir().join(format!("rkcl-requests-{}.json", std::process::id()));
+    let mut child = rkcl_local(&["--request-counts", file.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut head = String::new();
+    while !head.contains("Press Ctrl-C") {
+        assert!(stdout.read_line(&mut head).unwrap() > 0, "{head}");
+    }
+    assert!(!head.contains("Faults:"), "{head}");
+    let endpoint = |name: &str| {
+        head.lines()
+            .find_map(|line| line.strip_prefix(name))
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    let kinesis = rkcl_local::kinesis_client(&endpoint("Kinesis:"));
+    let dynamodb = rkcl_local::dynamodb_client(&endpoint("DynamoDB:"));
+    for _ in 0..3 {
+        kinesis.list_streams().send().await.unwrap();
+    }
+    dynamodb.list_tables().send().await.unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let counts = loop {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        if let Ok(counts) = serde_json::from_str::<serde_json::Value>(&text)
+            && counts["kinesis"]["ListStreams"] == 3
+            && counts["dynamodb"]["ListTables"] == 1
+        {
+            break counts;
+        }
+        assert!(Instant::now() < deadline, "counts not written: {text}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(counts["dynamodb"].get("ListStreams").is_none(), "{counts}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::fs::remove_file(&file).unwrap();
 }

@@ -69,7 +69,7 @@ pub mod testkit;
 
 pub use faults::{
     DEFAULT_FAULT_SEED, FaultCounts, FaultKind, FaultMeter, FaultPlan, FaultSpecError,
-    FaultSpecErrorKind, Service,
+    FaultSpecErrorKind, RequestCounts, Service,
 };
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -180,6 +180,7 @@ pub struct LocalBuilder {
     kinesis: KinesisSettings,
     faults: Option<FaultPlan>,
     fault_seed: Option<u64>,
+    count_requests: bool,
 }
 
 impl LocalBuilder {
@@ -217,6 +218,15 @@ impl LocalBuilder {
         self
     }
 
+    /// Count every request each service gets, by operation (see
+    /// [`Local::request_counts`]). This puts the fault layer in front of
+    /// both services, with no faults unless [`faults`](Self::faults) gives
+    /// some: one more local hop per request. Default: off.
+    pub fn count_requests(mut self) -> Self {
+        self.count_requests = true;
+        self
+    }
+
     /// The seed of the fault layer's random numbers: the same seed, plan and
     /// calls give the same faults. Default: [`DEFAULT_FAULT_SEED`].
     pub fn fault_seed(mut self, seed: u64) -> Self {
@@ -240,7 +250,13 @@ impl LocalBuilder {
 
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
-        let injector = self.faults.map(|plan| {
+        let faults_asked = self.faults.is_some();
+        let plan = match self.faults {
+            Some(plan) => Some(plan),
+            None if self.count_requests => Some(FaultPlan::default()),
+            None => None,
+        };
+        let injector = plan.map(|plan| {
             let seed = self.fault_seed.unwrap_or(DEFAULT_FAULT_SEED);
             Arc::new(faults::Injector::new(plan, seed))
         });
@@ -299,6 +315,7 @@ impl LocalBuilder {
             shutdown,
             tasks,
             faults: injector,
+            faults_asked,
         };
         if local.faults.is_some() {
             Local::wait_until_ready(
@@ -330,7 +347,10 @@ pub struct Local {
     dynamodb: aws_sdk_dynamodb::Client,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
+    /// The layer in front of the services: for faults, or only to count.
     faults: Option<Arc<faults::Injector>>,
+    /// Whether faults were asked for (not only counting).
+    faults_asked: bool,
 }
 
 impl Local {
@@ -381,14 +401,27 @@ impl Local {
         FaultMeter::new(self.faults.clone())
     }
 
-    /// The seed of the fault layer, `None` without one.
-    pub fn fault_seed(&self) -> Option<u64> {
-        self.faults.as_ref().map(|injector| injector.seed())
+    /// How many requests each service got so far, by operation; empty
+    /// unless [`LocalBuilder::count_requests`] or
+    /// [`LocalBuilder::faults`] put the layer that counts them in place.
+    pub fn request_counts(&self) -> RequestCounts {
+        self.fault_meter().requests()
     }
 
-    /// The fault plan being injected, `None` without a fault layer.
+    /// The seed of the fault layer, `None` without faults.
+    pub fn fault_seed(&self) -> Option<u64> {
+        self.faults
+            .as_ref()
+            .filter(|_| self.faults_asked)
+            .map(|injector| injector.seed())
+    }
+
+    /// The fault plan being injected, `None` without faults.
     pub fn fault_plan(&self) -> Option<&FaultPlan> {
-        self.faults.as_ref().map(|injector| injector.plan())
+        self.faults
+            .as_ref()
+            .filter(|_| self.faults_asked)
+            .map(|injector| injector.plan())
     }
 
     /// Stops both servers and waits (up to [`SHUTDOWN_TIMEOUT`]) for open

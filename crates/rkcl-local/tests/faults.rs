@@ -1,7 +1,8 @@
 //! The fault layer injects each kind of fault at its rate, as the AWS SDK
 //! sees it from AWS; the same seed replays the same faults; without faults
 //! it adds no error; SubscribeToShard still streams through it; and fault
-//! specs parse, or say which part is wrong.
+//! specs parse, or say which part is wrong. Requests are counted by
+//! service and operation, faulted or not, also with no faults asked for.
 
 use std::time::{Duration, Instant};
 
@@ -232,6 +233,45 @@ async fn dynamodb_item_calls_and_others_are_throttled_as_on_aws() {
         counts.get(Service::DynamoDb, "DescribeTable", FaultKind::Throttle),
         1
     );
+}
+
+#[tokio::test]
+async fn requests_are_counted_by_operation_with_or_without_faults() {
+    let counting = Local::builder().count_requests().start().await.unwrap();
+    assert_eq!(counting.fault_plan(), None);
+    assert_eq!(counting.fault_seed(), None);
+    let client = dynamodb(&counting);
+    create_table(&client, "table").await;
+    for _ in 0..5 {
+        get_item(&client).await.unwrap();
+    }
+    kinesis(&counting).list_streams().send().await.unwrap();
+    let counts = counting.request_counts();
+    assert_eq!(counts.get(Service::DynamoDb, "CreateTable"), 1, "{counts}");
+    assert_eq!(counts.get(Service::DynamoDb, "GetItem"), 5, "{counts}");
+    assert_eq!(counts.get(Service::Kinesis, "ListStreams"), 1, "{counts}");
+    assert_eq!(counts.get(Service::Kinesis, "GetItem"), 0, "{counts}");
+    assert_eq!(counts.total(Service::DynamoDb), 6, "{counts}");
+    assert!(counting.fault_counts().is_empty());
+
+    // Faulted requests count too.
+    let faulted = start("dynamodb.GetItem:throttle=100%", 10).await;
+    let client = dynamodb(&faulted);
+    create_table(&client, "table").await;
+    for _ in 0..3 {
+        get_item(&client).await.unwrap_err();
+    }
+    let counts = faulted.request_counts();
+    assert_eq!(counts.get(Service::DynamoDb, "GetItem"), 3, "{counts}");
+    assert!(
+        counts.to_string().contains("dynamodb.GetItem 3"),
+        "{counts}"
+    );
+
+    // Without the layer nothing is counted.
+    let plain = Local::start().await.unwrap();
+    plain.kinesis_client().list_streams().send().await.unwrap();
+    assert!(plain.request_counts().is_empty());
 }
 
 #[tokio::test]

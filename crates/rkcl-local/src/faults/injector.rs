@@ -46,6 +46,8 @@ struct OperationState {
     faults: OperationFaults,
     rng: StdRng,
     counts: [u64; FaultKind::ALL.len()],
+    /// Every request of the operation, faulted or not.
+    requests: u64,
 }
 
 /// The fault layer's state, shared by both services' proxies.
@@ -102,12 +104,14 @@ impl Injector {
                 faults: self.plan.resolve(service, operation),
                 rng: StdRng::seed_from_u64(self.seed ^ name_hash(service, operation)),
                 counts: [0; FaultKind::ALL.len()],
+                requests: 0,
             };
             by_name.insert(operation.to_owned(), state);
         }
         let Some(state) = by_name.get_mut(operation) else {
             return Decision::FORWARD;
         };
+        state.requests += 1;
         let draw = state.rng.random::<f64>() * 100.0;
         let delay = state
             .faults
@@ -146,6 +150,18 @@ impl Injector {
             }
         }
         FaultCounts { counts }
+    }
+
+    /// How many requests each operation got so far, faulted or not.
+    pub(crate) fn requests(&self) -> RequestCounts {
+        let operations = self.lock();
+        let mut counts = BTreeMap::new();
+        for (service, by_name) in Service::ALL.into_iter().zip(operations.iter()) {
+            for (operation, state) in by_name {
+                counts.insert((service, operation.clone()), state.requests);
+            }
+        }
+        RequestCounts { counts }
     }
 }
 
@@ -217,6 +233,14 @@ impl FaultMeter {
             .map_or_else(FaultCounts::default, |injector| injector.counts())
     }
 
+    /// How many requests each service got so far, by operation, faulted or
+    /// not; empty without a fault layer.
+    pub fn requests(&self) -> RequestCounts {
+        self.injector
+            .as_ref()
+            .map_or_else(RequestCounts::default, |injector| injector.requests())
+    }
+
     /// Whether a fault layer is in front of the services.
     pub fn is_active(&self) -> bool {
         self.injector.is_some()
@@ -273,6 +297,59 @@ impl fmt::Display for FaultCounts {
                 writeln!(f)?;
             }
             write!(f, "{service}.{operation} {kind} {n}")?;
+        }
+        Ok(())
+    }
+}
+
+/// How many requests each service got, by operation, as the layer in front
+/// of the local servers saw them (faulted ones included).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RequestCounts {
+    counts: BTreeMap<(Service, String), u64>,
+}
+
+impl RequestCounts {
+    /// The requests of one operation, 0 when it had none.
+    pub fn get(&self, service: Service, operation: &str) -> u64 {
+        self.counts
+            .get(&(service, operation.to_owned()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// All requests of one service.
+    pub fn total(&self, service: Service) -> u64 {
+        self.iter()
+            .filter(|&(s, _, _)| s == service)
+            .map(|(_, _, n)| n)
+            .sum()
+    }
+
+    /// Whether no request was counted.
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty()
+    }
+
+    /// Each operation with its count, by service, then operation name.
+    pub fn iter(&self) -> impl Iterator<Item = (Service, &str, u64)> + '_ {
+        self.counts
+            .iter()
+            .map(|((service, operation), n)| (*service, operation.as_str(), *n))
+    }
+}
+
+/// One line per operation, `dynamodb.UpdateItem 1080`; `none` when empty.
+impl fmt::Display for RequestCounts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_empty() {
+            return f.write_str("none");
+        }
+        for (i, (service, operation, n)) in self.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{service}.{operation} {n}")?;
         }
         Ok(())
     }

@@ -21,7 +21,7 @@ mod proxy;
 
 pub use error::{FaultSpecError, FaultSpecErrorKind};
 pub(crate) use injector::Injector;
-pub use injector::{FaultCounts, FaultMeter};
+pub use injector::{FaultCounts, FaultMeter, RequestCounts};
 pub use plan::{FaultKind, FaultPlan, Service};
 pub(crate) use proxy::interpose;
 
