@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use crate::aws::{AwsArgs, stream_ref};
 use crate::exec::{ExecArgs, Worker};
 use crate::observe::{FLUSH_TIMEOUT, ObserveArgs};
-use crate::output::{flush, write_json_line};
+use crate::output::{flush, write_bytes};
 use crate::retrieval::RetrievalArgs;
 use crate::tail::{DataFormat, RecordLine};
 
@@ -112,19 +112,23 @@ struct StdoutWriter {
     since_checkpoint: u64,
     last_checkpoint: Instant,
     closed: Arc<Notify>,
+    /// The batch's lines, written to stdout at once: one write for the
+    /// batch, not one per line (stdout is line-buffered), and kept between
+    /// batches so it is allocated once.
+    lines: Vec<u8>,
 }
 
 impl StdoutWriter {
     /// Writes and flushes the batch; `false` when stdout was closed.
-    fn write(&self, input: &ProcessRecordsInput) -> anyhow::Result<bool> {
-        let mut out = std::io::stdout().lock();
+    fn write(&mut self, input: &ProcessRecordsInput) -> anyhow::Result<bool> {
+        self.lines.clear();
         for record in &input.records {
             let line = RecordLine::new(&self.stream, &self.shard_id, record, self.format);
-            if !write_json_line(&mut out, &line)? {
-                return Ok(false);
-            }
+            serde_json::to_writer(&mut self.lines, &line).context("could not encode JSON")?;
+            self.lines.push(b'\n');
         }
-        flush(&mut out)
+        let mut out = std::io::stdout().lock();
+        Ok(write_bytes(&mut out, &self.lines)? && flush(&mut out)?)
     }
 
     async fn checkpoint_written(&mut self, checkpointer: &Checkpointer) -> rkcl::Result<()> {
@@ -228,6 +232,7 @@ pub(crate) async fn run(aws: &AwsArgs, args: ConsumeArgs) -> anyhow::Result<Exit
             since_checkpoint: 0,
             last_checkpoint: Instant::now(),
             closed: stdout_closed.clone(),
+            lines: Vec::new(),
         }
     })
     .await
