@@ -129,7 +129,9 @@ async fn fill(kinesis: &Kinesis, name: &str, packing: Packing) -> u64 {
     let records: Vec<ProducerRecord> = (0..RECORDS)
         .map(|i| ProducerRecord::new(format!("key-{i}"), vec![b'x'; RECORD_SIZE]))
         .collect();
-    put(kinesis, &stream, records, packing).await.kinesis_records
+    put(kinesis, &stream, records, packing)
+        .await
+        .kinesis_records
 }
 
 #[tokio::main]
@@ -147,7 +149,10 @@ async fn main() {
     let kinesis = Kinesis::new(local.kinesis_client());
     let endpoints = Endpoints::of(&local);
     let mut streams = Vec::new();
-    for (name, packing) in [("plain", Packing::Plain), ("aggregated", Packing::Aggregated)] {
+    for (name, packing) in [
+        ("plain", Packing::Plain),
+        ("aggregated", Packing::Aggregated),
+    ] {
         let filling = Instant::now();
         let kinesis_records = fill(&kinesis, name, packing).await;
         println!(

@@ -112,11 +112,17 @@ struct StdoutWriter {
     since_checkpoint: u64,
     last_checkpoint: Instant,
     closed: Arc<Notify>,
-    /// The batch's lines, written to stdout at once: one write for the
-    /// batch, not one per line (stdout is line-buffered), and kept between
-    /// batches so it is allocated once.
+    /// Lines waiting to be written to stdout: written [`WRITE_CHUNK`] at a
+    /// time, not one write per line (stdout is line-buffered), and kept
+    /// between batches (allocated at the first record, so an idle shard
+    /// holds none).
     lines: Vec<u8>,
 }
+
+/// How many bytes of lines `rkcl consume` gathers before writing them: a
+/// batch of aggregated records can hold 100,000 user records, which must
+/// not all wait in memory as text.
+const WRITE_CHUNK: usize = 64 * 1024;
 
 impl StdoutWriter {
     /// Writes and flushes the batch; `false` when stdout was closed.
@@ -126,6 +132,12 @@ impl StdoutWriter {
             let line = RecordLine::new(&self.stream, &self.shard_id, record, self.format);
             serde_json::to_writer(&mut self.lines, &line).context("could not encode JSON")?;
             self.lines.push(b'\n');
+            if self.lines.len() >= WRITE_CHUNK {
+                if !write_bytes(&mut std::io::stdout().lock(), &self.lines)? {
+                    return Ok(false);
+                }
+                self.lines.clear();
+            }
         }
         let mut out = std::io::stdout().lock();
         Ok(write_bytes(&mut out, &self.lines)? && flush(&mut out)?)

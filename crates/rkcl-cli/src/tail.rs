@@ -208,4 +208,33 @@ mod tests {
         assert!(parse_from("at-timestamp:yesterday").is_err());
         assert!(parse_from("oldest").is_err());
     }
+
+    #[test]
+    fn record_lines_keep_their_format() {
+        let record = |data: &[u8], at: Option<SystemTime>| UserRecord {
+            sequence_number: "42".parse().unwrap(),
+            sub_sequence_number: Some(3),
+            partition_key: "key \"q\"".into(),
+            explicit_hash_key: None,
+            data: bytes::Bytes::copy_from_slice(data),
+            approximate_arrival_timestamp: at,
+        };
+        let shard = ShardId::from("shardId-000000000001");
+        let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123);
+        let line = |record: &UserRecord, format| {
+            serde_json::to_string(&RecordLine::new("s", &shard, record, format)).unwrap()
+        };
+        assert_eq!(
+            line(&record(b"text \n", Some(at)), DataFormat::Utf8),
+            r#"{"stream":"s","shard_id":"shardId-000000000001","sequence_number":"42","sub_sequence_number":3,"partition_key":"key \"q\"","explicit_hash_key":null,"approximate_arrival_timestamp":"2023-11-14T22:13:20.123Z","data":"text \n"}"#
+        );
+        assert_eq!(
+            line(&record(&[0xff, 0], None), DataFormat::Utf8),
+            r#"{"stream":"s","shard_id":"shardId-000000000001","sequence_number":"42","sub_sequence_number":3,"partition_key":"key \"q\"","explicit_hash_key":null,"approximate_arrival_timestamp":null,"data":"/wA=","data_encoding":"base64"}"#
+        );
+        assert_eq!(
+            line(&record(b"ab", None), DataFormat::Base64),
+            r#"{"stream":"s","shard_id":"shardId-000000000001","sequence_number":"42","sub_sequence_number":3,"partition_key":"key \"q\"","explicit_hash_key":null,"approximate_arrival_timestamp":null,"data":"YWI="}"#
+        );
+    }
 }

@@ -229,3 +229,110 @@ pub(super) fn read(body: &[u8]) -> Option<GetRecordsOutput> {
         child_shards,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use aws_smithy_runtime_api::http::StatusCode;
+    use aws_smithy_types::body::SdkBody;
+
+    use super::*;
+    use crate::aws::kinesis::sdk_records_output;
+
+    fn response(status: u16, body: &str) -> HttpResponse {
+        HttpResponse::new(
+            StatusCode::try_from(status).unwrap(),
+            SdkBody::from(body.to_owned()),
+        )
+    }
+
+    /// The body read by the SDK's deserializer, then in domain types.
+    fn by_sdk(body: &str) -> crate::Result<GetRecordsOutput> {
+        let layer = sdk_layer().unwrap();
+        let sdk = layer.load::<SharedResponseDeserializer>().unwrap();
+        let out = sdk
+            .deserialize_nonstreaming_with_config(&response(200, body), &ConfigBag::base())
+            .unwrap();
+        sdk_records_output(*out.downcast::<SdkOutput>().unwrap())
+    }
+
+    fn assert_same(sdk: &GetRecordsOutput, direct: &GetRecordsOutput) {
+        assert_eq!(sdk.records, direct.records);
+        assert_eq!(sdk.next_shard_iterator, direct.next_shard_iterator);
+        assert_eq!(sdk.millis_behind_latest, direct.millis_behind_latest);
+        assert_eq!(sdk.child_shards, direct.child_shards);
+    }
+
+    const FULL: &str = r#"{"Records":[
+        {"SequenceNumber":"49590338271490256608559692538361571095921575989136588898",
+         "ApproximateArrivalTimestamp":1700000000.123,
+         "Data":"/wD+AQ==","PartitionKey":"q\"b\\s\u00e9\n\u2028","EncryptionType":"KMS"},
+        {"SequenceNumber":"2","ApproximateArrivalTimestamp":1700000001,
+         "Data":"","PartitionKey":"k","Unknown":{"a":[1,{"b":null}]}},
+        {"Data":"eA==","PartitionKey":"k","SequenceNumber":"3","ApproximateArrivalTimestamp":null}
+      ],
+      "NextShardIterator":"AAAA+/=","MillisBehindLatest":5,
+      "ChildShards":[
+        {"ShardId":"shardId-000000000002","ParentShards":["shardId-000000000000","shardId-000000000001"],
+         "HashKeyRange":{"StartingHashKey":"0","EndingHashKey":"340282366920938463463374607431768211455"}},
+        {"ShardId":"shardId-000000000003","ParentShards":["shardId-000000000000"],
+         "HashKeyRange":{"StartingHashKey":"10","EndingHashKey":"5"}}
+      ]}"#;
+
+    #[test]
+    fn reads_what_the_sdk_reads() {
+        for body in [
+            FULL,
+            r#"{"Records":[],"NextShardIterator":null,"MillisBehindLatest":0,"ChildShards":null}"#,
+            r#"{"NextShardIterator":"x"}"#,
+            r#"{}"#,
+        ] {
+            let direct = read(body.as_bytes()).unwrap();
+            assert_same(&by_sdk(body).unwrap(), &direct);
+        }
+        let full = read(FULL.as_bytes()).unwrap();
+        assert_eq!(full.records.len(), 3);
+        assert_eq!(full.records[0].partition_key, "q\"b\\sé\n\u{2028}");
+        assert_eq!(&full.records[0].data[..], &[0xff, 0, 0xfe, 1]);
+        // The child with an empty range is left to the shard sync.
+        assert_eq!(full.child_shards.len(), 1);
+    }
+
+    #[test]
+    fn leaves_what_it_does_not_understand_to_the_sdk() {
+        for body in [
+            r#"{"Records":[{"SequenceNumber":"abc","Data":"eA==","PartitionKey":"k"}]}"#,
+            r#"{"Records":[{"SequenceNumber":"1","Data":"not base64!","PartitionKey":"k"}]}"#,
+            r#"{"Records":[{"SequenceNumber":"1","Data":"eA==","PartitionKey":"k","ApproximateArrivalTimestamp":"soon"}]}"#,
+            r#"{"Records":[{"Data":"eA==","PartitionKey":"k"}]}"#,
+            r#"{"Records":"#,
+        ] {
+            assert!(read(body.as_bytes()).is_none(), "{body}");
+        }
+    }
+
+    #[test]
+    fn the_deserializer_takes_successes_and_passes_errors_on() {
+        let slot = Slot::default();
+        let direct = Direct {
+            sdk: sdk_layer().unwrap(),
+            slot: slot.clone(),
+        };
+        let cfg = ConfigBag::base();
+        let out = direct
+            .deserialize_nonstreaming_with_config(&response(200, FULL), &cfg)
+            .unwrap();
+        // The SDK gets an empty output; the records are in the slot.
+        assert!(out.downcast::<SdkOutput>().unwrap().records.is_empty());
+        assert_eq!(slot.lock().unwrap().take().unwrap().records.len(), 3);
+
+        let error = r#"{"__type":"ExpiredIteratorException","message":"Iterator expired"}"#;
+        let out = direct.deserialize_nonstreaming_with_config(&response(400, error), &cfg);
+        assert!(out.is_err());
+        assert!(slot.lock().unwrap().is_none());
+
+        // A body it cannot read goes to the SDK, whose output is then used.
+        let odd = r#"{"Records":[{"SequenceNumber":"1","Data":"eA==","PartitionKey":"k","ApproximateArrivalTimestamp":"soon"}]}"#;
+        let _ = direct.deserialize_nonstreaming_with_config(&response(200, odd), &cfg);
+        assert!(slot.lock().unwrap().is_none());
+    }
+}

@@ -527,7 +527,7 @@ fn shard_from_sdk(shard: &aws_sdk_kinesis::types::Shard) -> Result<Shard> {
 }
 
 /// The SDK's GetRecords output in domain types.
-fn sdk_records_output(
+pub(super) fn sdk_records_output(
     mut out: aws_sdk_kinesis::operation::get_records::GetRecordsOutput,
 ) -> Result<GetRecordsOutput> {
     // Moving the SDK's strings and buffers avoids a copy per record.
