@@ -252,7 +252,7 @@ mod tests {
         let out = sdk
             .deserialize_nonstreaming_with_config(&response(200, body), &ConfigBag::base())
             .unwrap();
-        sdk_records_output(*out.downcast::<SdkOutput>().unwrap())
+        sdk_records_output(out.downcast::<SdkOutput>().unwrap())
     }
 
     fn assert_same(sdk: &GetRecordsOutput, direct: &GetRecordsOutput) {
