@@ -57,8 +57,8 @@ pub enum RecordsDecoding {
     /// (feature `direct-get-records`, on by default; without it, the same
     /// as [`Sdk`](Self::Sdk)). An answer it does not understand is left to
     /// the SDK's deserializer, so the records and errors are the same as
-    /// with [`Sdk`](Self::Sdk), for about half the CPU per record. The
-    /// default.
+    /// with [`Sdk`](Self::Sdk); a counting worker spends about half the
+    /// CPU per GB (`cargo bench -p rkcl-cli --bench cpu`). The default.
     #[default]
     Direct,
 }
