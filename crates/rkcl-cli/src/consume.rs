@@ -18,7 +18,7 @@ use rkcl::tracker::{FormerStreams, MultiStreamConfig, StaticStreams, StreamConfi
 use crate::aws::{AwsArgs, stream_ref};
 use crate::exec::{ExecArgs, Worker};
 use crate::observe::{FLUSH_TIMEOUT, ObserveArgs};
-use crate::output::{flush, write_json_line};
+use crate::output::{flush, write_bytes};
 use crate::retrieval::RetrievalArgs;
 use crate::tail::{DataFormat, RecordLine};
 
@@ -167,19 +167,35 @@ struct StdoutWriter {
     since_checkpoint: u64,
     last_checkpoint: Instant,
     closed: Arc<Notify>,
+    /// Lines waiting to be written to stdout: written [`WRITE_CHUNK`] at a
+    /// time, not one write per line (stdout is line-buffered), and kept
+    /// between batches (allocated at the first record, so an idle shard
+    /// holds none).
+    lines: Vec<u8>,
 }
+
+/// How many bytes of lines `rkcl consume` gathers before writing them: a
+/// batch of aggregated records can hold 100,000 user records, which must
+/// not all wait in memory as text.
+const WRITE_CHUNK: usize = 64 * 1024;
 
 impl StdoutWriter {
     /// Writes and flushes the batch; `false` when stdout was closed.
-    fn write(&self, input: &ProcessRecordsInput) -> anyhow::Result<bool> {
-        let mut out = std::io::stdout().lock();
+    fn write(&mut self, input: &ProcessRecordsInput) -> anyhow::Result<bool> {
+        self.lines.clear();
         for record in &input.records {
             let line = RecordLine::new(&self.stream, &self.shard_id, record, self.format);
-            if !write_json_line(&mut out, &line)? {
-                return Ok(false);
+            serde_json::to_writer(&mut self.lines, &line).context("could not encode JSON")?;
+            self.lines.push(b'\n');
+            if self.lines.len() >= WRITE_CHUNK {
+                if !write_bytes(&mut std::io::stdout().lock(), &self.lines)? {
+                    return Ok(false);
+                }
+                self.lines.clear();
             }
         }
-        flush(&mut out)
+        let mut out = std::io::stdout().lock();
+        Ok(write_bytes(&mut out, &self.lines)? && flush(&mut out)?)
     }
 
     async fn checkpoint_written(&mut self, checkpointer: &Checkpointer) -> rkcl::Result<()> {
@@ -306,6 +322,7 @@ pub(crate) async fn run(aws: &AwsArgs, args: ConsumeArgs) -> anyhow::Result<Exit
             since_checkpoint: 0,
             last_checkpoint: Instant::now(),
             closed: stdout_closed.clone(),
+            lines: Vec::new(),
         }
     })
     .await

@@ -21,6 +21,15 @@ pub(crate) fn write_line(out: &mut dyn Write, text: &str) -> anyhow::Result<bool
     }
 }
 
+/// Writes `bytes` whole; `false` when the reader has gone (closed pipe).
+pub(crate) fn write_bytes(out: &mut dyn Write, bytes: &[u8]) -> anyhow::Result<bool> {
+    match out.write_all(bytes) {
+        Ok(()) => Ok(true),
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(err) => Err(err).context("could not write to stdout"),
+    }
+}
+
 /// Flushes; `false` when the reader has gone (closed pipe).
 pub(crate) fn flush(out: &mut dyn Write) -> anyhow::Result<bool> {
     match out.flush() {

@@ -1,6 +1,7 @@
 //! `rkcl tail`: every user record of a stream as JSON lines, without leases
 //! or checkpoints.
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::SystemTime;
@@ -57,8 +58,9 @@ pub(crate) struct RecordLine<'a> {
     sub_sequence_number: Option<u64>,
     partition_key: &'a str,
     explicit_hash_key: Option<&'a str>,
-    approximate_arrival_timestamp: Option<String>,
-    data: String,
+    #[serde(serialize_with = "display_or_null")]
+    approximate_arrival_timestamp: Option<humantime::Rfc3339Timestamp>,
+    data: Cow<'a, str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     data_encoding: Option<&'static str>,
 }
@@ -71,9 +73,9 @@ impl<'a> RecordLine<'a> {
         format: DataFormat,
     ) -> Self {
         let (data, data_encoding) = match (format, std::str::from_utf8(&record.data)) {
-            (DataFormat::Utf8, Ok(text)) => (text.to_owned(), None),
-            (DataFormat::Utf8, Err(_)) => (BASE64.encode(&record.data), Some("base64")),
-            (DataFormat::Base64, _) => (BASE64.encode(&record.data), None),
+            (DataFormat::Utf8, Ok(text)) => (Cow::Borrowed(text), None),
+            (DataFormat::Utf8, Err(_)) => (Cow::Owned(BASE64.encode(&record.data)), Some("base64")),
+            (DataFormat::Base64, _) => (Cow::Owned(BASE64.encode(&record.data)), None),
         };
         Self {
             stream,
@@ -84,10 +86,21 @@ impl<'a> RecordLine<'a> {
             explicit_hash_key: record.explicit_hash_key.as_deref(),
             approximate_arrival_timestamp: record
                 .approximate_arrival_timestamp
-                .map(|t| humantime::format_rfc3339_millis(t).to_string()),
+                .map(humantime::format_rfc3339_millis),
             data,
             data_encoding,
         }
+    }
+}
+
+/// A value written as its `Display` text (no copy in between), or `null`.
+fn display_or_null<S: serde::Serializer>(
+    value: &Option<impl std::fmt::Display>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(value) => serializer.collect_str(value),
+        None => serializer.serialize_none(),
     }
 }
 
@@ -194,5 +207,34 @@ mod tests {
         assert!(parse_from("at-sequence:shardId-1").is_err());
         assert!(parse_from("at-timestamp:yesterday").is_err());
         assert!(parse_from("oldest").is_err());
+    }
+
+    #[test]
+    fn record_lines_keep_their_format() {
+        let record = |data: &[u8], at: Option<SystemTime>| UserRecord {
+            sequence_number: "42".parse().unwrap(),
+            sub_sequence_number: Some(3),
+            partition_key: "key \"q\"".into(),
+            explicit_hash_key: None,
+            data: bytes::Bytes::copy_from_slice(data),
+            approximate_arrival_timestamp: at,
+        };
+        let shard = ShardId::from("shardId-000000000001");
+        let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123);
+        let line = |record: &UserRecord, format| {
+            serde_json::to_string(&RecordLine::new("s", &shard, record, format)).unwrap()
+        };
+        assert_eq!(
+            line(&record(b"text \n", Some(at)), DataFormat::Utf8),
+            r#"{"stream":"s","shard_id":"shardId-000000000001","sequence_number":"42","sub_sequence_number":3,"partition_key":"key \"q\"","explicit_hash_key":null,"approximate_arrival_timestamp":"2023-11-14T22:13:20.123Z","data":"text \n"}"#
+        );
+        assert_eq!(
+            line(&record(&[0xff, 0], None), DataFormat::Utf8),
+            r#"{"stream":"s","shard_id":"shardId-000000000001","sequence_number":"42","sub_sequence_number":3,"partition_key":"key \"q\"","explicit_hash_key":null,"approximate_arrival_timestamp":null,"data":"/wA=","data_encoding":"base64"}"#
+        );
+        assert_eq!(
+            line(&record(b"ab", None), DataFormat::Base64),
+            r#"{"stream":"s","shard_id":"shardId-000000000001","sequence_number":"42","sub_sequence_number":3,"partition_key":"key \"q\"","explicit_hash_key":null,"approximate_arrival_timestamp":null,"data":"YWI="}"#
+        );
     }
 }

@@ -172,34 +172,50 @@ pub(super) fn child_shards_from_sdk(
     children: &[aws_sdk_kinesis::types::ChildShard],
     call: &str,
 ) -> Vec<ChildShard> {
-    let mut out = Vec::with_capacity(children.len());
-    for child in children {
-        let range = child.hash_key_range();
-        let start = range.and_then(|r| r.starting_hash_key().parse::<HashKey>().ok());
-        let end = range.and_then(|r| r.ending_hash_key().parse::<HashKey>().ok());
-        let Some(hash_key_range) = start
-            .zip(end)
-            .and_then(|(start, end)| HashKeyRange::new(start, end).ok())
-        else {
-            tracing::warn!(
+    children
+        .iter()
+        .filter_map(|child| {
+            let range = child.hash_key_range();
+            child_shard(
                 call,
-                child = child.shard_id(),
-                "a child shard without a valid hash-key range; \
-                 the child is left to the next shard sync"
-            );
-            continue;
-        };
-        out.push(ChildShard {
-            id: ShardId::from(child.shard_id()),
-            parent_shard_ids: child
-                .parent_shards()
-                .iter()
-                .map(|p| ShardId::from(p.as_str()))
-                .collect(),
-            hash_key_range,
-        });
-    }
-    out
+                child.shard_id(),
+                child.parent_shards().iter().map(String::as_str),
+                range.map(|r| r.starting_hash_key()),
+                range.map(|r| r.ending_hash_key()),
+            )
+        })
+        .collect()
+}
+
+/// One child shard from its parts as an answer names them; `None` (and a
+/// warning) without a valid hash-key range. Shared by the SDK's shapes and
+/// the direct reading of GetRecords.
+pub(super) fn child_shard<'a>(
+    call: &str,
+    id: &str,
+    parents: impl Iterator<Item = &'a str>,
+    starting_hash_key: Option<&str>,
+    ending_hash_key: Option<&str>,
+) -> Option<ChildShard> {
+    let start = starting_hash_key.and_then(|k| k.parse::<HashKey>().ok());
+    let end = ending_hash_key.and_then(|k| k.parse::<HashKey>().ok());
+    let Some(hash_key_range) = start
+        .zip(end)
+        .and_then(|(start, end)| HashKeyRange::new(start, end).ok())
+    else {
+        tracing::warn!(
+            call,
+            child = id,
+            "a child shard without a valid hash-key range; \
+             the child is left to the next shard sync"
+        );
+        return None;
+    };
+    Some(ChildShard {
+        id: ShardId::from(id),
+        parent_shard_ids: parents.map(ShardId::from).collect(),
+        hash_key_range,
+    })
 }
 
 /// One entry of a PutRecords call.

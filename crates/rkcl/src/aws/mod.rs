@@ -15,6 +15,8 @@ mod cloudwatch;
 mod consumers;
 mod dynamodb;
 mod error;
+#[cfg(feature = "direct-get-records")]
+mod get_records_json;
 mod kinesis;
 mod kinesis_shapes;
 mod lease_item;
@@ -25,7 +27,7 @@ mod subscription;
 pub use cloudwatch::{CloudWatch, Datum, DatumUnit, DatumValue};
 pub use consumers::{ConsumerStatus, StreamConsumer};
 pub use dynamodb::{DynamoDbLeaseStore, LeaseTableRequests};
-pub use kinesis::Kinesis;
+pub use kinesis::{Kinesis, RecordsDecoding};
 pub use kinesis_shapes::{ChildShard, GetRecordsOutput, ShardFilter, StreamRef, StreamSummary};
 pub(crate) use kinesis_shapes::{PutEntry, PutOutcome};
 pub use subscription::{Subscription, SubscriptionEvent};
