@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,15 +17,7 @@ use rkcl_local::testkit::Packing::Plain;
 use rkcl_local::testkit::{create_stream, eventually, put};
 
 fn rkcl(local: &Local) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_rkcl"));
-    command
-        .env("AWS_ENDPOINT_URL_KINESIS", local.kinesis_endpoint())
-        .env("AWS_ENDPOINT_URL_DYNAMODB", local.dynamodb_endpoint())
-        .env("AWS_REGION", rkcl_local::REGION)
-        .env("AWS_ACCESS_KEY_ID", rkcl_local::ACCESS_KEY_ID)
-        .env("AWS_SECRET_ACCESS_KEY", rkcl_local::SECRET_ACCESS_KEY)
-        .env_remove("AWS_PROFILE");
-    command
+    common::rkcl_on(local)
 }
 
 fn consume(local: &Local, app: &str, streams: &[&str]) -> Command {
@@ -42,20 +33,8 @@ fn consume(local: &Local, app: &str, streams: &[&str]) -> Command {
 }
 
 /// Starts a consumer whose stdout lines land in `lines`.
-fn spawn(mut command: Command, lines: &Arc<Mutex<Vec<serde_json::Value>>>) -> Child {
-    let mut child = command.spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let lines = lines.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let line = line.unwrap();
-            lines
-                .lock()
-                .unwrap()
-                .push(serde_json::from_str(&line).unwrap());
-        }
-    });
-    child
+fn spawn(command: Command, lines: &Arc<Mutex<Vec<serde_json::Value>>>) -> Child {
+    common::spawn_json_lines(command, lines)
 }
 
 /// The records written, by stream name.

@@ -3,6 +3,8 @@
 //! was written and not checkpointed, both owners show, and after the group
 //! stops, a shard without a lease and a lease of a gone shard show too.
 
+mod common;
+
 use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
@@ -26,15 +28,7 @@ use serde_json::Value;
 const APP: &str = "orders";
 
 fn rkcl(local: &Local) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_rkcl"));
-    command
-        .env("AWS_ENDPOINT_URL_KINESIS", local.kinesis_endpoint())
-        .env("AWS_ENDPOINT_URL_DYNAMODB", local.dynamodb_endpoint())
-        .env("AWS_REGION", rkcl_local::REGION)
-        .env("AWS_ACCESS_KEY_ID", rkcl_local::ACCESS_KEY_ID)
-        .env("AWS_SECRET_ACCESS_KEY", rkcl_local::SECRET_ACCESS_KEY)
-        .env_remove("AWS_PROFILE");
-    command
+    common::rkcl_on(local)
 }
 
 async fn run(local: &Local, args: &[&str]) -> Output {

@@ -20,6 +20,43 @@ pub fn rkcl(local: &Local) -> Command {
     command
 }
 
+/// The `rkcl` binary, pointed at both local services (Kinesis and
+/// DynamoDB) through the standard endpoint variables, with their
+/// credentials.
+pub fn rkcl_on(local: &Local) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_rkcl"));
+    command
+        .env("AWS_ENDPOINT_URL_KINESIS", local.kinesis_endpoint())
+        .env("AWS_ENDPOINT_URL_DYNAMODB", local.dynamodb_endpoint())
+        .env("AWS_REGION", rkcl_local::REGION)
+        .env("AWS_ACCESS_KEY_ID", rkcl_local::ACCESS_KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", rkcl_local::SECRET_ACCESS_KEY)
+        .env_remove("AWS_PROFILE");
+    command
+}
+
+/// Starts `command` with its stdout piped; every line, read as JSON, lands
+/// in `lines`.
+pub fn spawn_json_lines(
+    mut command: Command,
+    lines: &std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+) -> Child {
+    use std::io::BufRead;
+    let mut child = command.stdout(Stdio::piped()).spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let lines = lines.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            lines
+                .lock()
+                .unwrap()
+                .push(serde_json::from_str(&line).unwrap());
+        }
+    });
+    child
+}
+
 /// Runs `command` with `stdin` as its input.
 pub fn run_with_stdin(mut command: Command, stdin: &str) -> Output {
     let mut child = command
