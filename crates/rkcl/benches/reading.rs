@@ -9,7 +9,8 @@
 //! (b) Put-to-delivery latency p50/p99 with the default idle interval
 //!     (500 ms) and with 200 ms.
 //!
-//! Run with `cargo bench -p rkcl --bench reading`. It prints its figures.
+//! Run with `cargo bench -p rkcl --bench reading`, or with `-- throughput`
+//! or `-- latency` for one part. It prints its figures.
 #![allow(clippy::print_stdout)]
 
 use std::sync::Arc;
@@ -156,9 +157,22 @@ async fn latency(local: &Local, idle: Duration) {
 #[tokio::main]
 async fn main() {
     let local = Local::start().await.unwrap();
-    throughput(&local, 4).await;
-    throughput(&local, 16).await;
-    latency(&local, PollingConfig::DEFAULT_IDLE_INTERVAL).await;
-    latency(&local, Duration::from_millis(200)).await;
+    if wanted("throughput") {
+        throughput(&local, 4).await;
+        throughput(&local, 16).await;
+    }
+    if wanted("latency") {
+        latency(&local, PollingConfig::DEFAULT_IDLE_INTERVAL).await;
+        latency(&local, Duration::from_millis(200)).await;
+    }
     local.shutdown().await;
+}
+
+/// Whether the command line asks for `part` (no part named: every part).
+fn wanted(part: &str) -> bool {
+    let named: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|arg| !arg.starts_with('-'))
+        .collect();
+    named.is_empty() || named.iter().any(|arg| arg == part)
 }
