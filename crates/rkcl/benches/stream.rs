@@ -189,7 +189,10 @@ async fn bounded_memory() {
         .unwrap();
     let baseline = String::from_utf8_lossy(&baseline.stdout);
     let baseline_kb = kb_after(&baseline, "VmHWM ");
-    let run = child("memory", "bench", "bench-memory").await.unwrap().unwrap();
+    let run = child("memory", "bench", "bench-memory")
+        .await
+        .unwrap()
+        .unwrap();
     let run = String::from_utf8_lossy(&run.stdout);
     println!(
         "(b) commit nothing, 64 MiB in flight allowed, {} MiB waiting in the stream",

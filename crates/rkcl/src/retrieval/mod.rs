@@ -10,6 +10,8 @@
 //! are read to their end, without leases or checkpoints (what `rkcl tail`
 //! uses).
 
+use std::sync::Arc;
+
 use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
@@ -24,6 +26,7 @@ mod fanout;
 mod fanout_config;
 mod polling;
 mod polling_config;
+mod read_memory;
 mod reader;
 mod shard_graph;
 
@@ -199,6 +202,31 @@ pub(crate) struct KinesisSources {
     /// The ARN of the stream consumer fan-out reads through, resolved when
     /// the worker started; `None` for polling.
     pub(crate) consumer_arn: Option<String>,
+    /// The read memory every polling reader of the worker shares.
+    pub(crate) read_memory: Arc<read_memory::ReadMemory>,
+}
+
+impl KinesisSources {
+    /// The sources of a worker reading `stream` as `retrieval` says, with
+    /// one read memory for all its polling readers.
+    pub(crate) fn new(
+        kinesis: Kinesis,
+        stream: StreamRef,
+        retrieval: Retrieval,
+        consumer_arn: Option<String>,
+    ) -> Self {
+        let read_bytes = match &retrieval {
+            Retrieval::Polling(config) => config.worker_read_bytes,
+            Retrieval::FanOut(_) => PollingConfig::DEFAULT_WORKER_READ_BYTES,
+        };
+        Self {
+            kinesis,
+            stream,
+            retrieval,
+            consumer_arn,
+            read_memory: read_memory::ReadMemory::new(read_bytes),
+        }
+    }
 }
 
 impl OpenRecordSource for KinesisSources {
@@ -216,6 +244,7 @@ impl OpenRecordSource for KinesisSources {
                 start,
                 config.clone(),
                 stop,
+                self.read_memory.clone(),
             )?)),
             Retrieval::FanOut(config) => {
                 let consumer_arn = self.consumer_arn.clone().ok_or_else(|| {

@@ -128,12 +128,12 @@ impl Scheduler {
         health.started(config.leases.lease_duration, true);
         let leases: Arc<dyn LeaseAccess> = Arc::new(coordinator.clone());
         let context = Arc::new(WorkerContext {
-            sources: Arc::new(KinesisSources {
-                kinesis: kinesis.clone(),
-                stream: config.stream.clone(),
-                retrieval: config.retrieval.clone(),
+            sources: Arc::new(KinesisSources::new(
+                kinesis.clone(),
+                config.stream.clone(),
+                config.retrieval.clone(),
                 consumer_arn,
-            }),
+            )),
             initial_timestamp: match config.initial_position {
                 InitialPosition::AtTimestamp(at) => Some(at),
                 _ => None,
