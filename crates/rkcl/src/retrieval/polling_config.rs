@@ -47,7 +47,7 @@ pub struct PollingConfig {
     /// ahead, and the batch the record processor is handling. A call's
     /// `Limit` is chosen so that its response fits what is left (from the
     /// size of the shard's records so far), and a reader waits while the
-    /// worker's readers hold it all. The Stream API lowers it to a quarter
+    /// worker's readers hold it all. The Stream API lowers it to an eighth
     /// of its in-flight byte limit. Default:
     /// [`DEFAULT_WORKER_READ_BYTES`](Self::DEFAULT_WORKER_READ_BYTES).
     pub worker_read_bytes: usize,
@@ -91,7 +91,7 @@ impl PollingConfig {
     /// interval starts to lengthen.
     pub const DEFAULT_QUIET_AFTER: Duration = Duration::from_secs(10);
     /// The default cap of a quiet shard's pause between calls.
-    pub const DEFAULT_MAX_QUIET_INTERVAL: Duration = Duration::from_secs(2);
+    pub const DEFAULT_MAX_QUIET_INTERVAL: Duration = Duration::from_secs(3);
     /// The default memory of a worker's polling readers: 256 MiB.
     pub const DEFAULT_WORKER_READ_BYTES: usize = 256 << 20;
     /// The least memory of a worker's polling readers: 1 MiB.
@@ -302,12 +302,13 @@ mod tests {
             config.quiet_interval(Duration::from_millis(9_999)),
             Duration::from_millis(500)
         );
-        // Then twice as long for each 10 s begun, up to the 2 s cap.
+        // Then twice as long for each 10 s begun, up to the 3 s cap.
         assert_eq!(config.quiet_interval(secs(10)), secs(1));
         assert_eq!(config.quiet_interval(secs(19)), secs(1));
         assert_eq!(config.quiet_interval(secs(20)), secs(2));
-        assert_eq!(config.quiet_interval(secs(35)), secs(2));
-        assert_eq!(config.quiet_interval(secs(86_400 * 365)), secs(2));
+        assert_eq!(config.quiet_interval(secs(29)), secs(2));
+        assert_eq!(config.quiet_interval(secs(30)), secs(3));
+        assert_eq!(config.quiet_interval(secs(86_400 * 365)), secs(3));
         // The pause is a share of it, as at the idle interval.
         assert_eq!(
             config.quiet_pause(secs(20), 0.9),

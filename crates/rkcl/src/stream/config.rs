@@ -31,7 +31,7 @@ pub struct ConsumerConfig {
     /// polling, the worker's read memory
     /// ([`PollingConfig::worker_read_bytes`](crate::retrieval::PollingConfig::worker_read_bytes):
     /// responses being decoded and batches not yet delivered) is lowered to
-    /// a quarter of it, so that the worker holds about 1.25 times this
+    /// an eighth of it, so that the worker holds about 1.125 times this
     /// limit of records at most.
     pub max_in_flight_bytes: usize,
     /// Warn (naming the shard and position) when the oldest uncommitted
