@@ -120,6 +120,7 @@ impl PollingSource {
             idled: false,
             memory,
             record_cost: FIRST_RECORD_COST,
+            last_held: usize::MAX,
             closed: shard.ending_sequence_number.is_some(),
             config,
         };
@@ -189,6 +190,8 @@ struct Fetcher {
     /// What one of the shard's records costs in memory, from its last
     /// batch with records (data and overhead).
     record_cost: usize,
+    /// What the shard's last response held (unbounded before the first).
+    last_held: usize,
     /// Whether the shard was listed as closed (it has an ending sequence
     /// number) when the source started.
     closed: bool,
@@ -230,9 +233,15 @@ impl Fetcher {
             // Room in the worker's read memory for the response, which
             // sets the call's Limit.
             let least = self.record_cost * read_memory::DECODE_FACTOR;
-            let most = self.memory.call_share().min(
-                self.record_cost * read_memory::DECODE_FACTOR * self.config.max_records as usize,
-            );
+            let most = self
+                .memory
+                .call_share()
+                .min(
+                    self.record_cost
+                        * read_memory::DECODE_FACTOR
+                        * self.config.max_records as usize,
+                )
+                .min(read_memory::call_bound(self.last_held));
             let mut held = self.memory.reserve(least, most).await;
             let limit =
                 read_memory::limit_for(held.bytes(), self.record_cost, self.config.max_records);
@@ -278,6 +287,7 @@ impl Fetcher {
                 self.record_cost = cost.max(RECORD_OVERHEAD);
             }
             held.resize(held_cost);
+            self.last_held = held_cost;
             let caught_up = self
                 .config
                 .caught_up(response.records.len(), response.millis_behind_latest)

@@ -21,7 +21,19 @@ pub(crate) const FIRST_RECORD_COST: usize = 1024 + RECORD_OVERHEAD;
 
 /// The share of the memory one call may reserve: at least this many calls
 /// of a worker can be under way at once.
-pub(crate) const CALLS_AT_ONCE: usize = 8;
+pub(crate) const CALLS_AT_ONCE: usize = 4;
+
+/// The least a call reserves. A shard whose last call returned little
+/// reserves four times what it returned, but not less than this: a quiet
+/// shard's calls take little room, and a shard that wakes up asks for four
+/// times more records at each call until it reaches its share.
+pub(crate) const SMALL_CALL: usize = 64 << 10;
+
+/// What a call reserves at most when the shard's last call held `last`
+/// bytes.
+pub(crate) fn call_bound(last: usize) -> usize {
+    last.saturating_mul(4 * DECODE_FACTOR).max(SMALL_CALL)
+}
 
 /// The memory a worker's polling readers hold, against its cap.
 #[derive(Debug)]
