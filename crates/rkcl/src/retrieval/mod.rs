@@ -215,16 +215,19 @@ impl KinesisSources {
         retrieval: Retrieval,
         consumer_arn: Option<String>,
     ) -> Self {
-        let read_bytes = match &retrieval {
-            Retrieval::Polling(config) => config.worker_read_bytes,
-            Retrieval::FanOut(_) => PollingConfig::DEFAULT_WORKER_READ_BYTES,
+        let (read_bytes, calls) = match &retrieval {
+            Retrieval::Polling(config) => (config.worker_read_bytes, config.worker_calls),
+            Retrieval::FanOut(_) => (
+                PollingConfig::DEFAULT_WORKER_READ_BYTES,
+                PollingConfig::DEFAULT_WORKER_CALLS,
+            ),
         };
         Self {
             kinesis,
             stream,
             retrieval,
             consumer_arn,
-            read_memory: read_memory::ReadMemory::new(read_bytes),
+            read_memory: read_memory::ReadMemory::new(read_bytes, calls),
         }
     }
 }

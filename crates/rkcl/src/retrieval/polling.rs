@@ -59,7 +59,8 @@ pub struct PollingSource {
 
 impl PollingSource {
     /// Starts reading `shard` of `stream` at `start`, with a read memory
-    /// of its own of [`PollingConfig::worker_read_bytes`].
+    /// of its own of [`PollingConfig::worker_read_bytes`] and
+    /// [`PollingConfig::worker_calls`].
     ///
     /// # Errors
     ///
@@ -71,7 +72,7 @@ impl PollingSource {
         start: StartingPosition,
         config: PollingConfig,
     ) -> Result<Self> {
-        let memory = ReadMemory::new(config.worker_read_bytes);
+        let memory = ReadMemory::new(config.worker_read_bytes, config.worker_calls);
         Self::start_under(
             kinesis,
             stream,
@@ -245,8 +246,11 @@ impl Fetcher {
             let mut held = self.memory.reserve(least, most).await;
             let limit =
                 read_memory::limit_for(held.bytes(), self.record_cost, self.config.max_records);
+            let slot = self.memory.call_slot().await;
             let call_started = Instant::now();
-            let response = match self.kinesis.get_records(&iterator, limit).await {
+            let response = self.kinesis.get_records(&iterator, limit).await;
+            drop(slot);
+            let response = match response {
                 Ok(response) => response,
                 Err(Error::ExpiredIterator { .. }) => {
                     tracing::info!("the shard iterator expired; opening a new one");

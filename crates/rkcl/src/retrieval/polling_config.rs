@@ -51,6 +51,12 @@ pub struct PollingConfig {
     /// of its in-flight byte limit. Default:
     /// [`DEFAULT_WORKER_READ_BYTES`](Self::DEFAULT_WORKER_READ_BYTES).
     pub worker_read_bytes: usize,
+    /// The most GetRecords calls all the polling readers of one worker have
+    /// under way at once; a reader waits for a free one. Each call under
+    /// way holds a connection and its buffers, so this bounds a worker's
+    /// connections to Kinesis. Default:
+    /// [`DEFAULT_WORKER_CALLS`](Self::DEFAULT_WORKER_CALLS).
+    pub worker_calls: usize,
     /// The shortest time between two calls on a shard; Kinesis allows five
     /// calls per second per shard. Default: 200 ms.
     pub min_call_interval: Duration,
@@ -94,6 +100,9 @@ impl PollingConfig {
     pub const DEFAULT_MAX_QUIET_INTERVAL: Duration = Duration::from_secs(3);
     /// The default memory of a worker's polling readers: 256 MiB.
     pub const DEFAULT_WORKER_READ_BYTES: usize = 256 << 20;
+    /// The default number of GetRecords calls of one worker under way at
+    /// once.
+    pub const DEFAULT_WORKER_CALLS: usize = 16;
     /// The least memory of a worker's polling readers: 1 MiB.
     pub const MIN_WORKER_READ_BYTES: usize = 1 << 20;
 
@@ -131,6 +140,9 @@ impl PollingConfig {
                 Self::MIN_WORKER_READ_BYTES,
                 self.worker_read_bytes
             )));
+        }
+        if self.worker_calls == 0 {
+            return Err(Error::Config("worker_calls must be at least 1".into()));
         }
         if self.bytes_per_second == 0 || self.prefetch_records == 0 || self.prefetch_bytes == 0 {
             return Err(Error::Config(
@@ -208,6 +220,7 @@ crate::config::config_builder! {
         quiet_after: Duration,
         max_quiet_interval: Duration,
         worker_read_bytes: usize,
+        worker_calls: usize,
         bytes_per_second: u64,
         prefetch_records: usize,
         prefetch_batches: usize,
@@ -227,6 +240,7 @@ impl Default for PollingConfig {
             quiet_after: Self::DEFAULT_QUIET_AFTER,
             max_quiet_interval: Self::DEFAULT_MAX_QUIET_INTERVAL,
             worker_read_bytes: Self::DEFAULT_WORKER_READ_BYTES,
+            worker_calls: Self::DEFAULT_WORKER_CALLS,
             bytes_per_second: 2 * 1024 * 1024,
             prefetch_records: 30_000,
             prefetch_bytes: 16 * 1024 * 1024,
@@ -380,5 +394,10 @@ mod tests {
             ..PollingConfig::default()
         };
         assert!(tiny_worker.validate().is_err());
+        let no_calls = PollingConfig {
+            worker_calls: 0,
+            ..PollingConfig::default()
+        };
+        assert!(no_calls.validate().is_err());
     }
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore, SemaphorePermit};
 
 /// How many bytes a GetRecords response takes while it is read and
 /// decoded, per byte of record data: the body (base64 in JSON, a third
@@ -35,22 +35,34 @@ pub(crate) fn call_bound(last: usize) -> usize {
     last.saturating_mul(4 * DECODE_FACTOR).max(SMALL_CALL)
 }
 
-/// The memory a worker's polling readers hold, against its cap.
+/// The memory a worker's polling readers hold, against its cap, and the
+/// GetRecords calls they have under way.
 #[derive(Debug)]
 pub(crate) struct ReadMemory {
     capacity: usize,
     held: AtomicUsize,
     freed: Notify,
+    calls: Semaphore,
 }
 
 impl ReadMemory {
-    /// A cap of `capacity` bytes, none held.
-    pub(crate) fn new(capacity: usize) -> Arc<Self> {
+    /// A cap of `capacity` bytes, none held, and of `calls` calls at once.
+    pub(crate) fn new(capacity: usize, calls: usize) -> Arc<Self> {
         Arc::new(Self {
             capacity: capacity.max(1),
             held: AtomicUsize::new(0),
             freed: Notify::new(),
+            calls: Semaphore::new(calls.clamp(1, Semaphore::MAX_PERMITS)),
         })
+    }
+
+    /// Waits for a free call slot, kept until the permit is dropped.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the slot is taken only if the future completes.
+    pub(crate) async fn call_slot(&self) -> Option<SemaphorePermit<'_>> {
+        self.calls.acquire().await.ok()
     }
 
     /// The most one call may reserve.
@@ -156,7 +168,7 @@ mod tests {
 
     #[tokio::test]
     async fn readers_wait_for_room_and_a_large_call_passes_alone() {
-        let memory = ReadMemory::new(1_000);
+        let memory = ReadMemory::new(1_000, 1);
         let a = memory.reserve(100, 600).await;
         assert_eq!(a.bytes(), 600);
         // Less than asked, as much as is free.
@@ -187,7 +199,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiting_reader_wakes_when_memory_is_given_back() {
-        let memory = ReadMemory::new(1_000);
+        let memory = ReadMemory::new(1_000, 1);
         let held = memory.reserve(1_000, 1_000).await;
         let waiter = tokio::spawn({
             let memory = memory.clone();
@@ -201,6 +213,19 @@ mod tests {
             .expect("woken")
             .expect("no panic");
         assert_eq!(bytes, 10);
+    }
+
+    #[tokio::test]
+    async fn calls_wait_for_a_slot() {
+        let memory = ReadMemory::new(1_000, 2);
+        let a = memory.call_slot().await;
+        let _b = memory.call_slot().await;
+        let third = tokio::time::timeout(Duration::from_millis(50), memory.call_slot());
+        assert!(third.await.is_err(), "two calls under way");
+        drop(a);
+        tokio::time::timeout(Duration::from_millis(50), memory.call_slot())
+            .await
+            .expect("a slot after a call ends");
     }
 
     #[test]
