@@ -31,8 +31,8 @@ pub struct ConsumerConfig {
     /// polling, the worker's read memory
     /// ([`PollingConfig::worker_read_bytes`](crate::retrieval::PollingConfig::worker_read_bytes):
     /// responses being decoded and batches not yet delivered) is lowered to
-    /// an eighth of it, so that the worker holds about 1.125 times this
-    /// limit of records at most.
+    /// a sixteenth of it: what reading holds beside the records in flight
+    /// is bounded by it too.
     pub max_in_flight_bytes: usize,
     /// Warn (naming the shard and position) when the oldest uncommitted
     /// record of a shard has waited this long. Default: 60 s.
