@@ -232,8 +232,10 @@ impl Fetcher {
         loop {
             tokio::time::sleep_until(next_call).await;
             // Room in the worker's read memory for the response, which
-            // sets the call's Limit.
-            let least = self.record_cost * read_memory::DECODE_FACTOR;
+            // sets the call's Limit. A call waits for a quarter of the room
+            // it wants rather than read a few records: the pace of calls,
+            // not their size, would then bound the shard's throughput.
+            let one_record = self.record_cost * read_memory::DECODE_FACTOR;
             let most = self
                 .memory
                 .call_share()
@@ -243,6 +245,7 @@ impl Fetcher {
                         * self.config.max_records as usize,
                 )
                 .min(read_memory::call_bound(self.last_held));
+            let least = (most / 4).max(one_record);
             let mut held = self.memory.reserve(least, most).await;
             let limit =
                 read_memory::limit_for(held.bytes(), self.record_cost, self.config.max_records);

@@ -47,7 +47,7 @@ pub struct PollingConfig {
     /// ahead, and the batch the record processor is handling. A call's
     /// `Limit` is chosen so that its response fits what is left (from the
     /// size of the shard's records so far), and a reader waits while the
-    /// worker's readers hold it all. The Stream API lowers it to a sixteenth
+    /// worker's readers hold it all. The Stream API lowers it to an eighth
     /// of its in-flight byte limit. Default:
     /// [`DEFAULT_WORKER_READ_BYTES`](Self::DEFAULT_WORKER_READ_BYTES).
     pub worker_read_bytes: usize,

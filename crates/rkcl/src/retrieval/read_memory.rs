@@ -19,9 +19,9 @@ pub(crate) const RECORD_OVERHEAD: usize = 160;
 /// What one record is assumed to cost before a shard has returned any.
 pub(crate) const FIRST_RECORD_COST: usize = 1024 + RECORD_OVERHEAD;
 
-/// The share of the memory one call may reserve: at least this many calls
-/// of a worker can be under way at once.
-pub(crate) const CALLS_AT_ONCE: usize = 4;
+/// The share of the memory one call may reserve: at least this many large
+/// calls of a worker can be under way at once.
+pub(crate) const CALLS_AT_ONCE: usize = 2;
 
 /// The least a call reserves. A shard whose last call returned little
 /// reserves four times what it returned, but not less than this: a quiet

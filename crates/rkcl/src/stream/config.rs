@@ -31,7 +31,7 @@ pub struct ConsumerConfig {
     /// polling, the worker's read memory
     /// ([`PollingConfig::worker_read_bytes`](crate::retrieval::PollingConfig::worker_read_bytes):
     /// responses being decoded and batches not yet delivered) is lowered to
-    /// a sixteenth of it: what reading holds beside the records in flight
+    /// an eighth of it: what reading holds beside the records in flight
     /// is bounded by it too.
     pub max_in_flight_bytes: usize,
     /// Warn (naming the shard and position) when the oldest uncommitted

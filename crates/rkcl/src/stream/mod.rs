@@ -136,13 +136,13 @@ impl Consumer {
         });
         let factory = move |_: &ShardInfo| Feeder::new(shared.clone());
         // One memory bound for the worker: what the user holds in flight,
-        // plus a sixteenth of it for responses being read and batches not
+        // plus an eighth of it for responses being read and batches not
         // yet delivered.
         let mut scheduler_config = config.scheduler.clone();
         if let Retrieval::Polling(polling) = &mut scheduler_config.retrieval {
             polling.worker_read_bytes = polling
                 .worker_read_bytes
-                .min(config.max_in_flight_bytes / 16)
+                .min(config.max_in_flight_bytes / 8)
                 .max(PollingConfig::MIN_WORKER_READ_BYTES);
         }
         let scheduler = Scheduler::start_reporting(
