@@ -7,9 +7,15 @@
 //!     between calls on a shard), as any reader of a real stream must; the
 //!     unpaced plain loop is shown for reference.
 //! (b) Put-to-delivery latency p50/p99 with the default idle interval
-//!     (500 ms) and with 200 ms.
+//!     (500 ms) and with 200 ms, on shards that receive a record about every
+//!     100 ms (so they never count as quiet).
+//! (c) The first record after a quiet period: 16 shards read at the
+//!     defaults get nothing for 35 s (past the 30 s after which the quiet
+//!     back-off reaches its 3 s cap), then records are put one every
+//!     250 ms; the latency of the first record of each shard.
 //!
-//! Run with `cargo bench -p rkcl --bench reading`. It prints its figures.
+//! Run with `cargo bench -p rkcl --bench reading`, or with `-- throughput`
+//! `-- latency` or `-- quiet` for one part. It prints its figures.
 #![allow(clippy::print_stdout)]
 
 use std::sync::Arc;
@@ -153,12 +159,84 @@ async fn latency(local: &Local, idle: Duration) {
     );
 }
 
+async fn after_quiet(local: &Local) {
+    const SHARDS: u32 = 16;
+    const QUIET: Duration = Duration::from_secs(35);
+    let kinesis = Kinesis::new(local.kinesis_client());
+    let stream = create_stream(&kinesis, "quiet", SHARDS).await;
+    let mut reader = StreamReader::start(
+        kinesis.clone(),
+        stream.clone(),
+        StartingPosition::Latest,
+        PollingConfig::default(),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(QUIET).await;
+    let origin = Arc::new(Instant::now());
+    let producer = {
+        let (kinesis, stream, origin) = (kinesis.clone(), stream.clone(), origin.clone());
+        tokio::spawn(async move {
+            for i in 0..200 {
+                let sent = origin.elapsed().as_micros().to_string();
+                put(
+                    &kinesis,
+                    &stream,
+                    vec![ProducerRecord::new(format!("quiet-{i}"), sent)],
+                    Plain,
+                )
+                .await;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+    let mut first = std::collections::BTreeMap::new();
+    while first.len() < SHARDS as usize {
+        if let Some(Ok(StreamEvent::Records(batch))) = reader.next().await {
+            let now = origin.elapsed().as_micros();
+            if let Some(record) = batch.records.first() {
+                let sent: u128 = std::str::from_utf8(&record.data).unwrap().parse().unwrap();
+                first
+                    .entry(batch.shard_id.clone())
+                    .or_insert(Duration::from_micros((now - sent) as u64));
+            }
+        }
+    }
+    producer.abort();
+    let mut latencies: Vec<Duration> = first.into_values().collect();
+    latencies.sort();
+    println!(
+        "first record after {} s quiet, {SHARDS} shards at the defaults (quiet cap {} ms): \
+         p50 {} ms, max {} ms",
+        QUIET.as_secs(),
+        PollingConfig::DEFAULT_MAX_QUIET_INTERVAL.as_millis(),
+        latencies[latencies.len() / 2].as_millis(),
+        latencies.last().unwrap().as_millis(),
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let local = Local::start().await.unwrap();
-    throughput(&local, 4).await;
-    throughput(&local, 16).await;
-    latency(&local, PollingConfig::DEFAULT_IDLE_INTERVAL).await;
-    latency(&local, Duration::from_millis(200)).await;
+    if wanted("throughput") {
+        throughput(&local, 4).await;
+        throughput(&local, 16).await;
+    }
+    if wanted("latency") {
+        latency(&local, PollingConfig::DEFAULT_IDLE_INTERVAL).await;
+        latency(&local, Duration::from_millis(200)).await;
+    }
+    if wanted("quiet") {
+        after_quiet(&local).await;
+    }
     local.shutdown().await;
+}
+
+/// Whether the command line asks for `part` (no part named: every part).
+fn wanted(part: &str) -> bool {
+    let named: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|arg| !arg.starts_with('-'))
+        .collect();
+    named.is_empty() || named.iter().any(|arg| arg == part)
 }

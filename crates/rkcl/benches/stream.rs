@@ -12,8 +12,12 @@
 //!     records and bytes delivered before the shards stop, and the peak
 //!     resident memory (VmHWM) of the consumer, which runs in a child
 //!     process of this bench so the local servers' memory is not counted.
+//!     The idle baseline is the same child on an empty 4-shard stream (its
+//!     VmHWM after 10 s without records). Goal: peak at most 1.5 x 64 MiB
+//!     plus that baseline.
 //!
-//! Run with `cargo bench -p rkcl --bench stream`. It prints its figures.
+//! Run with `cargo bench -p rkcl --bench stream`, or with `-- throughput` or
+//! `-- memory` for one part. It prints its figures.
 #![allow(clippy::print_stdout)]
 
 use std::sync::Arc;
@@ -166,22 +170,58 @@ async fn bounded_memory() {
             .collect();
         put(&kinesis, &stream, records, Plain).await;
     }
+    create_stream(&kinesis, "bench-empty", 4).await;
     lease_table(&local, "bench-memory").await;
-    let mut command = std::process::Command::new(std::env::current_exe().unwrap());
-    command
-        .env(CHILD, "memory")
-        .env("RKCL_BENCH_KINESIS", local.kinesis_endpoint())
-        .env("RKCL_BENCH_DYNAMODB", local.dynamodb_endpoint());
-    let child = tokio::task::spawn_blocking(move || command.output())
+    lease_table(&local, "bench-baseline").await;
+    let child = |mode: &str, stream: &str, app: &str| {
+        let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+        command
+            .env(CHILD, mode)
+            .env("RKCL_BENCH_STREAM", stream)
+            .env("RKCL_BENCH_APP", app)
+            .env("RKCL_BENCH_KINESIS", local.kinesis_endpoint())
+            .env("RKCL_BENCH_DYNAMODB", local.dynamodb_endpoint());
+        tokio::task::spawn_blocking(move || command.output())
+    };
+    let baseline = child("memory", "bench-empty", "bench-baseline")
         .await
         .unwrap()
         .unwrap();
+    let baseline = String::from_utf8_lossy(&baseline.stdout);
+    let baseline_kb = kb_after(&baseline, "VmHWM ");
+    let run = child("memory", "bench", "bench-memory")
+        .await
+        .unwrap()
+        .unwrap();
+    let run = String::from_utf8_lossy(&run.stdout);
     println!(
         "(b) commit nothing, 64 MiB in flight allowed, {} MiB waiting in the stream",
         (RECORDS * RECORD) >> 20
     );
-    print!("{}", String::from_utf8_lossy(&child.stdout));
+    print!("{run}");
+    let peak_kb = kb_after(&run, "VmHWM ");
+    let goal_kb = 96 * 1024 + baseline_kb;
+    println!(
+        "    idle baseline (the same consumer on an empty 4-shard stream): VmHWM {:.1} MiB",
+        baseline_kb as f64 / 1024.0
+    );
+    println!(
+        "    peak {:.1} MiB vs goal 1.5 x 64 MiB + baseline = {:.1} MiB: {}",
+        peak_kb as f64 / 1024.0,
+        goal_kb as f64 / 1024.0,
+        if peak_kb <= goal_kb { "met" } else { "missed" }
+    );
     local.shutdown().await;
+}
+
+/// The number of kB after `label` in a child's report.
+fn kb_after(report: &str, label: &str) -> u64 {
+    report
+        .split(label)
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kb| kb.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The child process of (b): one consumer that keeps every record and
@@ -190,12 +230,19 @@ async fn bounded_memory() {
 async fn commit_nothing() {
     let kinesis = std::env::var("RKCL_BENCH_KINESIS").unwrap();
     let dynamodb = std::env::var("RKCL_BENCH_DYNAMODB").unwrap();
-    let store = DynamoDbLeaseStore::new(rkcl_local::dynamodb_client(&dynamodb), "bench-memory");
-    let config = ConsumerConfig::builder(scheduler_config("bench-memory"))
-        .max_in_flight(1_000_000, 64 << 20)
-        .max_in_flight_per_shard(1_000_000, 16 << 20)
-        .build()
-        .unwrap();
+    let stream = std::env::var("RKCL_BENCH_STREAM").unwrap();
+    let app = std::env::var("RKCL_BENCH_APP").unwrap();
+    let store = DynamoDbLeaseStore::new(rkcl_local::dynamodb_client(&dynamodb), &app);
+    let config = ConsumerConfig::builder(
+        SchedulerConfig::builder(&app, &stream)
+            .worker_id("bench")
+            .build()
+            .unwrap(),
+    )
+    .max_in_flight(1_000_000, 64 << 20)
+    .max_in_flight_per_shard(1_000_000, 16 << 20)
+    .build()
+    .unwrap();
     let consumer = Consumer::start(
         config,
         Kinesis::new(rkcl_local::kinesis_client(&kinesis)),
@@ -238,6 +285,15 @@ async fn commit_nothing() {
     std::process::exit(0);
 }
 
+/// Whether the command line asks for `part` (no part named: every part).
+fn wanted(part: &str) -> bool {
+    let named: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|arg| !arg.starts_with('-'))
+        .collect();
+    named.is_empty() || named.iter().any(|arg| arg == part)
+}
+
 /// Set in the child process of (b).
 const CHILD: &str = "RKCL_BENCH_CHILD";
 
@@ -250,7 +306,11 @@ fn main() {
         if std::env::var_os(CHILD).is_some() {
             commit_nothing().await;
         }
-        throughput().await;
-        bounded_memory().await;
+        if wanted("throughput") {
+            throughput().await;
+        }
+        if wanted("memory") {
+            bounded_memory().await;
+        }
     });
 }

@@ -196,6 +196,8 @@ type Plan = fn(usize) -> Option<(u16, &'static str)>;
 struct GetRecordsFaults {
     calls: Arc<AtomicUsize>,
     injected: Arc<AtomicUsize>,
+    /// The bytes of the GetRecords response bodies received.
+    received: Arc<AtomicUsize>,
     plan: Plan,
 }
 
@@ -240,11 +242,17 @@ impl Intercept for GetRecordsFaults {
         _: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), aws_sdk_kinesis::error::BoxError> {
-        let Some((status, code)) = cfg
-            .load::<GetRecordsCall>()
-            .and_then(|call| call.0)
-            .and_then(self.plan)
-        else {
+        let call = cfg.load::<GetRecordsCall>().and_then(|call| call.0);
+        if call.is_some() {
+            let length = context
+                .response()
+                .headers()
+                .get("content-length")
+                .and_then(|l| l.parse::<usize>().ok())
+                .expect("the local Kinesis sends a content length");
+            self.received.fetch_add(length, Ordering::SeqCst);
+        }
+        let Some((status, code)) = call.and_then(self.plan) else {
             return Ok(());
         };
         self.injected.fetch_add(1, Ordering::SeqCst);
@@ -262,8 +270,23 @@ impl Intercept for GetRecordsFaults {
 /// A client for the local Kinesis with the SDK's retries off and `plan`
 /// applied to GetRecords; also the call and injection counters.
 fn faulty_client(local: &Local, plan: Plan) -> (Kinesis, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let (kinesis, calls, injected, _) = measured_client(local, plan);
+    (kinesis, calls, injected)
+}
+
+/// As [`faulty_client`], also counting the bytes of GetRecords responses.
+fn measured_client(
+    local: &Local,
+    plan: Plan,
+) -> (
+    Kinesis,
+    Arc<AtomicUsize>,
+    Arc<AtomicUsize>,
+    Arc<AtomicUsize>,
+) {
     let calls = Arc::new(AtomicUsize::new(0));
     let injected = Arc::new(AtomicUsize::new(0));
+    let received = Arc::new(AtomicUsize::new(0));
     let config = local
         .kinesis_client()
         .config()
@@ -272,6 +295,7 @@ fn faulty_client(local: &Local, plan: Plan) -> (Kinesis, Arc<AtomicUsize>, Arc<A
         .interceptor(GetRecordsFaults {
             calls: calls.clone(),
             injected: injected.clone(),
+            received: received.clone(),
             plan,
         })
         .build();
@@ -279,6 +303,7 @@ fn faulty_client(local: &Local, plan: Plan) -> (Kinesis, Arc<AtomicUsize>, Arc<A
         Kinesis::new(aws_sdk_kinesis::Client::from_conf(config)),
         calls,
         injected,
+        received,
     )
 }
 
@@ -513,6 +538,92 @@ async fn prefetch_stops_at_its_bound_until_the_consumer_takes_records() {
     let records = read_records(&mut source, 1_000).await;
     assert_eq!(records.len(), 1_000);
     assert!(calls.load(Ordering::SeqCst) > made);
+}
+
+#[tokio::test]
+async fn the_read_memory_bounds_what_is_fetched_ahead_through_the_limit() {
+    let local = Local::start().await.unwrap();
+    let kinesis = Kinesis::new(local.kinesis_client());
+    let stream = create_stream(&kinesis, "memory", 1).await;
+    let records: Vec<ProducerRecord> = (0..2_000)
+        .map(|i| ProducerRecord::new(format!("key-{i}"), vec![b'm'; 1024]))
+        .collect();
+    put(&kinesis, &stream, records, Plain).await;
+    let shard = kinesis.list_shards(&stream).await.unwrap().remove(0);
+    let (counted, calls, _, received) = measured_client(&local, |_| None);
+    // The prefetch bounds would let the whole shard (2 MB) through in one
+    // call; the read memory of 1 MiB does not.
+    let config = quick_polling_builder()
+        .worker_read_bytes(1 << 20)
+        .prefetch_batches(100)
+        .build()
+        .unwrap();
+    let mut source = PollingSource::start(
+        counted,
+        stream,
+        &shard,
+        StartingPosition::TrimHorizon,
+        config,
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let made = calls.load(Ordering::SeqCst);
+    let fetched = received.load(Ordering::SeqCst);
+    // Records of 1 KiB come as about 1.4 KiB of base64 in JSON: about
+    // 2.8 MB for the whole shard.
+    assert!(
+        made > 1 && fetched < 1_600_000,
+        "{made} calls fetched {fetched} bytes ahead"
+    );
+    // Taking records frees the memory and reading goes on to the end.
+    let records = read_records(&mut source, 2_000).await;
+    assert_eq!(records.len(), 2_000);
+}
+
+#[tokio::test]
+async fn a_quiet_shard_is_read_less_often_and_its_first_record_still_arrives() {
+    let local = Local::start().await.unwrap();
+    let kinesis = Kinesis::new(local.kinesis_client());
+    let stream = create_stream(&kinesis, "quiet", 1).await;
+    let shard = kinesis.list_shards(&stream).await.unwrap().remove(0);
+    let (counted, calls, _) = faulty_client(&local, |_| None);
+    // 200 ms between calls; quiet for 600 ms, 400 ms; then 800 ms, 1.6 s,
+    // and 2.4 s from 2.4 s on.
+    let config = quick_polling_builder()
+        .quiet_after(Duration::from_millis(600))
+        .max_quiet_interval(Duration::from_millis(2_400))
+        .build()
+        .unwrap();
+    let mut source = PollingSource::start(
+        counted,
+        stream.clone(),
+        &shard,
+        StartingPosition::TrimHorizon,
+        config,
+    )
+    .unwrap();
+    let calls_over = |window: Duration| {
+        let calls = calls.clone();
+        async move {
+            let before = calls.load(Ordering::SeqCst);
+            tokio::time::sleep(window).await;
+            calls.load(Ordering::SeqCst) - before
+        }
+    };
+    let early = calls_over(Duration::from_millis(1_200)).await;
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    let quiet = calls_over(Duration::from_millis(4_800)).await;
+    // About five calls in the first 1.2 s; two or three in 4.8 s once
+    // quiet (at the idle interval it would be 24).
+    assert!(early >= 3, "{early} calls while fresh");
+    assert!(quiet <= 3, "{quiet} calls in 4.8 s while quiet");
+    // A record on the quiet shard is still read, and the shard is read at
+    // full speed again.
+    put(&kinesis, &stream, keyed_records(1, 1, 0), Plain).await;
+    let records = read_records(&mut source, 1).await;
+    assert_eq!(records.len(), 1);
+    let after = calls_over(Duration::from_millis(1_200)).await;
+    assert!(after >= 3, "{after} calls in 1.2 s after a record");
 }
 
 #[tokio::test]

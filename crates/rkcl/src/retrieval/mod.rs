@@ -10,6 +10,8 @@
 //! are read to their end, without leases or checkpoints (what `rkcl tail`
 //! uses).
 
+use std::sync::Arc;
+
 use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
@@ -24,6 +26,8 @@ mod fanout;
 mod fanout_config;
 mod polling;
 mod polling_config;
+mod read_memory;
+pub(crate) use read_memory::ReadMemory;
 mod reader;
 mod shard_graph;
 
@@ -199,6 +203,53 @@ pub(crate) struct KinesisSources {
     /// The ARN of the stream consumer fan-out reads through, resolved when
     /// the worker started; `None` for polling.
     pub(crate) consumer_arn: Option<String>,
+    /// The read memory every polling reader of the worker shares.
+    pub(crate) read_memory: Arc<read_memory::ReadMemory>,
+}
+
+impl KinesisSources {
+    /// The sources of a worker reading `stream` as `retrieval` says, with
+    /// one read memory for all its polling readers.
+    pub(crate) fn new(
+        kinesis: Kinesis,
+        stream: StreamRef,
+        retrieval: Retrieval,
+        consumer_arn: Option<String>,
+    ) -> Self {
+        let read_memory = Self::read_memory_for(&retrieval);
+        Self::sharing(kinesis, stream, retrieval, consumer_arn, read_memory)
+    }
+
+    /// The read memory of a worker reading as `retrieval` says, to share
+    /// between the sources of all its streams.
+    pub(crate) fn read_memory_for(retrieval: &Retrieval) -> Arc<read_memory::ReadMemory> {
+        let (read_bytes, calls) = match retrieval {
+            Retrieval::Polling(config) => (config.worker_read_bytes, config.worker_calls),
+            Retrieval::FanOut(_) => (
+                PollingConfig::DEFAULT_WORKER_READ_BYTES,
+                PollingConfig::DEFAULT_WORKER_CALLS,
+            ),
+        };
+        read_memory::ReadMemory::new(read_bytes, calls)
+    }
+
+    /// The sources of one stream of a worker, sharing `read_memory` with
+    /// the worker's other streams.
+    pub(crate) fn sharing(
+        kinesis: Kinesis,
+        stream: StreamRef,
+        retrieval: Retrieval,
+        consumer_arn: Option<String>,
+        read_memory: Arc<read_memory::ReadMemory>,
+    ) -> Self {
+        Self {
+            kinesis,
+            stream,
+            retrieval,
+            consumer_arn,
+            read_memory,
+        }
+    }
 }
 
 impl OpenRecordSource for KinesisSources {
@@ -216,6 +267,7 @@ impl OpenRecordSource for KinesisSources {
                 start,
                 config.clone(),
                 stop,
+                self.read_memory.clone(),
             )?)),
             Retrieval::FanOut(config) => {
                 let consumer_arn = self.consumer_arn.clone().ok_or_else(|| {

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::polling_config::{PollingConfig, ReadBudget};
+use super::read_memory::{self, FIRST_RECORD_COST, Held, RECORD_OVERHEAD, ReadMemory};
 use super::{RecordSource, ShardBatch, ShardEnd, ShardEndReason, ShardEvent};
 use crate::aws::{Kinesis, ShardFilter, StreamRef};
 use crate::backoff::{FailureStreak, retry};
@@ -32,6 +33,9 @@ struct Prefetched {
     event: Result<ShardEvent>,
     _records: Option<OwnedSemaphorePermit>,
     _bytes: Option<OwnedSemaphorePermit>,
+    /// The batch's share of the worker's read memory, kept by the source
+    /// until the consumer asks for the next event.
+    memory: Option<Held>,
 }
 
 /// Reads one shard with GetRecords in a background task, a bounded amount
@@ -48,10 +52,15 @@ pub struct PollingSource {
     receiver: mpsc::Receiver<Box<Prefetched>>,
     cancel: CancellationToken,
     finished: bool,
+    /// The worker's read memory held by the last event returned: the
+    /// consumer is handling it until it asks for the next one.
+    in_hand: Option<Held>,
 }
 
 impl PollingSource {
-    /// Starts reading `shard` of `stream` at `start`.
+    /// Starts reading `shard` of `stream` at `start`, with a read memory
+    /// of its own of [`PollingConfig::worker_read_bytes`] and
+    /// [`PollingConfig::worker_calls`].
     ///
     /// # Errors
     ///
@@ -63,6 +72,7 @@ impl PollingSource {
         start: StartingPosition,
         config: PollingConfig,
     ) -> Result<Self> {
+        let memory = ReadMemory::new(config.worker_read_bytes, config.worker_calls);
         Self::start_under(
             kinesis,
             stream,
@@ -70,11 +80,13 @@ impl PollingSource {
             start,
             config,
             CancellationToken::new(),
+            memory,
         )
     }
 
     /// As [`start`](Self::start); the background task also stops when
-    /// `cancel` is cancelled (a child of the shard consumer's stop signal).
+    /// `cancel` is cancelled (a child of the shard consumer's stop signal),
+    /// and it shares `memory` with the worker's other readers.
     pub(crate) fn start_under(
         kinesis: Kinesis,
         stream: StreamRef,
@@ -82,6 +94,7 @@ impl PollingSource {
         start: StartingPosition,
         config: PollingConfig,
         cancel: CancellationToken,
+        memory: Arc<ReadMemory>,
     ) -> Result<Self> {
         config.validate()?;
         let (sender, receiver) = mpsc::channel(config.prefetch_batches);
@@ -106,6 +119,9 @@ impl PollingSource {
             opened_latest_at: None,
             last_sequence_number: None,
             idled: false,
+            memory,
+            record_cost: FIRST_RECORD_COST,
+            last_held: usize::MAX,
             closed: shard.ending_sequence_number.is_some(),
             config,
         };
@@ -115,6 +131,7 @@ impl PollingSource {
             receiver,
             cancel,
             finished: false,
+            in_hand: None,
         })
     }
 
@@ -130,13 +147,16 @@ impl RecordSource for PollingSource {
     /// Cancel safe: an event not yet returned stays queued for the next call.
     fn next_event(&mut self) -> BoxFuture<'_, Option<Result<ShardEvent>>> {
         Box::pin(async move {
+            // The consumer is done with the last event.
+            self.in_hand = None;
             if self.finished {
                 return None;
             }
-            let prefetched = self.receiver.recv().await?;
+            let mut prefetched = self.receiver.recv().await?;
             if matches!(prefetched.event, Ok(ShardEvent::End(_)) | Err(_)) {
                 self.finished = true;
             }
+            self.in_hand = prefetched.memory.take();
             Some(prefetched.event)
         })
     }
@@ -166,6 +186,13 @@ struct Fetcher {
     last_sequence_number: Option<SequenceNumber>,
     /// Whether the reader has paused at the tip before.
     idled: bool,
+    /// The worker's read memory, shared with its other readers.
+    memory: Arc<ReadMemory>,
+    /// What one of the shard's records costs in memory, from its last
+    /// batch with records (data and overhead).
+    record_cost: usize,
+    /// What the shard's last response held (unbounded before the first).
+    last_held: usize,
     /// Whether the shard was listed as closed (it has an ending sequence
     /// number) when the source started.
     closed: bool,
@@ -183,6 +210,7 @@ impl Fetcher {
                     event: Err(err),
                     _records: None,
                     _bytes: None,
+                    memory: None,
                 }))
                 .await;
         }
@@ -199,14 +227,33 @@ impl Fetcher {
         let mut streak = FailureStreak::new("GetRecords");
         let mut next_call = Instant::now();
         let mut budget = ReadBudget::new(self.config.bytes_per_second, next_call);
+        // Since when the shard has returned no record.
+        let mut quiet_since = next_call;
         loop {
             tokio::time::sleep_until(next_call).await;
+            // Room in the worker's read memory for the response, which
+            // sets the call's Limit. A call waits for a quarter of the room
+            // it wants rather than read a few records: the pace of calls,
+            // not their size, would then bound the shard's throughput.
+            let one_record = self.record_cost * read_memory::DECODE_FACTOR;
+            let most = self
+                .memory
+                .call_share()
+                .min(
+                    self.record_cost
+                        * read_memory::DECODE_FACTOR
+                        * self.config.max_records as usize,
+                )
+                .min(read_memory::call_bound(self.last_held));
+            let least = (most / 4).max(one_record);
+            let mut held = self.memory.reserve(least, most).await;
+            let limit =
+                read_memory::limit_for(held.bytes(), self.record_cost, self.config.max_records);
+            let slot = self.memory.call_slot().await;
             let call_started = Instant::now();
-            let response = match self
-                .kinesis
-                .get_records(&iterator, self.config.max_records)
-                .await
-            {
+            let response = self.kinesis.get_records(&iterator, limit).await;
+            drop(slot);
+            let response = match response {
                 Ok(response) => response,
                 Err(Error::ExpiredIterator { .. }) => {
                     tracing::info!("the shard iterator expired; opening a new one");
@@ -231,20 +278,31 @@ impl Fetcher {
                 Err(err) => return Err(err),
             };
             streak.succeeded();
+            if !response.records.is_empty() {
+                quiet_since = call_started;
+            }
             // A closed shard is never at its tip: it is done only at its
             // end, which the next event says (Kinesis may call its last
             // batch zero milliseconds behind).
             let at_tip = !self.closed
                 && response.next_shard_iterator.is_some()
                 && response.millis_behind_latest == Some(0)
-                && response.records.len() < self.config.max_records as usize;
+                && response.records.len() < limit as usize;
             let bytes: usize = response.records.iter().map(|r| r.data.len()).sum();
-            let pause = if self
+            let held_cost = bytes + response.records.len() * RECORD_OVERHEAD;
+            if let Some(cost) = held_cost.checked_div(response.records.len()) {
+                self.record_cost = cost.max(RECORD_OVERHEAD);
+            }
+            held.resize(held_cost);
+            self.last_held = held_cost;
+            let caught_up = self
                 .config
                 .caught_up(response.records.len(), response.millis_behind_latest)
-            {
+                && response.records.len() < limit as usize;
+            let pause = if caught_up {
                 let share = self.idle_share();
-                self.config.idle_pause(share)
+                self.config
+                    .quiet_pause(call_started.duration_since(quiet_since), share)
             } else {
                 self.config.min_call_interval
             };
@@ -270,7 +328,11 @@ impl Fetcher {
                 bytes,
                 at_tip,
             };
-            if self.send(sender, ShardEvent::Records(batch)).await.is_err() {
+            if self
+                .send(sender, ShardEvent::Records(batch), Some(held))
+                .await
+                .is_err()
+            {
                 return Ok(());
             }
             match response.next_shard_iterator {
@@ -372,7 +434,7 @@ impl Fetcher {
             children,
             reason,
         };
-        let _ = self.send(sender, ShardEvent::End(end)).await;
+        let _ = self.send(sender, ShardEvent::End(end), None).await;
         Ok(())
     }
 
@@ -381,6 +443,7 @@ impl Fetcher {
         &self,
         sender: &mpsc::Sender<Box<Prefetched>>,
         event: ShardEvent,
+        memory: Option<Held>,
     ) -> Result<(), Gone> {
         let (records, bytes) = match &event {
             ShardEvent::Records(batch) => (batch.records.len(), batch.bytes),
@@ -397,6 +460,7 @@ impl Fetcher {
                 event: Ok(event),
                 _records: records,
                 _bytes: bytes,
+                memory,
             }))
             .await
             .map_err(|_| Gone)

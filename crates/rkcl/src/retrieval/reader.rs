@@ -168,12 +168,12 @@ impl StreamReader {
             ),
             _ => None,
         };
-        let sources: Arc<dyn OpenRecordSource> = Arc::new(KinesisSources {
-            kinesis: kinesis.clone(),
-            stream: stream.clone(),
+        let sources: Arc<dyn OpenRecordSource> = Arc::new(KinesisSources::new(
+            kinesis.clone(),
+            stream.clone(),
             retrieval,
             consumer_arn,
-        });
+        ));
         let mut coordinator = Coordinator {
             kinesis,
             stream,

@@ -145,10 +145,11 @@ impl Scheduler {
         let mut streams = HashMap::new();
         // Streams are opened and synced all at once: a worker of many
         // streams starts as soon as one of one stream.
+        let read_memory = crate::retrieval::KinesisSources::read_memory_for(&config.retrieval);
         let opened = futures_util::future::join_all(
             reads
                 .iter()
-                .map(|read| open_stream(&kinesis, &config, read)),
+                .map(|read| open_stream(&kinesis, &config, read, read_memory.clone())),
         )
         .await;
         for (read, opened) in reads.iter().zip(opened) {
@@ -229,6 +230,7 @@ impl Scheduler {
             progress: HashMap::new(),
             stalled: HashMap::new(),
             tracking,
+            read_memory,
         };
         let span = tracing::info_span!("worker", worker_id = %worker_id);
         let task = tokio::spawn(tracing::Instrument::instrument(

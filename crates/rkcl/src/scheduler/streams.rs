@@ -14,7 +14,7 @@ use crate::leases::{Lease, LeaseStore};
 use crate::lifecycle::StreamContext;
 use crate::model::{InitialPosition, LeaseKey, ShardId, StreamIdentifier};
 use crate::processor::RecordProcessorFactory;
-use crate::retrieval::{KinesisSources, Retrieval, resolve_consumer};
+use crate::retrieval::{KinesisSources, ReadMemory, Retrieval, resolve_consumer};
 use crate::shard_sync::SyncTarget;
 use crate::stop::StopReason;
 use crate::tracker::{FormerStreams, TrackedStream};
@@ -96,7 +96,8 @@ pub(super) fn check_table_mode(leases: &[Lease], multi_stream: bool, table: &str
 }
 
 /// The record sources of one stream, its stream consumer found or
-/// registered first when shards are read with enhanced fan-out.
+/// registered first when shards are read with enhanced fan-out; its polling
+/// readers share `read_memory` with every other stream of the worker.
 ///
 /// # Errors
 ///
@@ -105,6 +106,7 @@ pub(super) async fn open_stream(
     kinesis: &Kinesis,
     config: &SchedulerConfig,
     read: &ReadTarget,
+    read_memory: Arc<ReadMemory>,
 ) -> Result<StreamContext> {
     let consumer_arn = match &config.retrieval {
         Retrieval::FanOut(fanout) => match &read.consumer_arn {
@@ -118,12 +120,13 @@ pub(super) async fn open_stream(
         Retrieval::Polling(_) => None,
     };
     Ok(StreamContext {
-        sources: Arc::new(KinesisSources {
-            kinesis: kinesis.clone(),
-            stream: read.stream.clone(),
-            retrieval: config.retrieval.clone(),
+        sources: Arc::new(KinesisSources::sharing(
+            kinesis.clone(),
+            read.stream.clone(),
+            config.retrieval.clone(),
             consumer_arn,
-        }),
+            read_memory,
+        )),
         initial_timestamp: match read.initial_position {
             InitialPosition::AtTimestamp(at) => Some(at),
             _ => None,
@@ -227,7 +230,7 @@ where
         let mut opened = Vec::new();
         for added in changes.added {
             let read = ReadTarget::from(added);
-            match open_stream(&self.kinesis, &self.config, &read).await {
+            match open_stream(&self.kinesis, &self.config, &read, self.read_memory.clone()).await {
                 Ok(context) => {
                     tracing::info!(stream = %read.stream, stream_identifier = ?read.key(), initial_position = ?read.initial_position, "a new stream is read");
                     opened.push((read.key(), Arc::new(context)));

@@ -47,6 +47,9 @@ pub(super) struct Worker<S, F> {
     pub(super) stalled: HashMap<LeaseKey, StallCause>,
     /// Multi-stream mode: the streams read and the tracker's memory.
     pub(super) tracking: Option<Tracking>,
+    /// The read memory all the worker's polling readers share, of every
+    /// stream.
+    pub(super) read_memory: Arc<crate::retrieval::ReadMemory>,
 }
 
 impl<S, F> Worker<S, F>

@@ -27,7 +27,12 @@ pub struct ConsumerConfig {
     pub max_in_flight_bytes_per_shard: usize,
     /// The most records in flight over all shards. Default: 100,000.
     pub max_in_flight_records: usize,
-    /// The most bytes in flight over all shards. Default: 64 MiB.
+    /// The most bytes in flight over all shards. Default: 64 MiB. With
+    /// polling, the worker's read memory
+    /// ([`PollingConfig::worker_read_bytes`](crate::retrieval::PollingConfig::worker_read_bytes):
+    /// responses being decoded and batches not yet delivered) is lowered to
+    /// half of it: what reading holds beside the records in flight
+    /// is bounded by it too.
     pub max_in_flight_bytes: usize,
     /// Warn (naming the shard and position) when the oldest uncommitted
     /// record of a shard has waited this long. Default: 60 s.

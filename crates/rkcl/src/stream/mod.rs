@@ -32,6 +32,7 @@ use crate::aws::Kinesis;
 use crate::error::{Error, Result};
 use crate::leases::{Lease, LeaseStore};
 use crate::processor::ShardInfo;
+use crate::retrieval::{PollingConfig, Retrieval};
 use crate::scheduler::{Scheduler, ShutdownReport};
 use budget::Budget;
 use feeder::{FeedShared, Feeder};
@@ -134,8 +135,18 @@ impl Consumer {
             shards: shard_sender,
         });
         let factory = move |_: &ShardInfo| Feeder::new(shared.clone());
+        // One memory bound for the worker: what the user holds in flight,
+        // plus half of it for responses being read and batches not
+        // yet delivered.
+        let mut scheduler_config = config.scheduler.clone();
+        if let Retrieval::Polling(polling) = &mut scheduler_config.retrieval {
+            polling.worker_read_bytes = polling
+                .worker_read_bytes
+                .min(config.max_in_flight_bytes / 2)
+                .max(PollingConfig::MIN_WORKER_READ_BYTES);
+        }
         let scheduler = Scheduler::start_reporting(
-            config.scheduler.clone(),
+            scheduler_config,
             kinesis,
             store,
             factory,
