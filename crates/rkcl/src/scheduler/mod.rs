@@ -68,20 +68,26 @@ struct ShutdownRequest {
 }
 
 impl Scheduler {
-    /// Checks the stream and the lease table, finds or registers the stream
-    /// consumer when shards are read with enhanced fan-out, syncs shards and
-    /// leases once, and starts the worker. Create a DynamoDB lease table first with
+    /// Checks the stream (in multi-stream mode, asks the tracker for the
+    /// streams and looks them up) and the lease table, finds or registers
+    /// the stream consumer when shards are read with enhanced fan-out, syncs
+    /// shards and leases once, and starts the worker. Create a DynamoDB
+    /// lease table first with
     /// [`DynamoDbLeaseStore::ensure_table`](crate::DynamoDbLeaseStore::ensure_table).
     ///
     /// # Errors
     ///
     /// [`Error::Config`] for an invalid config (with fan-out, also a
-    /// configured consumer ARN that names no consumer of the stream);
+    /// configured consumer ARN that names no consumer of the stream), or a
+    /// lease table holding leases of the other mode (single-stream keys in
+    /// a multi-stream application, or the reverse);
     /// [`Error::ResourceNotFound`] when the stream or the lease table does
     /// not exist; [`Error::AccessDenied`] without the permissions; with
     /// fan-out, the errors of
-    /// [`resolve_consumer`]; other
-    /// errors of the first calls.
+    /// [`resolve_consumer`](crate::retrieval::resolve_consumer); the
+    /// tracker's error; other errors of the first calls. In multi-stream
+    /// mode a stream that cannot be looked up, opened or synced is left out
+    /// (logged) and tried again at the next refresh.
     pub async fn start<S, F>(
         config: SchedulerConfig,
         kinesis: Kinesis,
