@@ -44,7 +44,7 @@
 
 #[path = "common/proc.rs"]
 mod proc;
-use proc::{cpu_seconds, status_kb};
+use proc::{cpu_seconds, status_kb, with_local_env};
 
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
@@ -362,16 +362,12 @@ async fn memory() {
     let local = Local::start().await.unwrap();
     let kinesis = Kinesis::new(local.kinesis_client());
     create_stream(&kinesis, "idle", IDLE_SHARDS).await;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rkcl"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_rkcl"));
+    with_local_env(&mut command, &local);
+    let mut child = command
         .args(["consume", "--app", "idle-app", "--stream", "idle"])
         .args(["--worker-id", "idle-worker"])
         .args(["--idle-interval-ms", &IDLE_INTERVAL_MS.to_string()])
-        .env("AWS_ENDPOINT_URL_KINESIS", local.kinesis_endpoint())
-        .env("AWS_ENDPOINT_URL_DYNAMODB", local.dynamodb_endpoint())
-        .env("AWS_REGION", rkcl_local::REGION)
-        .env("AWS_ACCESS_KEY_ID", rkcl_local::ACCESS_KEY_ID)
-        .env("AWS_SECRET_ACCESS_KEY", rkcl_local::SECRET_ACCESS_KEY)
-        .env_remove("AWS_PROFILE")
         .env_remove("RUST_LOG")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

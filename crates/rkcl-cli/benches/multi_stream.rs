@@ -23,7 +23,7 @@
 
 #[path = "common/proc.rs"]
 mod proc;
-use proc::{cpu_seconds, status_kb};
+use proc::{cpu_seconds, status_kb, with_local_env};
 
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
@@ -55,17 +55,12 @@ fn stream_name(i: usize) -> String {
 
 fn consume(local: &Local, app: &str, streams: &[String]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_rkcl"));
+    with_local_env(&mut command, local);
     command.args(["consume", "--app", app]);
     for stream in streams {
         command.args(["--stream", stream]);
     }
     command
-        .env("AWS_ENDPOINT_URL_KINESIS", local.kinesis_endpoint())
-        .env("AWS_ENDPOINT_URL_DYNAMODB", local.dynamodb_endpoint())
-        .env("AWS_REGION", rkcl_local::REGION)
-        .env("AWS_ACCESS_KEY_ID", rkcl_local::ACCESS_KEY_ID)
-        .env("AWS_SECRET_ACCESS_KEY", rkcl_local::SECRET_ACCESS_KEY)
-        .env_remove("AWS_PROFILE")
         .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
         .stderr(Stdio::null());

@@ -23,7 +23,7 @@
 
 #[path = "common/proc.rs"]
 mod proc;
-use proc::status_kb;
+use proc::{status_kb, with_local_env};
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -80,16 +80,6 @@ fn kclpy_sdist() -> Option<PathBuf> {
             .arg(&cache),
     );
     (ok && root.join("samples/sample_kclpy_app.py").exists()).then_some(root)
-}
-
-fn with_local_env(command: &mut Command, local: &Local) {
-    command
-        .env("AWS_ENDPOINT_URL_KINESIS", local.kinesis_endpoint())
-        .env("AWS_ENDPOINT_URL_DYNAMODB", local.dynamodb_endpoint())
-        .env("AWS_REGION", rkcl_local::REGION)
-        .env("AWS_ACCESS_KEY_ID", rkcl_local::ACCESS_KEY_ID)
-        .env("AWS_SECRET_ACCESS_KEY", rkcl_local::SECRET_ACCESS_KEY)
-        .env_remove("AWS_PROFILE");
 }
 
 fn consume(local: &Local, app: &str, stream: &str) -> Command {

@@ -22,7 +22,7 @@
 
 #[path = "common/proc.rs"]
 mod proc;
-use proc::cpu_seconds;
+use proc::{cpu_seconds, with_local_env};
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -67,15 +67,10 @@ fn scrape(addr: SocketAddr) -> Option<(usize, usize)> {
 
 fn consume(local: &Local, app: &str, stream: &str, metrics: Option<SocketAddr>) -> Child {
     let mut command = Command::new(env!("CARGO_BIN_EXE_rkcl"));
+    with_local_env(&mut command, local);
     command
         .args(["consume", "--app", app, "--stream", stream])
         .args(["--worker-id", app])
-        .env("AWS_ENDPOINT_URL_KINESIS", local.kinesis_endpoint())
-        .env("AWS_ENDPOINT_URL_DYNAMODB", local.dynamodb_endpoint())
-        .env("AWS_REGION", rkcl_local::REGION)
-        .env("AWS_ACCESS_KEY_ID", rkcl_local::ACCESS_KEY_ID)
-        .env("AWS_SECRET_ACCESS_KEY", rkcl_local::SECRET_ACCESS_KEY)
-        .env_remove("AWS_PROFILE")
         .env_remove("RKCL_LOG")
         .stdout(Stdio::piped())
         .stderr(Stdio::null());

@@ -5,6 +5,19 @@
 
 use std::process::Command;
 
+/// Points `command` at the local Kinesis and DynamoDB of `local` through the
+/// standard endpoint variables, with their credentials, and without the
+/// caller's profile.
+pub(crate) fn with_local_env(command: &mut Command, local: &rkcl_local::Local) {
+    command
+        .env("AWS_ENDPOINT_URL_KINESIS", local.kinesis_endpoint())
+        .env("AWS_ENDPOINT_URL_DYNAMODB", local.dynamodb_endpoint())
+        .env("AWS_REGION", rkcl_local::REGION)
+        .env("AWS_ACCESS_KEY_ID", rkcl_local::ACCESS_KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", rkcl_local::SECRET_ACCESS_KEY)
+        .env_remove("AWS_PROFILE");
+}
+
 /// A value in kB from `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`,
 /// `Threads:`), while the process exists.
 pub(crate) fn status_kb(pid: u32, field: &str) -> Option<u64> {
